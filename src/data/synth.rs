@@ -1,0 +1,421 @@
+//! A deterministic synthetic COCO-style detection dataset: coloured shapes (circle, square,
+//! triangle, …) of varied sizes and aspect ratios, partially overlapping, on textured
+//! backgrounds, so that a detector must learn shape, not colour or position. Same spec ⇒
+//! byte-identical files.
+//!
+//! Size buckets follow COCO's small/medium/large thresholds (32 and 96 px sides) scaled from a
+//! 320 px image to the image side: small < 10 %, medium 10–30 %, large ≥ 30 % of the side.
+//! (Scaling from COCO's typical 640 px would make "small" objects 6 px wide at 128 px, below what
+//! a stride-4 feature map can localise.) Box `area` is the shape's own pixel area, as COCO's
+//! segmentation area, so it differs from w×h.
+
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::config::SynthSpec;
+use crate::error::{Error, Result};
+
+/// Shape classes in category-id order (id = index + 1).
+pub const SHAPES: [&str; 8] = [
+    "circle", "square", "triangle", "cross", "ring", "diamond", "hexagon", "star",
+];
+
+/// Relative side ranges of the small / medium / large buckets and how often each is drawn.
+const BUCKETS: [(f64, f64, f64); 3] = [(0.07, 0.10, 0.3), (0.10, 0.30, 0.45), (0.30, 0.55, 0.25)];
+
+/// Where a generated dataset lies.
+#[derive(Debug, Clone)]
+pub struct SynthPaths {
+    pub root: PathBuf,
+    pub images: PathBuf,
+    pub train: PathBuf,
+    pub val: PathBuf,
+}
+
+impl SynthPaths {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            images: root.join("images"),
+            train: root.join("annotations/train.json"),
+            val: root.join("annotations/val.json"),
+        }
+    }
+}
+
+/// Is `(u, v)` in `[-1, 1]²` inside shape `k`?
+fn inside(k: usize, u: f64, v: f64) -> bool {
+    let (au, av) = (u.abs(), v.abs());
+    let r2 = u * u + v * v;
+    match k {
+        0 => r2 <= 1.0,
+        1 => au <= 1.0 && av <= 1.0,
+        2 => (-1.0..=1.0).contains(&v) && au <= (v + 1.0) / 2.0,
+        3 => au <= 1.0 && av <= 1.0 && (au <= 0.33 || av <= 0.33),
+        4 => (0.3025..=1.0).contains(&r2),
+        5 => au + av <= 1.0,
+        6 => av <= 1.0 && au <= 1.0 - 0.5 * av,
+        _ => {
+            // Five-pointed star: radius swings between 0.42 and 1 with the angle.
+            let t = v.atan2(u) + std::f64::consts::FRAC_PI_2;
+            let phase = (t * 5.0 / (2.0 * std::f64::consts::PI)).rem_euclid(1.0);
+            let tri = 1.0 - 2.0 * (phase - 0.5).abs(); // 0 at the points, 1 between
+            r2.sqrt() <= 1.0 - 0.58 * tri
+        }
+    }
+}
+
+struct Object {
+    class: usize,
+    bbox: [f64; 4],
+    area: f64,
+}
+
+/// Class probabilities: geometric decay so that first / last = `ratio`.
+fn class_weights(k: usize, ratio: f64) -> Vec<f64> {
+    (0..k)
+        .map(|i| {
+            if k == 1 {
+                1.0
+            } else {
+                ratio.powf(-(i as f64) / (k - 1) as f64)
+            }
+        })
+        .collect()
+}
+
+fn pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let ix = (a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]);
+    let iy = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
+    if ix <= 0.0 || iy <= 0.0 {
+        return 0.0;
+    }
+    let inter = ix * iy;
+    inter / (a[2] * a[3] + b[2] * b[3] - inter)
+}
+
+/// Render one image and its objects.
+fn render(size: u32, rng: &mut ChaCha8Rng, weights: &[f64]) -> (image::RgbImage, Vec<Object>) {
+    let s = size as usize;
+    // Background: a two-colour gradient, low-contrast stripes and per-pixel noise.
+    let c0: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..215.0));
+    let c1: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..215.0));
+    let (gx, gy) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+    let freq = rng.random_range(0.05..0.4);
+    let stripe_amp = rng.random_range(0.0..18.0);
+    let angle: f64 = rng.random_range(0.0..std::f64::consts::PI);
+    let mut px = vec![[0f64; 3]; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            let (fx, fy) = (x as f64 / s as f64, y as f64 / s as f64);
+            let t = ((gx * (fx - 0.5) + gy * (fy - 0.5)) + 0.5).clamp(0.0, 1.0);
+            let stripe =
+                stripe_amp * ((x as f64 * angle.cos() + y as f64 * angle.sin()) * freq).sin();
+            for c in 0..3 {
+                px[y * s + x][c] =
+                    c0[c] * (1.0 - t) + c1[c] * t + stripe + rng.random_range(-10.0..10.0);
+            }
+        }
+    }
+    let n_obj = rng.random_range(1..=6);
+    let mut objects: Vec<Object> = Vec::new();
+    for _ in 0..n_obj {
+        let class = pick(rng, weights);
+        let bucket = pick(rng, &BUCKETS.map(|b| b.2));
+        let (lo, hi, _) = BUCKETS[bucket];
+        let side = rng.random_range(lo..hi) * size as f64;
+        let aspect: f64 = rng.random_range(0.7..1.4);
+        let (w, h) = (
+            (side * aspect.sqrt()).max(4.0),
+            (side / aspect.sqrt()).max(4.0),
+        );
+        // Place without heavy overlap (IoU ≤ 0.3 with every earlier object).
+        let placed = (0..20).find_map(|_| {
+            let x = rng.random_range(0.0..(size as f64 - w).max(1.0));
+            let y = rng.random_range(0.0..(size as f64 - h).max(1.0));
+            let b = [x, y, w, h];
+            objects.iter().all(|o| iou(&o.bbox, &b) <= 0.3).then_some(b)
+        });
+        let Some([x, y, w, h]) = placed else { continue };
+        // A colour that stands out from the background under the object.
+        let (cx, cy) = (
+            ((x + w / 2.0) as usize).min(s - 1),
+            ((y + h / 2.0) as usize).min(s - 1),
+        );
+        let bg = px[cy * s + cx];
+        let bg_l = (bg[0] + bg[1] + bg[2]) / 3.0;
+        let colour: [f64; 3] = loop {
+            let c: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
+            if ((c[0] + c[1] + c[2]) / 3.0 - bg_l).abs() > 60.0 {
+                break c;
+            }
+        };
+        // Rasterise with 2×2 supersampling; the box is the tight box of pixels ≥ half covered.
+        let (mut x1, mut y1, mut x2, mut y2, mut area) = (usize::MAX, usize::MAX, 0, 0, 0.0);
+        for py in (y.floor() as usize)..((y + h).ceil() as usize).min(s) {
+            for pxi in (x.floor() as usize)..((x + w).ceil() as usize).min(s) {
+                let mut cov = 0.0;
+                for (oy, ox) in [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)] {
+                    let u = ((pxi as f64 + ox) - x) / w * 2.0 - 1.0;
+                    let v = ((py as f64 + oy) - y) / h * 2.0 - 1.0;
+                    if inside(class, u, v) {
+                        cov += 0.25;
+                    }
+                }
+                if cov == 0.0 {
+                    continue;
+                }
+                let noise = rng.random_range(-12.0..12.0);
+                let p = &mut px[py * s + pxi];
+                for c in 0..3 {
+                    p[c] = p[c] * (1.0 - cov) + (colour[c] + noise) * cov;
+                }
+                area += cov;
+                if cov >= 0.5 {
+                    x1 = x1.min(pxi);
+                    y1 = y1.min(py);
+                    x2 = x2.max(pxi + 1);
+                    y2 = y2.max(py + 1);
+                }
+            }
+        }
+        if x2 > x1 && y2 > y1 {
+            objects.push(Object {
+                class,
+                bbox: [x1 as f64, y1 as f64, (x2 - x1) as f64, (y2 - y1) as f64],
+                area,
+            });
+        }
+    }
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let p = px[y as usize * s + x as usize];
+        image::Rgb(p.map(|v| v.round().clamp(0.0, 255.0) as u8))
+    });
+    (img, objects)
+}
+
+/// Seed of image `index` of `split` (0 = train, 1 = val).
+fn image_seed(seed: u64, split: u64, index: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (split << 40)
+        ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// Write the dataset described by `spec` to `root` (images/ and annotations/{train,val}.json).
+pub fn generate(spec: &SynthSpec, root: &Path) -> Result<SynthPaths> {
+    let paths = SynthPaths::new(root);
+    for d in [&paths.images, &root.join("annotations")] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let weights = class_weights(spec.classes, spec.long_tail);
+    for (split, name, n, out) in [
+        (0u64, "train", spec.train, &paths.train),
+        (1, "val", spec.val, &paths.val),
+    ] {
+        let rendered: Vec<(String, Vec<Object>)> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let mut rng = ChaCha8Rng::seed_from_u64(image_seed(spec.seed, split, i as u64));
+                let (img, objs) = render(spec.size, &mut rng, &weights);
+                let file = format!("{name}_{:06}.png", i + 1);
+                let p = paths.images.join(&file);
+                img.save(&p)
+                    .map_err(|e| Error::msg(format!("{}: {e}", p.display())))?;
+                Ok((file, objs))
+            })
+            .collect::<Result<_>>()?;
+        let mut images = Vec::new();
+        let mut anns = Vec::new();
+        for (i, (file, objs)) in rendered.iter().enumerate() {
+            images.push(
+                json!({"id": i + 1, "file_name": file, "width": spec.size, "height": spec.size}),
+            );
+            for o in objs {
+                anns.push(json!({
+                    "id": anns.len() + 1,
+                    "image_id": i + 1,
+                    "category_id": o.class + 1,
+                    "bbox": o.bbox,
+                    "area": o.area,
+                    "iscrowd": 0,
+                }));
+            }
+        }
+        let categories: Vec<_> = SHAPES[..spec.classes]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
+            .collect();
+        let doc = json!({
+            "info": {"description": format!("kdet synthetic shapes ({name})"), "version": "1"},
+            "images": images,
+            "annotations": anns,
+            "categories": categories,
+        });
+        let text = serde_json::to_vec(&doc).map_err(|e| Error::msg(e.to_string()))?;
+        crate::util::write_atomic(out, &text)?;
+    }
+    Ok(paths)
+}
+
+/// The cached dataset for `spec` (generated on first use). The folder is named by a hash of the
+/// spec and is renamed into place only when complete, so a crash never leaves a half dataset.
+pub fn ensure(spec: &SynthSpec, cache_dir: &Path) -> Result<SynthPaths> {
+    let key = serde_json::to_string(&(
+        spec.seed,
+        spec.train,
+        spec.val,
+        spec.size,
+        spec.classes,
+        spec.long_tail,
+    ))
+    .map_err(|e| Error::msg(e.to_string()))?;
+    let root = cache_dir.join(format!("synth-{:016x}", fnv1a(key.as_bytes())));
+    let paths = SynthPaths::new(&root);
+    if paths.train.is_file() && paths.val.is_file() {
+        return Ok(paths);
+    }
+    let tmp = cache_dir.join(format!("synth-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    generate(spec, &tmp)?;
+    std::fs::rename(&tmp, &root).map_err(|e| Error::io(&root, e))?;
+    Ok(paths)
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::coco::{load_split, Purpose};
+
+    fn spec(seed: u64) -> SynthSpec {
+        SynthSpec {
+            seed,
+            train: 6,
+            val: 3,
+            size: 64,
+            classes: 5,
+            long_tail: 1.0,
+            cache_dir: ".".into(),
+        }
+    }
+
+    fn read_all(root: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![];
+        for sub in ["images", "annotations"] {
+            let mut names: Vec<_> = std::fs::read_dir(root.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            for p in names {
+                out.push((
+                    p.file_name().unwrap().to_string_lossy().into(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn same_seed_same_bytes_and_parses() {
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let pa = generate(&spec(1), a.path()).unwrap();
+        generate(&spec(1), b.path()).unwrap();
+        generate(&spec(2), c.path()).unwrap();
+        assert_eq!(read_all(a.path()), read_all(b.path()));
+        assert_ne!(read_all(a.path()), read_all(c.path()));
+        let d = load_split(&pa.train, &pa.images, Purpose::Eval).unwrap();
+        assert_eq!(d.records.len(), 6);
+        assert_eq!(d.categories.names, SHAPES[..5].to_vec());
+        assert!(d.records.iter().map(|r| r.boxes.len()).sum::<usize>() >= 6);
+        for r in &d.records {
+            for b in &r.boxes {
+                assert!(
+                    b[0] >= 0.0
+                        && b[1] >= 0.0
+                        && b[2] <= 64.0
+                        && b[3] <= 64.0
+                        && b[2] > b[0]
+                        && b[3] > b[1]
+                );
+            }
+        }
+        // Areas are shape areas, not w×h (a circle covers ~π/4 of its box).
+        let circle = d.gt.dataset.annotations.iter().find(|a| a.category_id == 1);
+        if let Some(a) = circle {
+            let [_, _, w, h] = a.bbox.unwrap();
+            assert!(a.area.unwrap() < w * h * 0.95);
+        }
+        // And hotcoco takes the dataset as is.
+        let _ = hotcoco::COCO::from_dataset(d.gt.dataset.clone());
+    }
+
+    #[test]
+    fn long_tail_skews_classes() {
+        let w = class_weights(5, 100.0);
+        assert!((w[0] / w[4] - 100.0).abs() < 1e-9);
+        let s = SynthSpec {
+            train: 60,
+            val: 1,
+            long_tail: 50.0,
+            ..spec(3)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = generate(&s, dir.path()).unwrap();
+        let d = load_split(&p.train, &p.images, Purpose::Eval).unwrap();
+        let count = |c: u64| {
+            d.gt.dataset
+                .annotations
+                .iter()
+                .filter(|a| a.category_id == c)
+                .count()
+        };
+        assert!(
+            count(1) > 4 * count(5).max(1),
+            "{} vs {}",
+            count(1),
+            count(5)
+        );
+    }
+
+    #[test]
+    fn ensure_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p1 = ensure(&spec(4), dir.path()).unwrap();
+        let t1 = std::fs::metadata(&p1.train).unwrap().modified().unwrap();
+        let p2 = ensure(&spec(4), dir.path()).unwrap();
+        assert_eq!(p1.root, p2.root);
+        assert_eq!(
+            std::fs::metadata(&p2.train).unwrap().modified().unwrap(),
+            t1
+        );
+        assert_ne!(ensure(&spec(5), dir.path()).unwrap().root, p1.root);
+    }
+}

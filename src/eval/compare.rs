@@ -1,0 +1,301 @@
+//! `kdet compare`: did distillation really help? Per-metric and per-class deltas between runs on
+//! the same val set, with bootstrap confidence intervals over images (hotcoco's `compare`), as a
+//! markdown table and a PNG chart. With more than two runs, each is compared with the first.
+
+use std::path::{Path, PathBuf};
+
+use hotcoco::{compare as hc_compare, COCOeval, CompareOpts};
+use serde::Deserialize;
+
+use crate::data::coco::{load_detections, load_ground_truth, Purpose};
+use crate::error::{Error, Result};
+use crate::plot::{delta_chart, DeltaBar};
+
+use super::{evaluator, STAT_NAMES};
+
+/// What a run directory records about its evaluation (`eval.json`, written by the trainer).
+#[derive(Debug, Deserialize)]
+pub struct RunEval {
+    /// Ground-truth file the run was evaluated on.
+    pub gt: PathBuf,
+    /// Detections file, relative to the run directory.
+    pub detections: PathBuf,
+}
+
+/// A run to compare: a run directory (with `eval.json`) or a COCO results file.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub name: String,
+    pub detections: PathBuf,
+    /// The ground truth named by the run, if it is a run directory.
+    pub gt: Option<PathBuf>,
+}
+
+impl RunInput {
+    pub fn resolve(p: &Path) -> Result<Self> {
+        let name = p
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string());
+        if p.is_dir() {
+            let f = p.join("eval.json");
+            let bytes = crate::error::read_file(&f)?;
+            let e: RunEval = crate::error::parse_json(&f, &bytes)?;
+            let gt = if e.gt.is_absolute() {
+                e.gt
+            } else {
+                p.join(e.gt)
+            };
+            Ok(Self {
+                name,
+                detections: p.join(e.detections),
+                gt: Some(gt),
+            })
+        } else if p.is_file() {
+            Ok(Self {
+                name: name.trim_end_matches(".json").to_string(),
+                detections: p.to_path_buf(),
+                gt: None,
+            })
+        } else {
+            Err(Error::msg(format!(
+                "{}: no such run directory or detections file",
+                p.display()
+            )))
+        }
+    }
+}
+
+/// Options of a comparison.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub bootstrap: usize,
+    pub confidence: f64,
+    pub seed: u64,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        // 1000 resamples and a 95 % interval, as is usual for bootstrap CIs on detection metrics.
+        Self {
+            bootstrap: 1000,
+            confidence: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricDelta {
+    pub metric: String,
+    pub a: f64,
+    pub b: f64,
+    pub delta: f64,
+    pub ci: Option<(f64, f64)>,
+    /// Fraction of bootstrap samples where B beat A.
+    pub prob_b_better: Option<f64>,
+}
+
+/// A comparison of run B against run A.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Comparison {
+    pub a: String,
+    pub b: String,
+    pub num_images: usize,
+    pub confidence: f64,
+    pub metrics: Vec<MetricDelta>,
+    /// Per class: (category id, name, AP of A, AP of B, delta).
+    pub per_class: Vec<(u64, String, f64, f64, f64)>,
+}
+
+impl Comparison {
+    /// Markdown tables: summary metrics, then per-class AP.
+    pub fn to_markdown(&self) -> String {
+        let pct = (self.confidence * 100.0).round();
+        let mut s = format!(
+            "### {} vs {} ({} images, {pct}% bootstrap CI)\n\n| metric | {} | {} | Δ | {pct}% CI | P(Δ>0) |\n|---|---:|---:|---:|---|---:|\n",
+            self.b, self.a, self.num_images, self.a, self.b
+        );
+        for m in &self.metrics {
+            let ci =
+                m.ci.map_or("–".into(), |(lo, hi)| format!("[{lo:+.3}, {hi:+.3}]"));
+            let p = m.prob_b_better.map_or("–".into(), |p| format!("{p:.2}"));
+            s.push_str(&format!(
+                "| {} | {:.3} | {:.3} | {:+.3} | {ci} | {p} |\n",
+                m.metric, m.a, m.b, m.delta
+            ));
+        }
+        s.push_str(&format!(
+            "\n| class | AP {} | AP {} | Δ |\n|---|---:|---:|---:|\n",
+            self.a, self.b
+        ));
+        for (_, name, a, b, d) in &self.per_class {
+            s.push_str(&format!("| {name} | {a:.3} | {b:.3} | {d:+.3} |\n"));
+        }
+        s
+    }
+
+    /// Whether B beats A on `metric` beyond the confidence interval.
+    pub fn significant_gain(&self, metric: &str) -> bool {
+        self.metrics
+            .iter()
+            .any(|m| m.metric == metric && m.ci.is_some_and(|c| c.0 > 0.0))
+    }
+}
+
+fn evaluated(gt: &hotcoco::Dataset, run: &RunInput, gt_file: &Path) -> Result<COCOeval> {
+    let dets = load_detections(&run.detections, gt, gt_file)?;
+    let mut ev = evaluator(gt.clone(), dets)?;
+    ev.evaluate().map_err(|e| {
+        Error::msg(format!(
+            "{}: evaluation failed: {e}",
+            run.detections.display()
+        ))
+    })?;
+    Ok(ev)
+}
+
+/// Compare every run after the first with the first. `gt` overrides the runs' own ground truth.
+pub fn compare_runs(
+    runs: &[RunInput],
+    gt: Option<&Path>,
+    opts: &CompareOptions,
+) -> Result<Vec<Comparison>> {
+    if runs.len() < 2 {
+        return Err(Error::msg("compare needs at least two runs"));
+    }
+    let gt_file = match gt {
+        Some(g) => g.to_path_buf(),
+        None => runs[0].gt.clone().ok_or_else(|| {
+            Error::msg(format!(
+                "{}: a detections file needs --gt GT.json",
+                runs[0].detections.display()
+            ))
+        })?,
+    };
+    if gt.is_none() {
+        for r in &runs[1..] {
+            if let Some(g) = &r.gt {
+                if std::fs::canonicalize(g).ok() != std::fs::canonicalize(&gt_file).ok() {
+                    return Err(Error::msg(format!(
+                        "{} was evaluated on {}, {} on {}: compare runs on the same val set",
+                        r.name,
+                        g.display(),
+                        runs[0].name,
+                        gt_file.display()
+                    )));
+                }
+            }
+        }
+    }
+    let gt_data = load_ground_truth(&gt_file, Purpose::Eval)?.dataset;
+    let base = evaluated(&gt_data, &runs[0], &gt_file)?;
+    let hc_opts = CompareOpts {
+        n_bootstrap: opts.bootstrap,
+        seed: opts.seed,
+        confidence: opts.confidence,
+    };
+    runs[1..]
+        .iter()
+        .map(|r| {
+            let ev = evaluated(&gt_data, r, &gt_file)?;
+            let res = hc_compare(&base, &ev, &hc_opts)
+                .map_err(|e| Error::msg(format!("compare: {e}")))?;
+            let metrics = STAT_NAMES
+                .iter()
+                .map(|&k| {
+                    let ci = res.ci.as_ref().and_then(|c| c.get(k));
+                    MetricDelta {
+                        metric: k.to_string(),
+                        a: res.metrics_a.get(k).copied().unwrap_or(-1.0),
+                        b: res.metrics_b.get(k).copied().unwrap_or(-1.0),
+                        delta: res.deltas.get(k).copied().unwrap_or(0.0),
+                        ci: ci.map(|c| (c.lower, c.upper)),
+                        prob_b_better: ci.map(|c| c.prob_positive),
+                    }
+                })
+                .collect();
+            Ok(Comparison {
+                a: runs[0].name.clone(),
+                b: r.name.clone(),
+                num_images: res.num_images,
+                confidence: opts.confidence,
+                metrics,
+                per_class: res
+                    .per_category
+                    .iter()
+                    .map(|c| (c.cat_id, c.cat_name.clone(), c.ap_a, c.ap_b, c.delta))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Draw a comparison as a PNG bar chart (summary metrics, then per-class AP).
+pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
+    let mut bars: Vec<DeltaBar> = c
+        .metrics
+        .iter()
+        .map(|m| DeltaBar {
+            label: m.metric.clone(),
+            delta: m.delta,
+            ci: m.ci,
+        })
+        .collect();
+    bars.extend(c.per_class.iter().map(|(_, n, _, _, d)| DeltaBar {
+        label: format!("AP {n}"),
+        delta: *d,
+        ci: None,
+    }));
+    delta_chart(path, &format!("{} − {}", c.b, c.a), &bars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_two_runs_on_fixture() {
+        let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval");
+        let gt = d.join("random.gt.json");
+        let dir = tempfile::tempdir().unwrap();
+        // Run B: the fixture's detections. Run A: the same with every other detection dropped.
+        let dets: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(d.join("random.dt.json")).unwrap()).unwrap();
+        let a: Vec<_> = dets.iter().step_by(2).cloned().collect();
+        std::fs::write(
+            dir.path().join("weak.json"),
+            serde_json::to_vec(&a).unwrap(),
+        )
+        .unwrap();
+        let runs = vec![
+            RunInput::resolve(&dir.path().join("weak.json")).unwrap(),
+            RunInput::resolve(&d.join("random.dt.json")).unwrap(),
+        ];
+        let opts = CompareOptions {
+            bootstrap: 200,
+            ..Default::default()
+        };
+        let c = compare_runs(&runs, Some(&gt), &opts).unwrap();
+        assert_eq!(c.len(), 1);
+        let ap = &c[0].metrics[0];
+        assert_eq!(ap.metric, "AP");
+        let full = crate::eval::evaluate_files(&gt, &d.join("random.dt.json")).unwrap();
+        assert!((ap.b - full.stats[0]).abs() < 1e-12);
+        assert!(ap.delta > 0.0 && (ap.delta - (ap.b - ap.a)).abs() < 1e-12);
+        let (lo, hi) = ap.ci.unwrap();
+        assert!(lo <= ap.delta && ap.delta <= hi);
+        assert!(c[0].significant_gain("AP"), "{}", c[0].to_markdown());
+        let md = c[0].to_markdown();
+        assert!(md.contains("| AP |") && md.contains("95% CI"));
+        let png = dir.path().join("cmp.png");
+        chart(&c[0], &png).unwrap();
+        assert!(image::open(&png).unwrap().width() == 900);
+        // A run without a ground truth needs --gt.
+        assert!(compare_runs(&runs, None, &opts)
+            .unwrap_err()
+            .to_string()
+            .contains("--gt"));
+    }
+}

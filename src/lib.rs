@@ -1,0 +1,26 @@
+//! kdet: knowledge distillation of object detectors on candle.
+//!
+//! # Where things live
+//!
+//! | Module | What lives there |
+//! |---|---|
+//! | [`config`] | JSON run configs: serde types, `base` inheritance, located validation errors. |
+//! | [`data`] | COCO parsing and checks ([`data::coco`]), transforms, threaded loader and samplers, the synthetic shapes dataset. |
+//! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
+//! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
+//! | [`plot`] | PNG charts (plotters, bundled font). |
+//! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
+//! | [`util`] | Atomic file writes. |
+//!
+//! Conventions: boxes are `x1,y1,x2,y2` in absolute pixels inside the library (COCO `x,y,w,h`
+//! only at I/O); label 0 is background (torchvision); every config default cites its source.
+
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod plot;
+pub mod util;
+
+pub use error::{Error, Result};

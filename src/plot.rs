@@ -1,0 +1,182 @@
+//! PNG charts with plotters, drawn into a pixel buffer and saved with `image` (no second image
+//! stack). The bundled DejaVu Sans (src/assets, its licence beside it) is the font everywhere,
+//! so charts look the same on every machine.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// DejaVu Sans, bundled so text renders without system fonts.
+pub const FONT: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
+
+fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn plot_err<E: std::fmt::Display>(e: E) -> Error {
+    Error::msg(format!("plotting failed: {e}"))
+}
+
+fn save_rgb(path: &Path, buf: Vec<u8>, w: u32, h: u32) -> Result<()> {
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::msg("plot buffer size"))?;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    img.save(path)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+}
+
+/// One bar of a delta chart: label, value, and an optional confidence interval.
+pub struct DeltaBar {
+    pub label: String,
+    pub delta: f64,
+    pub ci: Option<(f64, f64)>,
+}
+
+/// Horizontal bars of deltas with CI whiskers around a zero line.
+pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
+    register();
+    let (w, h) = (900u32, 120 + 28 * bars.len().max(1) as u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let lim = bars
+            .iter()
+            .flat_map(|b| {
+                [
+                    b.delta.abs(),
+                    b.ci.map_or(0.0, |c| c.0.abs().max(c.1.abs())),
+                ]
+            })
+            .fold(0.01f64, f64::max)
+            * 1.15;
+        let n = bars.len().max(1) as i32;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(160)
+            .build_cartesian_2d(-lim..lim, 0..n)
+            .map_err(plot_err)?;
+        let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .y_labels(bars.len().max(1))
+            .y_label_formatter(&|i| {
+                labels
+                    .get((n - 1 - *i) as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .x_desc("B − A")
+            .disable_y_mesh()
+            .draw()
+            .map_err(plot_err)?;
+        for (i, b) in bars.iter().enumerate() {
+            let y = n - 1 - i as i32;
+            let colour = if b.ci.is_some_and(|c| c.0 > 0.0) {
+                GREEN.mix(0.8)
+            } else if b.ci.is_some_and(|c| c.1 < 0.0) {
+                RED.mix(0.8)
+            } else {
+                BLUE.mix(0.6)
+            };
+            let (x0, x1) = (b.delta.min(0.0), b.delta.max(0.0));
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, y), (x1, y + 1)],
+                    colour.filled(),
+                )))
+                .map_err(plot_err)?;
+            if let Some((lo, hi)) = b.ci {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(lo, y), (hi, y)],
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(plot_err)?;
+            }
+        }
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 0), (0.0, n)],
+                BLACK,
+            )))
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    save_rgb(path, buf, w, h)
+}
+
+/// Line chart of several named series over x (e.g. loss terms over iterations).
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    register();
+    let (w, h) = (900u32, 500u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let pts = series.iter().flat_map(|s| s.1.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            if y.is_finite() {
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+                y0 = y0.min(y);
+                y1 = y1.max(y);
+            }
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if x1 - x0 < 1e-12 {
+            x1 = x0 + 1.0;
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let c = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().copied().filter(|p| p.1.is_finite()),
+                    c.stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    save_rgb(path, buf, w, h)
+}
