@@ -4,9 +4,13 @@
 //!
 //! | Module | What lives there |
 //! |---|---|
+//! | [`bench`] | `kdet bench ops`: kdet's ops against candle's built-ins, medians and ratios. |
 //! | [`config`] | JSON run configs: serde types, `base` inheritance, located validation errors. |
 //! | [`data`] | COCO parsing and checks ([`data::coco`]), transforms, threaded loader and samplers, the synthetic shapes dataset. |
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
+//! | [`ops`] | CPU custom ops: im2col/GEMM convolution with fast backward, padded max-pool with backward. |
+//! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier. |
+//! | [`engine`] | Training machinery: SGD (momentum, nesterov, per-parameter decay) and AdamW with checkpointable state. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
 //! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
@@ -15,11 +19,15 @@
 //! Conventions: boxes are `x1,y1,x2,y2` in absolute pixels inside the library (COCO `x,y,w,h`
 //! only at I/O); label 0 is background (torchvision); every config default cites its source.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod models;
+pub mod ops;
 pub mod plot;
 pub mod util;
 

@@ -162,8 +162,14 @@ enum Cmd {
     },
     /// Speed benchmarks (kdet's ops against candle's built-ins, in one process).
     Bench {
-        /// What to benchmark: `ops`.
+        /// What to benchmark: `ops` (conv 3×3 forward, forward+backward, ResNet-18 SGD step).
         what: String,
+        /// Timed repetitions per row (after warm-up).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// JSON written by tools/bench_ops_torch.py --json: adds PyTorch's times and ratios.
+        #[arg(long)]
+        torch: Option<PathBuf>,
     },
     /// Draw a run's loss / lr / mAP curves to PNG.
     Plot {
@@ -317,8 +323,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Bench { what } => match what.as_str() {
-            "ops" => not_yet("bench ops", "the fast conv/pool ops"),
+        Cmd::Bench { what, runs, torch } => match what.as_str() {
+            "ops" => {
+                let mut reference = std::collections::BTreeMap::new();
+                if let Some(t) = &torch {
+                    let bytes = std::fs::read(t).with_context(|| t.display().to_string())?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&bytes).with_context(|| t.display().to_string())?;
+                    for (i, key) in ["conv3x3_fwd", "conv3x3_fwd_bwd", "resnet18_step"]
+                        .iter()
+                        .enumerate()
+                    {
+                        if let Some(ms) = v.get(key).and_then(|x| x.as_f64()) {
+                            reference.insert(i, ms);
+                        }
+                    }
+                }
+                eprintln!("rayon threads: {}", rayon::current_num_threads());
+                let rows = kdet::bench::ops(runs.max(3))?;
+                print!("{}", kdet::bench::table(&rows, &reference));
+                Ok(ExitCode::SUCCESS)
+            }
             other => bail!("unknown benchmark `{other}`; available: ops"),
         },
         Cmd::Plot { .. } => not_yet("plot", "the training engine"),
@@ -326,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    kdet::util::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

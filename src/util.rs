@@ -26,6 +26,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Keep freed memory in the process instead of returning every large block to the kernel.
+///
+/// Training allocates and frees tensors of the same sizes every step. glibc serves blocks above
+/// 128 KiB with fresh `mmap`s and unmaps them on free, so each step pays page faults and page
+/// zeroing for every activation (measured: a third of a ResNet-18 backward on CPU). Raising the
+/// mmap and trim thresholds lets freed blocks be reused. No effect on other C libraries.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before heavy allocation.
+    unsafe {
+        const GIB: i32 = 1 << 30;
+        libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, GIB);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

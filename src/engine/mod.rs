@@ -1,0 +1,3 @@
+//! Training machinery: optimizers ([`optim`]).
+
+pub mod optim;
