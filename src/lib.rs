@@ -8,9 +8,10 @@
 //! | [`config`] | JSON run configs: serde types, `base` inheritance, located validation errors. |
 //! | [`data`] | COCO parsing and checks ([`data::coco`]), transforms, threaded loader and samplers, the synthetic shapes dataset. |
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
-//! | [`ops`] | CPU custom ops: im2col/GEMM convolution with fast backward, padded max-pool with backward. |
-//! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier. |
-//! | [`engine`] | Training machinery: SGD (momentum, nesterov, per-parameter decay) and AdamW with checkpointable state. |
+//! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign) and box machinery (coder, IoU, NMS, anchors, matcher). |
+//! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier, FPN, Faster R-CNN (RPN, RoI heads), weight loading with key reports. |
+//! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
+//! | [`engine`] | Training: the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
 //! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
@@ -26,6 +27,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod infer;
 pub mod models;
 pub mod ops;
 pub mod plot;

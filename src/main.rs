@@ -51,6 +51,9 @@ enum Cmd {
         /// print `kdet compare`'s table of the two.
         #[arg(long)]
         baseline: bool,
+        /// Stop after this many iterations (checkpoint written); `--resume` continues.
+        #[arg(long)]
+        stop_after: Option<u64>,
     },
     /// COCO bbox evaluation (pycocotools-identical numbers via hotcoco).
     Eval {
@@ -184,24 +187,35 @@ fn not_yet(what: &str, issue: &str) -> anyhow::Result<ExitCode> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Train { config, .. } => {
+        Cmd::Train {
+            config,
+            resume,
+            baseline,
+            stop_after,
+        } => {
             let cfg = kdet::config::load(&config)?;
-            let (train, val) = kdet::data::resolve_splits(&cfg)?;
-            let data = kdet::data::coco::load_split(
-                &train.0,
-                &train.1,
-                kdet::data::coco::Purpose::Train {
-                    min_box_size: cfg.config.data.min_box_size,
-                },
-            )?;
-            eprintln!(
-                "config OK; train data: {} images, {} classes{}",
-                data.records.len(),
-                data.categories.len(),
-                val.map(|v| format!("; val: {}", v.0.display()))
-                    .unwrap_or_default()
+            if baseline {
+                return not_yet("train --baseline", "the distillation engine");
+            }
+            if !cfg.config.teachers.is_empty() || !cfg.config.distill.is_empty() {
+                return not_yet("train with teachers", "the distillation engine");
+            }
+            let opts = kdet::engine::trainer::TrainOptions { resume, stop_after };
+            let s = kdet::engine::trainer::train(&cfg, opts)?;
+            println!(
+                "trained {} iterations in {:.0} s ({:.2} s/iter); run: {}",
+                s.iterations,
+                s.seconds,
+                s.seconds / s.iterations.max(1) as f64,
+                s.output_dir.display()
             );
-            not_yet("train", "the Faster R-CNN training engine")
+            if let Some(e) = &s.eval {
+                println!(
+                    "val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
+                    e.stats[0], e.stats[1], e.stats[2]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Eval {
             gt,
@@ -209,16 +223,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             per_class,
             config,
-            ..
+            weights,
         } => {
-            if config.is_some() {
-                return not_yet("eval --config", "the Faster R-CNN model");
-            }
-            let (gt, dt) = (
-                gt.context("--gt and --dt are required")?,
-                dt.context("--dt is required")?,
-            );
-            let s = kdet::eval::evaluate_files(&gt, &dt)?;
+            let s = match (config, weights) {
+                (Some(c), Some(w)) => eval_model(&c, &w)?,
+                _ => {
+                    let gt = gt.context("give --gt and --dt, or --config and --weights")?;
+                    let dt = dt.context("--dt is required")?;
+                    kdet::eval::evaluate_files(&gt, &dt)?
+                }
+            };
             match format {
                 Format::Text => print!("{}", s.to_text(per_class)),
                 Format::Json => println!("{}", s.to_json()),
@@ -268,7 +282,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Infer { .. } => not_yet("infer", "the Faster R-CNN model"),
+        Cmd::Infer {
+            config,
+            weights,
+            inputs,
+            out,
+            score_thr,
+        } => {
+            let cfg = kdet::config::load(&config)?;
+            let (model, names, ids) = load_detector(&cfg, &weights)?;
+            let images = kdet::infer::collect_images(&inputs)?;
+            let device = kdet::device::open(
+                kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
+            )?;
+            let recs = kdet::infer::infer(
+                &model,
+                &cfg.config.model.input,
+                &names,
+                &ids,
+                &images,
+                &out,
+                score_thr,
+                &device,
+            )?;
+            eprintln!(
+                "{} detections on {} images; drawings and detections.json in {}",
+                recs.len(),
+                images.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Export { .. } => not_yet("export", "the hub/export work"),
         Cmd::Synth {
             out,
@@ -346,8 +390,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             other => bail!("unknown benchmark `{other}`; available: ops"),
         },
-        Cmd::Plot { .. } => not_yet("plot", "the training engine"),
+        Cmd::Plot { run } => {
+            for p in kdet::engine::metrics::plot_run(&run)? {
+                println!("{}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// A trained detector and its class names / category ids: from `model.json` beside the
+/// weights (written by `kdet train`), else from the config's training annotations.
+fn load_detector(
+    cfg: &kdet::config::LoadedConfig,
+    weights: &std::path::Path,
+) -> anyhow::Result<(kdet::models::faster_rcnn::FasterRcnn, Vec<String>, Vec<u64>)> {
+    let sidecar = weights.with_file_name("model.json");
+    let (names, ids): (Vec<String>, Vec<u64>) = if sidecar.is_file() {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar)?)
+            .with_context(|| sidecar.display().to_string())?;
+        let names = serde_json::from_value(v["classes"].clone())
+            .with_context(|| format!("{}: classes", sidecar.display()))?;
+        let ids = serde_json::from_value(v["category_ids"].clone())
+            .with_context(|| format!("{}: category_ids", sidecar.display()))?;
+        (names, ids)
+    } else {
+        let (train, _) = kdet::data::resolve_splits(cfg)?;
+        let gt = kdet::data::coco::load_ground_truth(&train.0, kdet::data::coco::Purpose::Eval)?;
+        let m = kdet::data::coco::CategoryMap::new(&gt.dataset.categories);
+        (m.names, m.ids)
+    };
+    let device = kdet::device::open(
+        kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
+    )?;
+    let det = kdet::engine::trainer::build_detector(&cfg.config.model, names.len(), 0, &device)?;
+    kdet::models::weights::load_safetensors(&det.vars.varmap, weights, true)?;
+    Ok((det.model, names, ids))
+}
+
+/// `kdet eval --config --weights`: the model over the config's val split.
+fn eval_model(
+    config: &std::path::Path,
+    weights: &std::path::Path,
+) -> anyhow::Result<kdet::eval::EvalSummary> {
+    let cfg = kdet::config::load(config)?;
+    let (model, _, _) = load_detector(&cfg, weights)?;
+    let (_, val) = kdet::data::resolve_splits(&cfg)?;
+    let (ann, images) = val.context("the config has no val split to evaluate on")?;
+    let data = kdet::data::coco::load_split(&ann, &images, kdet::data::coco::Purpose::Eval)?;
+    let device = kdet::device::open(
+        kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
+    )?;
+    let (s, _) = kdet::engine::evaluator::evaluate(
+        &model,
+        &data,
+        &cfg.config.model.input,
+        cfg.config.solver.batch_size,
+        &device,
+        None,
+    )?;
+    Ok(s)
 }
 
 fn main() -> ExitCode {

@@ -203,9 +203,17 @@ impl Loader {
 
     /// Iterate the batches of `epoch`. Workers start at once and stay `prefetch` batches ahead.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a resumed run), identical to those of a
+    /// full epoch.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochIter {
         let order = self.sampler.order(self.seed, epoch);
-        let chunks: Arc<Vec<Vec<usize>>> =
-            Arc::new(order.chunks(self.batch_size).map(|c| c.to_vec()).collect());
+        let all: Vec<Vec<usize>> = order.chunks(self.batch_size).map(|c| c.to_vec()).collect();
+        let skip = first.min(all.len());
+        let chunks: Arc<Vec<(usize, Vec<usize>)>> =
+            Arc::new(all.into_iter().enumerate().skip(skip).collect());
         let n_workers = self.workers.max(1).min(chunks.len().max(1));
         let mut receivers = Vec::with_capacity(n_workers);
         let mut handles = Vec::with_capacity(n_workers);
@@ -214,18 +222,12 @@ impl Loader {
             let chunks = chunks.clone();
             let ds = self.dataset.clone();
             let (seed, device) = (self.seed, self.device.clone());
-            let positions_before = |b: usize, bs: usize| b * bs;
             let bs = self.batch_size;
             handles.push(std::thread::spawn(move || {
                 for b in (w..chunks.len()).step_by(n_workers) {
-                    let batch = make_batch(
-                        &ds,
-                        &chunks[b],
-                        seed,
-                        epoch,
-                        positions_before(b, bs),
-                        &device,
-                    );
+                    // Position in the epoch of the batch's first sample: seeds its augmentation.
+                    let (index, members) = &chunks[b];
+                    let batch = make_batch(&ds, members, seed, epoch, index * bs, &device);
                     if tx.send(batch).is_err() {
                         return; // consumer dropped the iterator
                     }

@@ -209,7 +209,23 @@ impl ResNet {
 
     /// C2..C5 (strides 4, 8, 16, 32).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Stages> {
-        let x = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        self.forward_frozen(x, train, 0)
+    }
+
+    /// As [`forward_t`](Self::forward_t) with the first `frozen` stages (stem = 0, layer1..4 =
+    /// 1..4) frozen: their output is detached (no gradient is computed for them) and their
+    /// normalisation runs in eval mode, as torchvision's `trainable_layers` leaves them.
+    pub fn forward_frozen(
+        &self,
+        x: &Tensor,
+        train: bool,
+        frozen: usize,
+    ) -> candle_core::Result<Stages> {
+        let x = relu(
+            &self
+                .bn1
+                .forward_t(&self.conv1.forward(x)?, train && frozen == 0)?,
+        )?;
         let mut x = max_pool2d(
             &x,
             PoolParams {
@@ -218,10 +234,18 @@ impl ResNet {
                 padding: 1,
             },
         )?;
+        if frozen >= 1 {
+            x = x.detach();
+        }
         let mut outs = vec![];
-        for blocks in &self.layers {
+        for (i, blocks) in self.layers.iter().enumerate() {
+            // layer i+1 trains when it is not frozen.
+            let stage_train = train && frozen <= i + 1;
             for b in blocks {
-                x = b.forward_t(&x, train)?;
+                x = b.forward_t(&x, stage_train)?;
+            }
+            if frozen >= i + 2 {
+                x = x.detach();
             }
             outs.push(x.clone());
         }

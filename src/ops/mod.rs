@@ -1,12 +1,20 @@
-//! Custom ops candle lacks or runs slowly on CPU: convolution with a GEMM backward ([`conv`]),
-//! padded overlapping max-pooling with a backward ([`pool`]), a fused BatchNorm / channel affine
-//! ([`norm`]) and ReLU ([`relu`]). Each runs its CPU kernel on f32 tensors and falls back to
-//! candle's built-in ops on other devices or dtypes.
+//! Ops candle lacks or runs slowly on CPU, and detection's box machinery.
+//!
+//! Tensor ops with a CPU kernel and a candle fallback on other devices or dtypes: convolution with
+//! a GEMM backward ([`conv`]), padded overlapping max-pooling ([`pool`]), fused BatchNorm and
+//! channel affine ([`norm`]), ReLU ([`relu`]), RoIAlign ([`roi_align`]). Box logic on plain
+//! vectors, as torchvision: box coder and IoU ([`boxes`]), NMS ([`nms`]), anchors ([`anchors`]),
+//! matcher and balanced sampler ([`matcher`]).
 
+pub mod anchors;
+pub mod boxes;
 pub mod conv;
+pub mod matcher;
+pub mod nms;
 pub mod norm;
 pub mod pool;
 pub mod relu;
+pub mod roi_align;
 
 use std::mem::MaybeUninit;
 

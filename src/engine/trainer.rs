@@ -1,0 +1,354 @@
+//! The training loop: data → forward (losses) → backward → gradient clipping → optimizer step,
+//! with warmup and schedule, a progress bar, JSON-lines metrics, periodic and final COCO
+//! evaluation, atomic checkpoints with exact `--resume`, and a stop on non-finite losses that
+//! names the step and the term and keeps the last good checkpoint.
+//!
+//! Determinism: initial weights come from the config's seed ([`SeededVarMap`]); the data order
+//! and augmentation from (seed, epoch, position); the samplers of the RPN and RoI heads from
+//! (seed, iteration). So a resumed run draws exactly what the uninterrupted one would have.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use super::checkpoint;
+use super::evaluator::{evaluate, write_results};
+use super::metrics::{plot_run, MetricsLog};
+use super::optim::{params_with_decay, Optimizer};
+use super::schedule::LrSchedule;
+use crate::config::{Arch, LoadedConfig};
+use crate::data::coco::{load_split, DetectionData, Purpose};
+use crate::data::loader::{DetectionDataset, Loader, Sampler};
+use crate::error::{Error, Result};
+use crate::eval::EvalSummary;
+use crate::models::faster_rcnn::FasterRcnn;
+use crate::models::init::SeededVarMap;
+use crate::models::weights::named_tensors;
+use crate::ops::conv::ConvImpl;
+
+/// A detector with its variables.
+pub struct Detector {
+    pub vars: Arc<SeededVarMap>,
+    pub model: FasterRcnn,
+}
+
+/// Build a Faster R-CNN for `num_classes` foreground classes, initialised from `seed`.
+pub fn build_detector(
+    cfg: &crate::config::ModelConfig,
+    num_classes: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Detector> {
+    if cfg.arch != Arch::FasterRcnn {
+        return Err(Error::msg(format!(
+            "model.arch {:?} is not available yet: only faster_rcnn trains in this version",
+            cfg.arch
+        )));
+    }
+    let vars = Arc::new(SeededVarMap::new(seed));
+    let model = FasterRcnn::new(
+        vars.builder(DType::F32, device),
+        cfg,
+        num_classes + 1,
+        ConvImpl::Kdet,
+    )?;
+    Ok(Detector { vars, model })
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub output_dir: PathBuf,
+    pub iterations: u64,
+    pub seconds: f64,
+    pub eval: Option<EvalSummary>,
+}
+
+/// How to run a training.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOptions {
+    /// Continue from `output_dir/checkpoint.safetensors`.
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this many iterations of this invocation; `--resume`
+    /// continues. For time-limited jobs.
+    pub stop_after: Option<u64>,
+}
+
+/// Train the model a config describes.
+pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
+    let resume = opts.resume;
+    let c = &cfg.config;
+    let device = crate::device::open(crate::device::parse_device(&c.device).map_err(Error::msg)?)?;
+    let out = cfg.resolve("output_dir", &c.output_dir);
+    let (train_split, val_split) = crate::data::resolve_splits(cfg)?;
+    let train_data = load_split(
+        &train_split.0,
+        &train_split.1,
+        Purpose::Train {
+            min_box_size: c.data.min_box_size,
+        },
+    )?;
+    let val_data = match &val_split {
+        Some((a, i)) => Some(load_split(a, i, Purpose::Eval)?),
+        None => None,
+    };
+    let det = build_detector(&c.model, train_data.categories.len(), c.seed, &device)?;
+    let s = &c.solver;
+    let vars: Vec<(String, candle_core::Var)> = {
+        let data = det.vars.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = data
+            .iter()
+            .filter(|(k, _)| {
+                !k.ends_with("running_mean")
+                    && !k.ends_with("running_var")
+                    && !det.model.backbone.is_frozen_param(k)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut opt = Optimizer::new(params_with_decay(vars, s), s);
+
+    let loader = Loader {
+        sampler: Sampler::new(c.data.sampler, &train_data.records, true),
+        dataset: Arc::new(DetectionDataset {
+            records: train_data.records.clone(),
+            input: c.model.input.clone(),
+            flip_prob: c.data.flip_prob,
+        }),
+        batch_size: s.batch_size,
+        workers: c.data.workers,
+        prefetch: c.data.prefetch,
+        seed: c.seed,
+        device: device.clone(),
+    };
+    let per_epoch = loader.batches_per_epoch().max(1) as u64;
+    let (len, in_epochs) = s.length();
+    let total = if in_epochs { len * per_epoch } else { len };
+    let lr = LrSchedule::new(s, per_epoch, total);
+
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let mut start = 0u64;
+    if resume {
+        let ck = checkpoint::load(&ckpt_path)?;
+        let r = crate::models::weights::load_tensors(&det.vars.varmap, &ck.model)?;
+        if !r.is_clean() {
+            return Err(Error::msg(format!(
+                "{}: checkpoint does not fit the config's model: {}",
+                ckpt_path.display(),
+                r.describe()
+            )));
+        }
+        opt.load_state(ck.optim, ck.optim_step)?;
+        start = ck.iter;
+        eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    crate::util::write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(c)
+            .expect("config serialises")
+            .as_bytes(),
+    )?;
+    write_sidecar(&out.join("model.json"), c, &train_data)?;
+    let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
+
+    let pb = progress(total, start);
+    let t0 = Instant::now();
+    let mut it = start;
+    let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
+    let mut last_eval = None;
+    while it < end {
+        let epoch = it / per_epoch;
+        for batch in loader.epoch_from(epoch, (it % per_epoch) as usize) {
+            if it >= end {
+                break;
+            }
+            let batch = batch?;
+            let step_t = Instant::now();
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let outp = det.model.forward_train(&batch, &mut rng)?;
+            let (loss, terms) = sum_losses(&outp.losses, it + 1)?;
+            let mut grads = loss.backward()?;
+            if let Some(max) = s.grad_clip {
+                clip_grad_norm(
+                    &mut grads,
+                    opt.params().iter().map(|p| p.var.as_tensor()),
+                    max,
+                )?;
+            }
+            let lr_now = lr.lr(it);
+            opt.step(&grads, lr_now)?;
+            it += 1;
+            pb.set_position(it);
+            let total_loss: f64 = terms.values().sum();
+            pb.set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
+            if it.is_multiple_of(s.log_every) || it == total {
+                let mut rec = json!({"iter": it, "epoch": epoch, "lr": lr_now, "loss": total_loss, "time": step_t.elapsed().as_secs_f64()});
+                for (k, v) in &terms {
+                    rec[k] = json!(v);
+                }
+                log.write(&rec)?;
+                if !std::io::stderr().is_terminal() {
+                    eprintln!("iter {it}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
+                }
+            }
+            let last = it == total;
+            if s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every) || it == end {
+                // Never overwrite a good checkpoint with diverged weights.
+                check_finite_params(&opt, it)?;
+                let (st, step) = opt.state();
+                checkpoint::save(&ckpt_path, &named_tensors(&det.vars.varmap), &st, step, it)?;
+            }
+            if let Some(v) = &val_data {
+                if (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || last {
+                    let (summary, recs) =
+                        evaluate(&det.model, v, &c.model.input, s.batch_size, &device, None)?;
+                    let mut rec = json!({"iter": it});
+                    for (k, x) in summary.named() {
+                        rec[format!("val/{k}")] = json!(x);
+                    }
+                    log.write(&rec)?;
+                    pb.println(format!(
+                        "iter {it}: val AP {:.4} AP50 {:.4}",
+                        summary.stats[0], summary.stats[1]
+                    ));
+                    if last {
+                        write_results(&out.join("detections.json"), &recs)?;
+                        write_eval_json(&out, &v.gt.file, &summary, it)?;
+                    }
+                    last_eval = Some(summary);
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    if it == total {
+        crate::models::weights::save_safetensors(&det.vars.varmap, &out.join("model.safetensors"))?;
+    }
+    let _ = plot_run(&out);
+    Ok(TrainSummary {
+        output_dir: out,
+        iterations: it,
+        seconds: t0.elapsed().as_secs_f64(),
+        eval: last_eval,
+    })
+}
+
+fn progress(total: u64, start: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_position(start);
+    pb
+}
+
+/// Sum the named losses; a non-finite term stops training with its name and step.
+fn sum_losses(
+    losses: &BTreeMap<String, Tensor>,
+    step: u64,
+) -> Result<(Tensor, BTreeMap<String, f64>)> {
+    let mut vals = BTreeMap::new();
+    let mut total: Option<Tensor> = None;
+    for (k, t) in losses {
+        let v = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !v.is_finite() {
+            return Err(Error::msg(format!(
+                "step {step}: loss term `{k}` is {v}; training stopped, the last good checkpoint is kept (lower solver.lr or set solver.grad_clip)"
+            )));
+        }
+        vals.insert(k.clone(), v);
+        total = Some(match total {
+            None => t.clone(),
+            Some(s) => (s + t)?,
+        });
+    }
+    let total = total.ok_or_else(|| Error::msg("the model returned no losses"))?;
+    Ok((total, vals))
+}
+
+/// Stop when an optimizer step made any parameter NaN or infinite (the loss was still finite).
+fn check_finite_params(opt: &Optimizer, step: u64) -> Result<()> {
+    for p in opt.params() {
+        let v = p
+            .var
+            .as_tensor()
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if !v.is_finite() {
+            return Err(Error::msg(format!(
+                "step {step}: parameter `{}` became non-finite; training stopped, the last good checkpoint is kept (lower solver.lr or set solver.grad_clip)",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// PyTorch's `clip_grad_norm_`: scale all gradients by `max / (‖g‖₂ + 1e-6)` when that is < 1.
+pub fn clip_grad_norm<'a>(
+    grads: &mut GradStore,
+    params: impl Iterator<Item = &'a Tensor>,
+    max: f64,
+) -> Result<f64> {
+    let params: Vec<&Tensor> = params.collect();
+    let mut sq = 0f64;
+    for p in &params {
+        if let Some(g) = grads.get(p) {
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    let coef = max / (norm + 1e-6);
+    if coef < 1.0 {
+        for p in params {
+            if let Some(g) = grads.get(p) {
+                let scaled = (g * coef)?;
+                grads.insert(p, scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// `model.json` beside the weights: the architecture, class names and category ids, input
+/// normalisation — what `kdet infer` and `kdet export` need without the training data.
+fn write_sidecar(path: &Path, c: &crate::config::Config, data: &DetectionData) -> Result<()> {
+    let v = json!({
+        "kdet_version": env!("CARGO_PKG_VERSION"),
+        "model": c.model,
+        "classes": data.categories.names,
+        "category_ids": data.categories.ids,
+    });
+    crate::util::write_atomic(
+        path,
+        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
+    )
+}
+
+fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<()> {
+    let gt = std::fs::canonicalize(gt).unwrap_or_else(|_| gt.to_path_buf());
+    let v = json!({"gt": gt, "detections": "detections.json", "iter": iter, "stats": s.stats, "per_class": s.per_class});
+    crate::util::write_atomic(
+        &out.join("eval.json"),
+        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
+    )
+}

@@ -1,0 +1,170 @@
+//! `kdet infer`: detect objects in image files or folders, draw boxes with class names and
+//! scores (bundled DejaVu Sans), and write one COCO results JSON for all images.
+
+use std::path::{Path, PathBuf};
+
+use ab_glyph::{FontRef, PxScale};
+use candle_core::Device;
+use image::{Rgb, RgbImage};
+use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut};
+use imageproc::rect::Rect;
+use serde::Serialize;
+
+use crate::config::InputConfig;
+use crate::data::loader::{collate, Sample, Target};
+use crate::data::transforms::{normalize, resize_bilinear, resize_size, ImageF32};
+use crate::error::{Error, Result};
+use crate::models::faster_rcnn::roi_heads::Detections;
+use crate::models::faster_rcnn::FasterRcnn;
+
+/// Image files under the given files and folders (JPEG/PNG, sorted within a folder).
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for p in inputs {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| Error::io(p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                        matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                    })
+                })
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::msg(format!(
+                "{}: no such image file or folder",
+                p.display()
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::msg("no JPEG or PNG images found in the inputs"));
+    }
+    Ok(out)
+}
+
+/// One detection of `kdet infer`'s JSON output (COCO results, plus the file and class name).
+#[derive(Debug, Serialize)]
+pub struct InferRecord {
+    pub image_id: u64,
+    pub file_name: String,
+    pub category_id: u64,
+    pub category: String,
+    pub bbox: [f64; 4],
+    pub score: f64,
+}
+
+const PALETTE: [[u8; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// Draw detections on an image.
+pub fn draw(img: &mut RgbImage, d: &Detections, names: &[String], score_thr: f32) -> Result<()> {
+    let font = FontRef::try_from_slice(crate::plot::FONT)
+        .map_err(|e| Error::msg(format!("bundled font: {e}")))?;
+    let scale = PxScale::from((img.height().min(img.width()) as f32 / 28.0).clamp(10.0, 24.0));
+    for ((b, &s), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
+        if s < score_thr {
+            continue;
+        }
+        let c = Rgb(PALETTE[(l as usize) % PALETTE.len()]);
+        let (x, y) = (b[0].max(0.0) as i32, b[1].max(0.0) as i32);
+        let (w, h) = ((b[2] - b[0]).max(1.0) as u32, (b[3] - b[1]).max(1.0) as u32);
+        draw_hollow_rect_mut(img, Rect::at(x, y).of_size(w, h), c);
+        if w > 2 && h > 2 {
+            draw_hollow_rect_mut(img, Rect::at(x + 1, y + 1).of_size(w - 2, h - 2), c);
+        }
+        let name = names.get(l as usize - 1).map(String::as_str).unwrap_or("?");
+        let text = format!("{name} {s:.2}");
+        let (tw, th) = imageproc::drawing::text_size(scale, &font, &text);
+        let ty = (y - th as i32 - 2).max(0);
+        draw_filled_rect_mut(img, Rect::at(x, ty).of_size(tw + 4, th + 2), c);
+        draw_text_mut(img, Rgb([0, 0, 0]), x + 2, ty, scale, &font, &text);
+    }
+    Ok(())
+}
+
+/// Run the model on each image; write `DIR/<name>.png` drawings and `DIR/detections.json`.
+/// `category_ids[l-1]` and `names[l-1]` describe label `l`.
+#[allow(clippy::too_many_arguments)]
+pub fn infer(
+    model: &FasterRcnn,
+    input: &InputConfig,
+    names: &[String],
+    category_ids: &[u64],
+    images: &[PathBuf],
+    out: &Path,
+    score_thr: f32,
+    device: &Device,
+) -> Result<Vec<InferRecord>> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut recs = vec![];
+    for (i, path) in images.iter().enumerate() {
+        let rgb = image::open(path)
+            .map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display())))?
+            .to_rgb8();
+        let mut x = ImageF32::from_rgb(&rgb);
+        let orig = (x.h, x.w);
+        normalize(&mut x, &input.mean, &input.std);
+        let (nh, nw) = resize_size(x.h, x.w, input.min_size, input.max_size);
+        let x = resize_bilinear(&x, nh, nw);
+        let sample = Sample {
+            image_id: i as u64 + 1,
+            image: x,
+            target: Target {
+                boxes: vec![],
+                labels: vec![],
+                crowd: vec![],
+            },
+            original_size: orig,
+            flipped: false,
+        };
+        let batch = collate(vec![sample], input.size_divisible as usize, device)?;
+        let d = model.predict(&batch)?.remove(0);
+        let mut canvas = rgb.clone();
+        draw(&mut canvas, &d, names, score_thr)?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let dst = out.join(format!("{stem}.png"));
+        canvas
+            .save(&dst)
+            .map_err(|e| Error::msg(format!("{}: {e}", dst.display())))?;
+        for ((b, &s), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
+            if s < score_thr {
+                continue;
+            }
+            recs.push(InferRecord {
+                image_id: i as u64 + 1,
+                file_name: path.display().to_string(),
+                category_id: category_ids
+                    .get(l as usize - 1)
+                    .copied()
+                    .unwrap_or(l as u64),
+                category: names.get(l as usize - 1).cloned().unwrap_or_default(),
+                bbox: [
+                    b[0] as f64,
+                    b[1] as f64,
+                    (b[2] - b[0]) as f64,
+                    (b[3] - b[1]) as f64,
+                ],
+                score: s as f64,
+            });
+        }
+    }
+    crate::util::write_atomic(
+        &out.join("detections.json"),
+        &serde_json::to_vec_pretty(&recs).expect("json"),
+    )?;
+    Ok(recs)
+}

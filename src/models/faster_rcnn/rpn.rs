@@ -1,0 +1,293 @@
+//! Region proposal network as torchvision's `RPNHead` + `RegionProposalNetwork`
+//! (`models/detection/rpn.py`): a shared 3×3 conv + ReLU, per-anchor objectness and box deltas;
+//! proposals are the top-n anchors per level by objectness, decoded, clipped, filtered and
+//! NMS'd per level; training samples 256 anchors (half positive at most) against the ground
+//! truth matched at IoU 0.7 / 0.3 with low-quality matches allowed.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rand::Rng;
+
+use super::losses::{bce_with_logits_mean, smooth_l1_sum};
+use crate::config::RpnConfig;
+use crate::data::loader::Target;
+use crate::models::layers::{Conv2d, ConvSpec};
+use crate::ops::anchors::AnchorGenerator;
+use crate::ops::boxes::{clip_to_image, iou_matrix, is_large_enough, Box4, BoxCoder};
+use crate::ops::conv::ConvImpl;
+use crate::ops::matcher::{sample_balanced, Match, Matcher};
+use crate::ops::nms::batched_nms;
+use crate::ops::relu::relu;
+
+/// torchvision's RPN drops proposals smaller than this (pixels).
+const MIN_SIZE: f32 = 1e-3;
+/// Smooth-L1 β of torchvision's RPN box loss.
+const BETA: f64 = 1.0 / 9.0;
+
+#[derive(Debug, Clone)]
+pub struct RpnHead {
+    conv: Conv2d,
+    cls_logits: Conv2d,
+    bbox_pred: Conv2d,
+}
+
+impl RpnHead {
+    /// torchvision: weights ~ N(0, 0.01), biases 0.
+    pub fn new(
+        vb: VarBuilder,
+        c: usize,
+        anchors: usize,
+        imp: ConvImpl,
+    ) -> candle_core::Result<Self> {
+        let w = Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        };
+        let b = Init::Const(0.0);
+        let spec = |cout, k| ConvSpec {
+            cin: c,
+            cout,
+            k,
+            stride: 1,
+            padding: k / 2,
+            bias: true,
+            imp,
+        };
+        Ok(Self {
+            conv: Conv2d::with_init(vb.pp("conv.0.0"), spec(c, 3), w, b)?,
+            cls_logits: Conv2d::with_init(vb.pp("cls_logits"), spec(anchors, 1), w, b)?,
+            bbox_pred: Conv2d::with_init(vb.pp("bbox_pred"), spec(4 * anchors, 1), w, b)?,
+        })
+    }
+
+    /// Per level: objectness `N × (H·W·A)` and deltas `N × (H·W·A) × 4`, ordered (y, x, anchor)
+    /// like the anchors.
+    pub fn forward(&self, features: &[Tensor]) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        features
+            .iter()
+            .map(|f| {
+                let t = relu(&self.conv.forward(f)?)?;
+                let logits = self.cls_logits.forward(&t)?;
+                let deltas = self.bbox_pred.forward(&t)?;
+                let (n, a, h, w) = logits.dims4()?;
+                let logits = logits.permute((0, 2, 3, 1))?.reshape((n, h * w * a))?;
+                let deltas = deltas
+                    .reshape((n, a, 4, h, w))?
+                    .permute((0, 3, 4, 1, 2))?
+                    .reshape((n, h * w * a, 4))?;
+                Ok((logits, deltas))
+            })
+            .collect()
+    }
+}
+
+/// What the RPN produced for a batch.
+pub struct RpnOutput {
+    /// Proposals per image, by decreasing objectness.
+    pub proposals: Vec<Vec<Box4>>,
+    /// `loss_objectness`, `loss_rpn_box_reg` in training.
+    pub losses: BTreeMap<String, Tensor>,
+    /// Objectness logits (`N × anchors`) and deltas (`N × anchors × 4`), all levels: a tap for
+    /// distillation.
+    pub logits: Tensor,
+    pub deltas: Tensor,
+    /// The anchors of one image (the same for every image of the batch).
+    pub anchors: Vec<Box4>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rpn {
+    pub head: RpnHead,
+    pub anchor_gen: AnchorGenerator,
+    pub coder: BoxCoder,
+    pub cfg: RpnConfig,
+}
+
+impl Rpn {
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &RpnConfig,
+        channels: usize,
+        imp: ConvImpl,
+    ) -> candle_core::Result<Self> {
+        let anchor_gen = AnchorGenerator {
+            sizes: cfg.anchor_sizes.clone(),
+            aspect_ratios: cfg.aspect_ratios.clone(),
+        };
+        Ok(Self {
+            head: RpnHead::new(
+                vb.pp("head"),
+                channels,
+                anchor_gen.num_anchors_per_location(),
+                imp,
+            )?,
+            anchor_gen,
+            coder: BoxCoder::new([1.0, 1.0, 1.0, 1.0]),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Proposals (and losses when `targets` is given). `padded` is the batch tensor's size,
+    /// `image_sizes` each image's size inside it.
+    pub fn forward(
+        &self,
+        features: &[Tensor],
+        padded: (usize, usize),
+        image_sizes: &[(usize, usize)],
+        targets: Option<&[Target]>,
+        rng: &mut impl Rng,
+    ) -> candle_core::Result<RpnOutput> {
+        let head = self.head.forward(features)?;
+        let sizes: Vec<(usize, usize)> = features
+            .iter()
+            .map(|f| Ok((f.dim(2)?, f.dim(3)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let per_level = self.anchor_gen.anchors(padded, &sizes);
+        let counts: Vec<usize> = per_level.iter().map(|a| a.len()).collect();
+        let anchors: Vec<Box4> = per_level.into_iter().flatten().collect();
+        let logits = Tensor::cat(&head.iter().map(|h| h.0.clone()).collect::<Vec<_>>(), 1)?;
+        let deltas = Tensor::cat(&head.iter().map(|h| h.1.clone()).collect::<Vec<_>>(), 1)?;
+        let training = targets.is_some();
+        let (pre, post) = if training {
+            (self.cfg.pre_nms_top_n_train, self.cfg.post_nms_top_n_train)
+        } else {
+            (self.cfg.pre_nms_top_n_test, self.cfg.post_nms_top_n_test)
+        };
+        let lv = logits
+            .detach()
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        let dv = deltas
+            .detach()
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec3::<f32>()?;
+        let proposals = (0..image_sizes.len())
+            .map(|i| self.filter(&lv[i], &dv[i], &anchors, &counts, image_sizes[i], pre, post))
+            .collect();
+        let losses = match targets {
+            Some(t) => self.losses(&logits, &deltas, &anchors, t, rng)?,
+            None => BTreeMap::new(),
+        };
+        Ok(RpnOutput {
+            proposals,
+            losses,
+            logits,
+            deltas,
+            anchors,
+        })
+    }
+
+    /// torchvision's `filter_proposals` for one image.
+    #[allow(clippy::too_many_arguments)]
+    fn filter(
+        &self,
+        logits: &[f32],
+        deltas: &[Vec<f32>],
+        anchors: &[Box4],
+        counts: &[usize],
+        size: (usize, usize),
+        pre: usize,
+        post: usize,
+    ) -> Vec<Box4> {
+        let mut boxes = vec![];
+        let mut scores = vec![];
+        let mut levels = vec![];
+        let mut start = 0;
+        for (l, &n) in counts.iter().enumerate() {
+            let mut idx: Vec<usize> = (start..start + n).collect();
+            // topk: largest logits first (ties keep anchor order).
+            idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            idx.truncate(pre.min(n));
+            for i in idx {
+                let d = &deltas[i];
+                let mut b = self.coder.decode(&[d[0], d[1], d[2], d[3]], &anchors[i]);
+                clip_to_image(&mut b, size);
+                let s = 1.0 / (1.0 + (-logits[i]).exp());
+                if is_large_enough(&b, MIN_SIZE) && s >= self.cfg.score_thresh {
+                    boxes.push(b);
+                    scores.push(s);
+                    levels.push(l);
+                }
+            }
+            start += n;
+        }
+        let mut keep = batched_nms(&boxes, &scores, &levels, self.cfg.nms_thresh);
+        keep.truncate(post);
+        keep.into_iter().map(|k| boxes[k]).collect()
+    }
+
+    fn losses(
+        &self,
+        logits: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        targets: &[Target],
+        rng: &mut impl Rng,
+    ) -> candle_core::Result<BTreeMap<String, Tensor>> {
+        let a = anchors.len();
+        let matcher = Matcher {
+            high: self.cfg.fg_iou_thresh,
+            low: self.cfg.bg_iou_thresh,
+            allow_low_quality: true,
+        };
+        let (mut sampled, mut sampled_labels) = (vec![], vec![]);
+        let (mut pos_idx, mut pos_targets) = (vec![], vec![]);
+        for (i, t) in targets.iter().enumerate() {
+            let m = matcher.matches(&iou_matrix(&t.boxes, anchors), t.boxes.len(), a);
+            let labels: Vec<Option<bool>> = m
+                .iter()
+                .map(|m| match m {
+                    Match::Gt(_) => Some(true),
+                    Match::Below => Some(false),
+                    Match::Between => None,
+                })
+                .collect();
+            let (pos, neg) = sample_balanced(
+                &labels,
+                self.cfg.batch_size_per_image,
+                self.cfg.positive_fraction,
+                rng,
+            );
+            for &p in &pos {
+                let Match::Gt(g) = m[p] else {
+                    unreachable!("positives are matched")
+                };
+                pos_idx.push((i * a + p) as u32);
+                pos_targets.extend(self.coder.encode(&t.boxes[g], &anchors[p]));
+            }
+            for (idx, lab) in pos
+                .iter()
+                .map(|&p| (p, 1f32))
+                .chain(neg.iter().map(|&n| (n, 0f32)))
+            {
+                sampled.push((i * a + idx) as u32);
+                sampled_labels.push(lab);
+            }
+        }
+        let dev = logits.device();
+        let n_sampled = sampled.len().max(1) as f64;
+        let flat_logits = logits.flatten_all()?;
+        let sel =
+            flat_logits.index_select(&Tensor::from_vec(sampled.clone(), sampled.len(), dev)?, 0)?;
+        let objectness = bce_with_logits_mean(
+            &sel,
+            &Tensor::from_vec(sampled_labels, sampled.len(), dev)?.to_dtype(sel.dtype())?,
+        )?;
+        let box_loss = if pos_idx.is_empty() {
+            (deltas.sum_all()? * 0.0)?
+        } else {
+            let np = pos_idx.len();
+            let pred = deltas
+                .reshape(((), 4))?
+                .index_select(&Tensor::from_vec(pos_idx, np, dev)?, 0)?;
+            let tgt = Tensor::from_vec(pos_targets, (np, 4), dev)?.to_dtype(pred.dtype())?;
+            (smooth_l1_sum(&pred, &tgt, BETA)? / n_sampled)?
+        };
+        Ok(BTreeMap::from([
+            ("loss_objectness".to_string(), objectness),
+            ("loss_rpn_box_reg".to_string(), box_loss),
+        ]))
+    }
+}

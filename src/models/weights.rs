@@ -1,0 +1,172 @@
+//! Loading weights by name into a model's VarMap, with a report of missing, unexpected and
+//! shape-mismatched keys (fatal unless the caller allows it): the guard against the most common
+//! distillation failure, a teacher that silently did not load.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::error::{Error, Result};
+
+/// What a load found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// (key, shape in the model, shape in the file)
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+    /// A sentence listing the problems (first few of each kind).
+    pub fn describe(&self) -> String {
+        let few = |v: &[String]| {
+            let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if v.len() > 5 {
+                s.push_str(&format!(" … ({} in all)", v.len()));
+            }
+            s
+        };
+        let mut parts = vec![];
+        if !self.missing.is_empty() {
+            parts.push(format!("missing keys: {}", few(&self.missing)));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected keys: {}", few(&self.unexpected)));
+        }
+        if !self.mismatched.is_empty() {
+            let m: Vec<String> = self
+                .mismatched
+                .iter()
+                .map(|(k, a, b)| format!("{k} (model {a:?}, file {b:?})"))
+                .collect();
+            parts.push(format!("shape mismatches: {}", few(&m)));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Keys PyTorch state_dicts carry that have no tensor in kdet's modules.
+fn ignorable(key: &str) -> bool {
+    key.ends_with("num_batches_tracked")
+}
+
+/// Copy `tensors` into the variables of `varmap` by name.
+pub fn load_tensors(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<LoadReport> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut r = LoadReport::default();
+    for (name, var) in data.iter() {
+        match tensors.get(name) {
+            None => r.missing.push(name.clone()),
+            Some(t) if t.dims() != var.dims() => {
+                r.mismatched
+                    .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
+            }
+            Some(t) => {
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                r.loaded += 1;
+            }
+        }
+    }
+    r.unexpected = tensors
+        .keys()
+        .filter(|k| !data.contains_key(*k) && !ignorable(k))
+        .cloned()
+        .collect();
+    r.missing.sort();
+    r.unexpected.sort();
+    r.mismatched.sort();
+    Ok(r)
+}
+
+/// Load a safetensors file into `varmap`; with `strict`, any missing, unexpected or mismatched
+/// key is an error naming the file.
+pub fn load_safetensors(varmap: &VarMap, path: &Path, strict: bool) -> Result<LoadReport> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let r = load_tensors(varmap, &tensors)?;
+    if strict && !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: weights do not fit the model: {}",
+            path.display(),
+            r.describe()
+        )));
+    }
+    Ok(r)
+}
+
+/// Save all variables of a VarMap as safetensors, atomically.
+pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
+    let map: HashMap<String, Tensor> = named_tensors(varmap).into_iter().collect();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("weights"),
+        std::process::id()
+    ));
+    candle_core::safetensors::save(&map, &tmp)
+        .map_err(|e| Error::msg(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// All variables of a VarMap by name (sorted), for saving.
+pub fn named_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut v: Vec<(String, Tensor)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn report_names_problems() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get((2, 2), "a.weight").unwrap();
+        vb.get(3, "b.bias").unwrap();
+        vb.get(1, "c").unwrap();
+        let t = |s: &[usize]| Tensor::ones(s, DType::F32, &Device::Cpu).unwrap();
+        let file = HashMap::from([
+            ("a.weight".to_string(), t(&[2, 2])),
+            ("b.bias".to_string(), t(&[4])),
+            ("z.extra".to_string(), t(&[1])),
+            ("bn.num_batches_tracked".to_string(), t(&[1])),
+        ]);
+        let r = load_tensors(&vm, &file).unwrap();
+        assert_eq!(r.loaded, 1);
+        assert_eq!(r.missing, vec!["c"]);
+        assert_eq!(r.unexpected, vec!["z.extra"]);
+        assert_eq!(r.mismatched, vec![("b.bias".to_string(), vec![3], vec![4])]);
+        let d = r.describe();
+        assert!(
+            d.contains("missing keys: c")
+                && d.contains("unexpected keys: z.extra")
+                && d.contains("b.bias (model [3], file [4])"),
+            "{d}"
+        );
+        assert_eq!(
+            vm.data().lock().unwrap()["a.weight"]
+                .to_vec2::<f32>()
+                .unwrap(),
+            vec![vec![1.0, 1.0]; 2]
+        );
+    }
+}
