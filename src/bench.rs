@@ -102,6 +102,7 @@ pub fn ops(runs: usize) -> Result<Vec<Row>> {
             width: 1.0,
             norm: NormKind::Bn,
             conv: imp,
+            bn_eps: 1e-5,
         };
         let net = ResNet::new(m.builder(DType::F32, &Device::Cpu), cfg, Some(1000))?;
         let vars: Vec<(String, Var)> = m

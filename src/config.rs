@@ -127,6 +127,10 @@ pub struct BackboneConfig {
     /// Optional backbone weights (local path or `hf://…`).
     #[serde(default)]
     pub weights: Option<String>,
+    /// eps of the backbone's BatchNorm / FrozenBatchNorm2d. torchvision: 1e-5; its
+    /// COCO-pretrained Faster R-CNN weights expect 0 (the builder's `overwrite_eps(model, 0.0)`).
+    #[serde(default = "d_bn_eps")]
+    pub bn_eps: f64,
 }
 
 impl Default for BackboneConfig {
@@ -588,6 +592,9 @@ impl SolverConfig {
 
 fn d_depth() -> u32 {
     50
+}
+fn d_bn_eps() -> f64 {
+    1e-5
 }
 fn d_one() -> f64 {
     1.0

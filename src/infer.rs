@@ -133,8 +133,20 @@ pub fn infer(
         };
         let batch = collate(vec![sample], input.size_divisible as usize, device)?;
         let d = model.predict(&batch)?.remove(0);
-        let mut canvas = rgb.clone();
-        draw(&mut canvas, &d, names, score_thr)?;
+        // Small images are enlarged (nearest) so that labels stay readable.
+        let k = (384 / rgb.width().min(rgb.height()).max(1)).max(1);
+        let mut canvas = image::imageops::resize(
+            &rgb,
+            rgb.width() * k,
+            rgb.height() * k,
+            image::imageops::FilterType::Nearest,
+        );
+        let mut shown = d.clone();
+        shown
+            .boxes
+            .iter_mut()
+            .for_each(|b| b.iter_mut().for_each(|v| *v *= k as f32));
+        draw(&mut canvas, &shown, names, score_thr)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
         let dst = out.join(format!("{stem}.png"));
         canvas

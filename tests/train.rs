@@ -189,3 +189,23 @@ fn nan_loss_stops_with_step_and_term() {
     let n = losses(&run).len();
     assert!(n >= 1, "at least one good step was logged");
 }
+
+#[test]
+fn backbone_weights_load_strictly_or_fail_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let c = config(
+        d.path(),
+        "bb",
+        r#"{"iterations": 1, "batch_size": 2, "log_every": 1}"#,
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&c).unwrap()).unwrap();
+    v["model"]["backbone"] = serde_json::json!({"weights": "missing.safetensors"});
+    std::fs::write(&c, v.to_string()).unwrap();
+    let o = kdet(&["train", &c]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.safetensors"));
+    v["model"]["backbone"] = serde_json::json!({"weights": "hf://owner/repo/model.safetensors"});
+    std::fs::write(&c, v.to_string()).unwrap();
+    let e = String::from_utf8_lossy(&kdet(&["train", &c]).stderr).into_owned();
+    assert!(e.contains("hub is not available"), "{e}");
+}

@@ -64,6 +64,31 @@ pub fn build_detector(
     Ok(Detector { vars, model })
 }
 
+/// [`build_detector`], then the configured backbone weights (`model.backbone.weights`, a path
+/// relative to the config that set it) loaded strictly.
+pub fn build_detector_for_training(
+    cfg: &LoadedConfig,
+    num_classes: usize,
+    device: &Device,
+) -> Result<Detector> {
+    let c = &cfg.config;
+    let det = build_detector(&c.model, num_classes, c.seed, device)?;
+    if let Some(w) = &c.model.backbone.weights {
+        let path = if w.starts_with("hf://") {
+            PathBuf::from(w)
+        } else {
+            cfg.resolve("model.backbone.weights", Path::new(w))
+        };
+        let r = crate::models::weights::load_backbone(&det.vars.varmap, &path)?;
+        eprintln!(
+            "loaded {} backbone tensors from {}",
+            r.loaded,
+            path.display()
+        );
+    }
+    Ok(det)
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -101,7 +126,7 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         Some((a, i)) => Some(load_split(a, i, Purpose::Eval)?),
         None => None,
     };
-    let det = build_detector(&c.model, train_data.categories.len(), c.seed, &device)?;
+    let det = build_detector_for_training(cfg, train_data.categories.len(), &device)?;
     let s = &c.solver;
     let vars: Vec<(String, candle_core::Var)> = {
         let data = det.vars.varmap.data().lock().expect("varmap lock");

@@ -35,6 +35,7 @@ impl Backbone {
             width: m.backbone.width,
             norm: m.backbone.norm,
             conv: imp,
+            bn_eps: m.backbone.bn_eps,
         };
         let body = ResNet::new(vb.pp("body"), cfg, None)?;
         let fpn = Fpn::new(vb.pp("fpn"), &cfg.out_channels(), m.fpn.out_channels, imp)?;

@@ -67,70 +67,63 @@ impl Module for Conv2d {
     }
 }
 
+/// The tensors of a (Frozen)BatchNorm2d, with torchvision's names.
+#[derive(Debug, Clone)]
+pub struct BnParams {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub eps: f64,
+}
+
+impl BnParams {
+    fn new(vb: &VarBuilder, c: usize, eps: f64) -> candle_core::Result<Self> {
+        let get = |n: &str, v: f64| vb.get_with_hints(c, n, Init::Const(v));
+        Ok(Self {
+            weight: get("weight", 1.0)?,
+            bias: get("bias", 0.0)?,
+            mean: get("running_mean", 0.0)?,
+            var: get("running_var", 1.0)?,
+            eps,
+        })
+    }
+
+    /// `x · w/sqrt(rv + eps) + (b − rm · w/sqrt(rv + eps))`, no gradient to the statistics or
+    /// the affine. The tensors are read at every call (one value per channel), so weights
+    /// loaded into the VarMap after construction take effect.
+    fn frozen(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let scale = (self.weight.detach() * (self.var.detach() + self.eps)?.sqrt()?.recip()?)?;
+        let shift = (self.bias.detach() - (self.mean.detach() * &scale)?)?;
+        channel_affine(x, &scale, &shift)
+    }
+}
+
 /// A normalisation layer over channels.
 #[derive(Debug, Clone)]
 pub enum Norm {
-    /// torchvision's FrozenBatchNorm2d: fixed affine transform from stored statistics
-    /// (eps 1e-5); its tensors never train.
-    /// The four tensors are read at every forward (cheap: one value per channel), so weights
-    /// loaded into the VarMap after construction take effect.
-    Frozen {
-        weight: Tensor,
-        bias: Tensor,
-        mean: Tensor,
-        var: Tensor,
-    },
-    /// Trainable BatchNorm2d (eps 1e-5, momentum 0.1, PyTorch's defaults).
-    Batch {
-        weight: Tensor,
-        bias: Tensor,
-        mean: Tensor,
-        var: Tensor,
-    },
+    /// torchvision's FrozenBatchNorm2d: a fixed affine transform from stored statistics; its
+    /// tensors never train.
+    Frozen(BnParams),
+    /// Trainable BatchNorm2d (momentum 0.1, PyTorch's default).
+    Batch(BnParams),
     /// GroupNorm (Wu & He 2018), 32 groups or fewer when channels are few.
     Group(candle_nn::GroupNorm),
 }
 
 impl Norm {
-    pub fn new(vb: VarBuilder, kind: NormKind, c: usize) -> candle_core::Result<Self> {
+    /// `eps` of the batch norms (torchvision 1e-5; see `BackboneConfig::bn_eps`).
+    pub fn new(vb: VarBuilder, kind: NormKind, c: usize, eps: f64) -> candle_core::Result<Self> {
         Ok(match kind {
-            NormKind::FrozenBn => {
-                let get = |n: &str, v: f64| vb.get_with_hints(c, n, Init::Const(v));
-                Norm::Frozen {
-                    weight: get("weight", 1.0)?,
-                    bias: get("bias", 0.0)?,
-                    mean: get("running_mean", 0.0)?,
-                    var: get("running_var", 1.0)?,
-                }
-            }
-            NormKind::Bn => Norm::Batch {
-                weight: vb.get_with_hints(c, "weight", Init::Const(1.0))?,
-                bias: vb.get_with_hints(c, "bias", Init::Const(0.0))?,
-                mean: vb.get_with_hints(c, "running_mean", Init::Const(0.0))?,
-                var: vb.get_with_hints(c, "running_var", Init::Const(1.0))?,
-            },
+            NormKind::FrozenBn => Norm::Frozen(BnParams::new(&vb, c, eps)?),
+            NormKind::Bn => Norm::Batch(BnParams::new(&vb, c, eps)?),
             NormKind::Gn => Norm::Group(candle_nn::group_norm(group_count(c), c, 1e-5, vb)?),
         })
     }
 }
 
-/// PyTorch's BatchNorm2d / FrozenBatchNorm2d eps.
-const BN_EPS: f64 = 1e-5;
 /// PyTorch's BatchNorm2d momentum.
 const BN_MOMENTUM: f32 = 0.1;
-
-/// `x · w/sqrt(rv + eps) + (b − rm · w/sqrt(rv + eps))`, no gradient to the statistics or affine.
-fn frozen(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    rm: &Tensor,
-    rv: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let scale = (w.detach() * (rv.detach() + BN_EPS)?.sqrt()?.recip()?)?;
-    let shift = (b.detach() - (rm.detach() * &scale)?)?;
-    channel_affine(x, &scale, &shift)
-}
 
 /// BatchNorm training mode with candle ops (devices without the fused kernel). Returns the
 /// output, the batch mean and the unbiased batch variance.
@@ -138,6 +131,7 @@ fn batch_norm_train_generic(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
+    eps: f64,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let c = w.dim(0)?;
     let (n, _, h, ww) = x.dims4()?;
@@ -145,7 +139,7 @@ fn batch_norm_train_generic(
     let mean = x.mean_keepdim((0, 2, 3))?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-    let y = xc.broadcast_div(&(&var + BN_EPS)?.sqrt()?)?;
+    let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?;
     let y = y
         .broadcast_mul(&w.reshape((1, c, 1, 1))?)?
         .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
@@ -175,22 +169,12 @@ pub fn group_count(c: usize) -> usize {
 impl ModuleT for Norm {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
-            Norm::Frozen {
-                weight,
-                bias,
-                mean,
-                var,
-            } => frozen(x, weight, bias, mean, var),
-            Norm::Batch {
-                weight,
-                bias,
-                mean,
-                var,
-            } if train => {
+            Norm::Frozen(p) => p.frozen(x),
+            Norm::Batch(p) if train => {
                 let (y, batch_mean, batch_var) =
                     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-                        let (y, st) = batch_norm_train(x, weight, bias, BN_EPS)?;
-                        let dev = weight.device();
+                        let (y, st) = batch_norm_train(x, &p.weight, &p.bias, p.eps)?;
+                        let dev = p.weight.device();
                         let c = st.mean.len();
                         (
                             y,
@@ -198,19 +182,14 @@ impl ModuleT for Norm {
                             Tensor::from_vec(st.var_unbiased, c, dev)?,
                         )
                     } else {
-                        batch_norm_train_generic(x, weight, bias)?
+                        batch_norm_train_generic(x, &p.weight, &p.bias, p.eps)?
                     };
-                ema_update(mean, &batch_mean)?;
-                ema_update(var, &batch_var)?;
+                ema_update(&p.mean, &batch_mean)?;
+                ema_update(&p.var, &batch_var)?;
                 Ok(y)
             }
             // Eval mode: the same affine map as FrozenBatchNorm2d, from the running statistics.
-            Norm::Batch {
-                weight,
-                bias,
-                mean,
-                var,
-            } => frozen(x, weight, bias, mean, var),
+            Norm::Batch(p) => p.frozen(x),
             Norm::Group(gn) => gn.forward(x),
         }
     }

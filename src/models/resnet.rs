@@ -20,6 +20,8 @@ pub struct ResNetConfig {
     pub width: f64,
     pub norm: NormKind,
     pub conv: ConvImpl,
+    /// BatchNorm eps (torchvision 1e-5).
+    pub bn_eps: f64,
 }
 
 impl ResNetConfig {
@@ -94,7 +96,7 @@ impl Block {
             .map(|(i, &(ci, co, k, s))| {
                 Ok((
                     conv(vb.pp(format!("conv{}", i + 1)), ci, co, k, s)?,
-                    Norm::new(vb.pp(format!("bn{}", i + 1)), cfg.norm, co)?,
+                    Norm::new(vb.pp(format!("bn{}", i + 1)), cfg.norm, co, cfg.bn_eps)?,
                 ))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -102,7 +104,7 @@ impl Block {
             let d = vb.pp("downsample");
             Some((
                 conv(d.pp("0"), cin, cout, 1, stride)?,
-                Norm::new(d.pp("1"), cfg.norm, cout)?,
+                Norm::new(d.pp("1"), cfg.norm, cout, cfg.bn_eps)?,
             ))
         } else {
             None
@@ -167,7 +169,7 @@ impl ResNet {
                 imp: cfg.conv,
             },
         )?;
-        let bn1 = Norm::new(vb.pp("bn1"), cfg.norm, c64)?;
+        let bn1 = Norm::new(vb.pp("bn1"), cfg.norm, c64, cfg.bn_eps)?;
         let mut cin = c64;
         let mut layers = vec![];
         for (li, (&n, planes)) in cfg.blocks().iter().zip([64, 128, 256, 512]).enumerate() {
@@ -280,6 +282,7 @@ mod tests {
                 width: 1.0,
                 norm: NormKind::Bn,
                 conv: ConvImpl::Kdet,
+                bn_eps: 1e-5,
             };
             let _net = ResNet::new(m.builder(DType::F32, &Device::Cpu), cfg, Some(1000)).unwrap();
             let data = m.varmap.data().lock().unwrap();
@@ -304,6 +307,7 @@ mod tests {
             width: 0.25,
             norm: NormKind::Gn,
             conv: ConvImpl::Kdet,
+            bn_eps: 1e-5,
         };
         let net = ResNet::new(m.builder(DType::F32, &Device::Cpu), cfg, None).unwrap();
         let x = Tensor::zeros((2, 3, 64, 96), DType::F32, &Device::Cpu).unwrap();

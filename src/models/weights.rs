@@ -57,9 +57,47 @@ fn ignorable(key: &str) -> bool {
     key.ends_with("num_batches_tracked")
 }
 
-/// Copy `tensors` into the variables of `varmap` by name.
+/// torchvision's names before its FPN and RPN head gained `Conv2dNormActivation` wrappers
+/// (`inner_blocks.0.weight` → `inner_blocks.0.0.weight`, `rpn.head.conv.weight` →
+/// `rpn.head.conv.0.0.weight`), renamed as torchvision's `_load_from_state_dict` does for old
+/// checkpoints such as the released COCO `.pth`.
+pub fn upgrade_legacy_key(key: &str) -> Option<String> {
+    for blocks in ["backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks."] {
+        if let Some(rest) = key.strip_prefix(blocks) {
+            let (i, leaf) = rest.split_once('.')?;
+            if i.parse::<usize>().is_ok() && (leaf == "weight" || leaf == "bias") {
+                return Some(format!("{blocks}{i}.0.{leaf}"));
+            }
+        }
+    }
+    match key {
+        "rpn.head.conv.weight" => Some("rpn.head.conv.0.0.weight".into()),
+        "rpn.head.conv.bias" => Some("rpn.head.conv.0.0.bias".into()),
+        _ => None,
+    }
+}
+
+/// Copy `tensors` into the variables of `varmap` by name (legacy torchvision names upgraded).
 pub fn load_tensors(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<LoadReport> {
     let data = varmap.data().lock().expect("varmap lock");
+    let upgraded: HashMap<String, Tensor>;
+    let tensors = if tensors
+        .keys()
+        .any(|k| upgrade_legacy_key(k).is_some() && !data.contains_key(k))
+    {
+        upgraded = tensors
+            .iter()
+            .map(|(k, t)| {
+                (
+                    upgrade_legacy_key(k).unwrap_or_else(|| k.clone()),
+                    t.clone(),
+                )
+            })
+            .collect();
+        &upgraded
+    } else {
+        tensors
+    };
     let mut r = LoadReport::default();
     for (name, var) in data.iter() {
         match tensors.get(name) {
@@ -101,6 +139,64 @@ pub fn load_safetensors(varmap: &VarMap, path: &Path, strict: bool) -> Result<Lo
     Ok(r)
 }
 
+/// Load ImageNet-style backbone weights (a torchvision/timm ResNet state_dict: `conv1.weight`,
+/// `layer1.0.…`, optionally prefixed `backbone.body.`) into the `backbone.body.` variables.
+/// Every backbone variable must be found; the classifier (`fc.*`) is ignored.
+pub fn load_backbone(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
+    if path.to_string_lossy().starts_with("hf://") {
+        return Err(Error::msg(format!(
+            "{}: loading from the Hugging Face hub is not available in this version; download the file and give its local path",
+            path.display()
+        )));
+    }
+    let raw = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let tensors: HashMap<String, Tensor> = raw
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("fc.") && !ignorable(k))
+        .map(|(k, t)| {
+            (
+                if k.starts_with("backbone.body.") {
+                    k
+                } else {
+                    format!("backbone.body.{k}")
+                },
+                t,
+            )
+        })
+        .collect();
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut r = LoadReport::default();
+    for (name, var) in data.iter().filter(|(k, _)| k.starts_with("backbone.body.")) {
+        match tensors.get(name) {
+            None => r.missing.push(name.clone()),
+            Some(t) if t.dims() != var.dims() => {
+                r.mismatched
+                    .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
+            }
+            Some(t) => {
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                r.loaded += 1;
+            }
+        }
+    }
+    r.unexpected = tensors
+        .keys()
+        .filter(|k| !data.contains_key(*k))
+        .cloned()
+        .collect();
+    r.missing.sort();
+    r.unexpected.sort();
+    if !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: backbone weights do not fit model.backbone: {}",
+            path.display(),
+            r.describe()
+        )));
+    }
+    Ok(r)
+}
+
 /// Save all variables of a VarMap as safetensors, atomically.
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
     let map: HashMap<String, Tensor> = named_tensors(varmap).into_iter().collect();
@@ -135,6 +231,31 @@ pub fn named_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
 mod tests {
     use super::*;
     use candle_core::DType;
+
+    #[test]
+    fn legacy_torchvision_names_load() {
+        assert_eq!(
+            upgrade_legacy_key("backbone.fpn.inner_blocks.3.bias").as_deref(),
+            Some("backbone.fpn.inner_blocks.3.0.bias")
+        );
+        assert_eq!(
+            upgrade_legacy_key("rpn.head.conv.weight").as_deref(),
+            Some("rpn.head.conv.0.0.weight")
+        );
+        assert_eq!(
+            upgrade_legacy_key("backbone.fpn.inner_blocks.3.0.bias"),
+            None
+        );
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get(2, "rpn.head.conv.0.0.bias").unwrap();
+        let file = HashMap::from([(
+            "rpn.head.conv.bias".to_string(),
+            Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+        )]);
+        let r = load_tensors(&vm, &file).unwrap();
+        assert!(r.is_clean() && r.loaded == 1, "{r:?}");
+    }
 
     #[test]
     fn report_names_problems() {
