@@ -377,3 +377,51 @@ fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<
         serde_json::to_string_pretty(&v).expect("json").as_bytes(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn clip_grad_norm_like_pytorch() {
+        let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[3f32], &Device::Cpu).unwrap();
+        // loss = 3·a0 + 4·a1 + 12·b0 → grads (3, 4, 12), global norm 13.
+        let loss = ((a.as_tensor() * Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (b.as_tensor() * 12.0).unwrap().sum_all().unwrap())
+        .unwrap();
+        let mut g = loss.backward().unwrap();
+        let norm = clip_grad_norm(&mut g, [a.as_tensor(), b.as_tensor()].into_iter(), 6.5).unwrap();
+        assert!((norm - 13.0).abs() < 1e-5);
+        let ga = g.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            (ga[0] - 1.5).abs() < 1e-4 && (ga[1] - 2.0).abs() < 1e-4,
+            "{ga:?}"
+        );
+        // Below the limit nothing changes.
+        let norm =
+            clip_grad_norm(&mut g, [a.as_tensor(), b.as_tensor()].into_iter(), 100.0).unwrap();
+        assert!((norm - 6.5).abs() < 1e-3);
+        assert!((g.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap()[0] - 6.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn non_finite_loss_names_step_and_term() {
+        let l = BTreeMap::from([
+            (
+                "loss_a".to_string(),
+                Tensor::new(1f32, &Device::Cpu).unwrap(),
+            ),
+            (
+                "loss_b".to_string(),
+                Tensor::new(f32::NAN, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        let e = sum_losses(&l, 7).unwrap_err().to_string();
+        assert!(e.starts_with("step 7: loss term `loss_b` is NaN"), "{e}");
+    }
+}

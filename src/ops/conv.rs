@@ -662,6 +662,7 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gradcheck::assert_grad_matches_fd;
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -770,50 +771,14 @@ mod tests {
         assert!(candle_failed < cases().len() / 2);
     }
 
-    /// Central differences of `Σ r ⊙ conv(x, w)` against the op's gradients. The function is
-    /// bilinear, so with h = 1e-2 the only error is f32 rounding of the sums.
+    /// Central differences of `Σ r ⊙ conv(x, w)` for x and for w. The function is bilinear, so
+    /// with h = 1e-2 the only error is f32 rounding of the sums.
     fn check_finite_differences(xs: &[usize], ws: &[usize], p: ConvParams) {
-        let x = Var::from_tensor(&rand(xs, 7)).unwrap();
-        let w = Var::from_tensor(&rand(ws, 8)).unwrap();
-        let y = conv2d(&x, &w, None, p, ConvImpl::Kdet).unwrap();
-        let r = rand(y.dims(), 9);
-        let f = |x: &Tensor, w: &Tensor| -> f32 {
-            (conv2d(x, w, None, p, ConvImpl::Kdet).unwrap() * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let h = 1e-2f32;
-        for (var, grad, other, is_x) in [
-            (&x, g.get(&x).unwrap(), &w, true),
-            (&w, g.get(&w).unwrap(), &x, false),
-        ] {
-            let base = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let grad = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for i in 0..base.len() {
-                let mut plus = base.clone();
-                plus[i] += h;
-                let mut minus = base.clone();
-                minus[i] -= h;
-                let tp = Tensor::from_vec(plus, var.dims(), &Device::Cpu).unwrap();
-                let tm = Tensor::from_vec(minus, var.dims(), &Device::Cpu).unwrap();
-                let (fp, fm) = if is_x {
-                    (f(&tp, other), f(&tm, other))
-                } else {
-                    (f(other, &tp), f(other, &tm))
-                };
-                let num = (fp - fm) / (2.0 * h);
-                assert!(
-                    (num - grad[i]).abs() < 2e-3 * (1.0 + grad[i].abs()),
-                    "{xs:?} {ws:?} {p:?}: {} [{i}]: analytic {} vs numeric {num}",
-                    if is_x { "dx" } else { "dw" },
-                    grad[i]
-                );
-            }
-        }
+        let (x, w) = (rand(xs, 7), rand(ws, 8));
+        let what = format!("{xs:?} {ws:?} {p:?}");
+        let conv = |a: &Tensor, b: &Tensor| conv2d(a, b, None, p, ConvImpl::Kdet).unwrap();
+        assert_grad_matches_fd(|t| conv(t, &w), &x, 1e-2, 2e-3, &format!("{what} dx"));
+        assert_grad_matches_fd(|t| conv(&x, t), &w, 1e-2, 2e-3, &format!("{what} dw"));
     }
 
     #[test]

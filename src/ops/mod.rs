@@ -9,6 +9,8 @@
 pub mod anchors;
 pub mod boxes;
 pub mod conv;
+#[cfg(test)]
+pub(crate) mod gradcheck;
 pub mod matcher;
 pub mod nms;
 pub mod norm;

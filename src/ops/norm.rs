@@ -278,6 +278,7 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> candle_core
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gradcheck::assert_grad_matches_fd;
     use candle_core::{Device, ModuleT, Var};
 
     fn t(shape: &[usize], seed: usize) -> Tensor {
@@ -340,43 +341,16 @@ mod tests {
     #[test]
     fn batch_norm_gradient_finite_differences() {
         let shape = [2, 2, 3, 3];
-        let x = Var::from_tensor(&t(&shape, 2)).unwrap();
+        let x = t(&shape, 2);
         let w = Tensor::new(&[1.5f32, -0.5], &Device::Cpu).unwrap();
         let b = Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap();
-        let r = t(&shape, 4);
-        let f = |xv: &Tensor| {
-            (batch_norm_train(xv, &w, &b, 1e-5).unwrap().0 * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let (y, _) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grad = g
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let base = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let h = 1e-2;
-        for i in 0..base.len() {
-            let mut p = base.clone();
-            p[i] += h;
-            let mut q = base.clone();
-            q[i] -= h;
-            let num = (f(&Tensor::from_vec(p, &shape, &Device::Cpu).unwrap())
-                - f(&Tensor::from_vec(q, &shape, &Device::Cpu).unwrap()))
-                / (2.0 * h);
-            assert!(
-                (num - grad[i]).abs() < 5e-3 * (1.0 + grad[i].abs()),
-                "[{i}] {num} vs {}",
-                grad[i]
-            );
-        }
+        assert_grad_matches_fd(
+            |v| batch_norm_train(v, &w, &b, 1e-5).unwrap().0,
+            &x,
+            1e-2,
+            5e-3,
+            "batch_norm dx",
+        );
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub fn max_pool2d(x: &Tensor, p: PoolParams) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gradcheck::assert_grad_matches_fd;
     use candle_core::{Device, Var};
 
     const STEM: PoolParams = PoolParams {
@@ -240,44 +241,15 @@ mod tests {
         let vals: Vec<f32> = (0..len)
             .map(|i| ((i * 7919) % len) as f32 * 0.37 - 20.0)
             .collect();
-        let x =
-            Var::from_tensor(&Tensor::from_vec(vals.clone(), (n, c, h, w), &Device::Cpu).unwrap())
-                .unwrap();
-        let y = max_pool2d(&x, STEM).unwrap();
-        let r: Vec<f32> = (0..y.elem_count())
-            .map(|i| ((i % 5) as f32) - 1.5)
-            .collect();
-        let r = Tensor::from_vec(r, y.dims(), &Device::Cpu).unwrap();
-        let f = |v: &[f32]| -> f32 {
-            let t = Tensor::from_vec(v.to_vec(), (n, c, h, w), &Device::Cpu).unwrap();
-            (max_pool2d(&t, STEM).unwrap() * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grad = g
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let x = Tensor::from_vec(vals, (n, c, h, w), &Device::Cpu).unwrap();
         // Neighbouring values differ by ≥ 0.37, so ±0.1 never changes an arg-max.
-        let eps = 0.1;
-        for i in 0..len {
-            let (mut p, mut m) = (vals.clone(), vals.clone());
-            p[i] += eps;
-            m[i] -= eps;
-            let num = (f(&p) - f(&m)) / (2.0 * eps);
-            assert!(
-                (num - grad[i]).abs() < 1e-2,
-                "[{i}] analytic {} numeric {num}",
-                grad[i]
-            );
-        }
+        assert_grad_matches_fd(
+            |t| max_pool2d(t, STEM).unwrap(),
+            &x,
+            0.1,
+            1e-2,
+            "max_pool2d dx",
+        );
     }
 
     #[test]

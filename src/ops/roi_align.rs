@@ -305,7 +305,8 @@ pub fn multi_scale_roi_align(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::ops::gradcheck::assert_grad_matches_fd;
+    use candle_core::Device;
 
     fn feat(n: usize, c: usize, h: usize, w: usize) -> Tensor {
         let v: Vec<f32> = (0..n * c * h * w)
@@ -340,7 +341,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let x = Var::from_tensor(&feat(2, 3, 6, 7)).unwrap();
+        let x = feat(2, 3, 6, 7);
         let rois = Tensor::new(
             &[
                 [1f32, 1.3, 0.7, 9.9, 8.2],
@@ -355,43 +356,13 @@ mod tests {
             spatial_scale: 0.5,
             sampling_ratio: 0,
         };
-        let y = roi_align(&x, &rois, p).unwrap();
-        let r = feat(1, 1, 1, y.elem_count()).reshape(y.dims()).unwrap();
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grad = g
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let base = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let f = |v: Vec<f32>| {
-            (roi_align(
-                &Tensor::from_vec(v, (2, 3, 6, 7), &Device::Cpu).unwrap(),
-                &rois,
-                p,
-            )
-            .unwrap()
-                * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let h = 1e-2;
-        for i in 0..base.len() {
-            let (mut a, mut b) = (base.clone(), base.clone());
-            a[i] += h;
-            b[i] -= h;
-            let num = (f(a) - f(b)) / (2.0 * h);
-            assert!(
-                (num - grad[i]).abs() < 2e-3 * (1.0 + grad[i].abs()),
-                "[{i}] {num} vs {}",
-                grad[i]
-            );
-        }
+        assert_grad_matches_fd(
+            |t| roi_align(t, &rois, p).unwrap(),
+            &x,
+            1e-2,
+            2e-3,
+            "roi_align dfeatures",
+        );
     }
 
     #[test]
