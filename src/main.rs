@@ -54,6 +54,9 @@ enum Cmd {
         /// Stop after this many iterations (checkpoint written); `--resume` continues.
         #[arg(long)]
         stop_after: Option<u64>,
+        /// Start over although output_dir holds a checkpoint (it is replaced).
+        #[arg(long, conflicts_with = "resume")]
+        fresh: bool,
     },
     /// COCO bbox evaluation (pycocotools-identical numbers via hotcoco).
     Eval {
@@ -192,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resume,
             baseline,
             stop_after,
+            fresh,
         } => {
             let cfg = kdet::config::load(&config)?;
             if baseline {
@@ -200,7 +204,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !cfg.config.teachers.is_empty() || !cfg.config.distill.is_empty() {
                 return not_yet("train with teachers", "the distillation engine");
             }
-            let opts = kdet::engine::trainer::TrainOptions { resume, stop_after };
+            let opts = kdet::engine::trainer::TrainOptions {
+                resume,
+                stop_after,
+                fresh,
+            };
             let s = kdet::engine::trainer::train(&cfg, opts)?;
             println!(
                 "trained {} iterations in {:.0} s ({:.2} s/iter); run: {}",

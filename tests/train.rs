@@ -157,6 +157,9 @@ fn resume_continues_exactly() {
     let part = ok(&kdet(&["train", &b, "--stop-after", "3"]));
     assert!(part.contains("trained 3 iterations"), "{part}");
     assert!(!d.path().join("b/model.safetensors").exists());
+    // Without --resume or --fresh an existing checkpoint is not overwritten.
+    let o = kdet(&["train", &b]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
     ok(&kdet(&["train", &b, "--resume"]));
     assert_eq!(losses(&d.path().join("a")), losses(&d.path().join("b")));
     assert_eq!(

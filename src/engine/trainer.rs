@@ -106,6 +106,8 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint) after this many iterations of this invocation; `--resume`
     /// continues. For time-limited jobs.
     pub stop_after: Option<u64>,
+    /// Start from scratch even though `output_dir` holds a checkpoint (it is replaced).
+    pub fresh: bool,
 }
 
 /// Train the model a config describes.
@@ -164,6 +166,12 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
 
     let ckpt_path = out.join("checkpoint.safetensors");
     let mut start = 0u64;
+    if !resume && !opts.fresh && ckpt_path.exists() {
+        return Err(Error::msg(format!(
+            "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
+            out.display()
+        )));
+    }
     if resume {
         let ck = checkpoint::load(&ckpt_path)?;
         let r = crate::models::weights::load_tensors(&det.vars.varmap, &ck.model)?;
