@@ -63,18 +63,21 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(160)
-            .build_cartesian_2d(-lim..lim, 0..n)
+            .build_cartesian_2d(-lim..lim, (0..n - 1).into_segmented())
             .map_err(plot_err)?;
+        // Row i (top to bottom) is segment n-1-i; labels sit at segment centres.
         let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+        let label_of = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) => labels
+                .get((n - 1 - *i) as usize)
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .y_labels(bars.len().max(1))
-            .y_label_formatter(&|i| {
-                labels
-                    .get((n - 1 - *i) as usize)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .y_label_formatter(&label_of)
             .x_desc("B − A")
             .disable_y_mesh()
             .draw()
@@ -91,14 +94,20 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
             let (x0, x1) = (b.delta.min(0.0), b.delta.max(0.0));
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(x0, y), (x1, y + 1)],
+                    [
+                        (x0, SegmentValue::Exact(y)),
+                        (x1, SegmentValue::Exact(y + 1)),
+                    ],
                     colour.filled(),
                 )))
                 .map_err(plot_err)?;
             if let Some((lo, hi)) = b.ci {
                 chart
                     .draw_series(std::iter::once(PathElement::new(
-                        vec![(lo, y), (hi, y)],
+                        vec![
+                            (lo, SegmentValue::CenterOf(y)),
+                            (hi, SegmentValue::CenterOf(y)),
+                        ],
                         BLACK.stroke_width(2),
                     )))
                     .map_err(plot_err)?;
@@ -106,7 +115,7 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
         }
         chart
             .draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, 0), (0.0, n)],
+                vec![(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Last)],
                 BLACK,
             )))
             .map_err(plot_err)?;

@@ -8,7 +8,6 @@
 //! (seed, iteration). So a resumed run draws exactly what the uninterrupted one would have.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -187,6 +186,7 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let out = std::fs::canonicalize(&out).unwrap_or(out);
     crate::util::write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(c)
@@ -233,7 +233,7 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
                     rec[k] = json!(v);
                 }
                 log.write(&rec)?;
-                if !std::io::stderr().is_terminal() {
+                if pb.is_hidden() {
                     eprintln!("iter {it}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
                 }
             }
@@ -253,10 +253,16 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
                         rec[format!("val/{k}")] = json!(x);
                     }
                     log.write(&rec)?;
-                    pb.println(format!(
+                    let line = format!(
                         "iter {it}: val AP {:.4} AP50 {:.4}",
                         summary.stats[0], summary.stats[1]
-                    ));
+                    );
+                    // A hidden bar (no terminal) drops println: log lines go to stderr then.
+                    if pb.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        pb.println(line);
+                    }
                     if last {
                         write_results(&out.join("detections.json"), &recs)?;
                         write_eval_json(&out, &v.gt.file, &summary, it)?;

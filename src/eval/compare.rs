@@ -234,9 +234,11 @@ pub fn compare_runs(
 
 /// Draw a comparison as a PNG bar chart (summary metrics, then per-class AP).
 pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
+    // Metrics one run could not compute (-1, e.g. APl without large objects) are left out.
     let mut bars: Vec<DeltaBar> = c
         .metrics
         .iter()
+        .filter(|m| m.a >= 0.0 && m.b >= 0.0)
         .map(|m| DeltaBar {
             label: m.metric.clone(),
             delta: m.delta,
