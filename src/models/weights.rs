@@ -98,8 +98,34 @@ pub fn load_tensors(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Resul
     } else {
         tensors
     };
+    copy_into(&data, tensors, |_| true)
+}
+
+/// Load a safetensors file into `varmap`; with `strict`, any missing, unexpected or mismatched
+/// key is an error naming the file.
+pub fn load_safetensors(varmap: &VarMap, path: &Path, strict: bool) -> Result<LoadReport> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let r = load_tensors(varmap, &tensors)?;
+    if strict && !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: weights do not fit the model: {}",
+            path.display(),
+            r.describe()
+        )));
+    }
+    Ok(r)
+}
+
+/// Copy `tensors` into the variables whose name passes `include`; report what did not fit.
+/// Keys PyTorch adds without a kdet tensor (`num_batches_tracked`) are not "unexpected".
+fn copy_into(
+    data: &HashMap<String, candle_core::Var>,
+    tensors: &HashMap<String, Tensor>,
+    include: impl Fn(&str) -> bool,
+) -> Result<LoadReport> {
     let mut r = LoadReport::default();
-    for (name, var) in data.iter() {
+    for (name, var) in data.iter().filter(|(k, _)| include(k)) {
         match tensors.get(name) {
             None => r.missing.push(name.clone()),
             Some(t) if t.dims() != var.dims() => {
@@ -120,22 +146,6 @@ pub fn load_tensors(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Resul
     r.missing.sort();
     r.unexpected.sort();
     r.mismatched.sort();
-    Ok(r)
-}
-
-/// Load a safetensors file into `varmap`; with `strict`, any missing, unexpected or mismatched
-/// key is an error naming the file.
-pub fn load_safetensors(varmap: &VarMap, path: &Path, strict: bool) -> Result<LoadReport> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-    let r = load_tensors(varmap, &tensors)?;
-    if strict && !r.is_clean() {
-        return Err(Error::msg(format!(
-            "{}: weights do not fit the model: {}",
-            path.display(),
-            r.describe()
-        )));
-    }
     Ok(r)
 }
 
@@ -166,27 +176,7 @@ pub fn load_backbone(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
         })
         .collect();
     let data = varmap.data().lock().expect("varmap lock");
-    let mut r = LoadReport::default();
-    for (name, var) in data.iter().filter(|(k, _)| k.starts_with("backbone.body.")) {
-        match tensors.get(name) {
-            None => r.missing.push(name.clone()),
-            Some(t) if t.dims() != var.dims() => {
-                r.mismatched
-                    .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
-            }
-            Some(t) => {
-                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-                r.loaded += 1;
-            }
-        }
-    }
-    r.unexpected = tensors
-        .keys()
-        .filter(|k| !data.contains_key(*k))
-        .cloned()
-        .collect();
-    r.missing.sort();
-    r.unexpected.sort();
+    let r = copy_into(&data, &tensors, |k| k.starts_with("backbone.body."))?;
     if !r.is_clean() {
         return Err(Error::msg(format!(
             "{}: backbone weights do not fit model.backbone: {}",
@@ -255,6 +245,39 @@ mod tests {
         )]);
         let r = load_tensors(&vm, &file).unwrap();
         assert!(r.is_clean() && r.loaded == 1, "{r:?}");
+    }
+
+    #[test]
+    fn backbone_weights_map_onto_body() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get(2, "backbone.body.conv1.weight").unwrap();
+        vb.get(2, "backbone.body.bn1.weight").unwrap();
+        vb.get(2, "rpn.head.cls_logits.bias").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let t = |v: f32| Tensor::full(v, 2, &Device::Cpu).unwrap();
+        // An ImageNet ResNet state_dict: unprefixed names, a classifier, a BN counter.
+        let file = HashMap::from([
+            ("conv1.weight".to_string(), t(3.0)),
+            ("bn1.weight".to_string(), t(4.0)),
+            ("fc.weight".to_string(), t(5.0)),
+            ("bn1.num_batches_tracked".to_string(), t(0.0)),
+        ]);
+        let p = d.path().join("r.safetensors");
+        candle_core::safetensors::save(&file, &p).unwrap();
+        let r = load_backbone(&vm, &p).unwrap();
+        assert_eq!(r.loaded, 2);
+        assert_eq!(
+            vm.data().lock().unwrap()["backbone.body.bn1.weight"]
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![4.0, 4.0]
+        );
+        // A file without one of the body's tensors is an error naming it.
+        let partial = HashMap::from([("conv1.weight".to_string(), t(3.0))]);
+        candle_core::safetensors::save(&partial, &p).unwrap();
+        let e = load_backbone(&vm, &p).unwrap_err().to_string();
+        assert!(e.contains("missing keys: backbone.body.bn1.weight"), "{e}");
     }
 
     #[test]
