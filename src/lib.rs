@@ -12,6 +12,7 @@
 //! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier, FPN, Faster R-CNN (RPN, RoI heads), weight loading with key reports. |
 //! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
 //! | [`engine`] | Training: the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
+//! | [`distill`] | Distillation loss terms: weighted soft CE, teacher-bounded regression, hints with adaptation, temperature KD. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
 //! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distill;
 pub mod engine;
 pub mod error;
 pub mod eval;
