@@ -216,17 +216,20 @@ pub fn compare_runs(
                     }
                 })
                 .collect();
+            // Per-class rows in category-id order (hotcoco lists them by delta).
+            let mut per_class: Vec<_> = res
+                .per_category
+                .iter()
+                .map(|c| (c.cat_id, c.cat_name.clone(), c.ap_a, c.ap_b, c.delta))
+                .collect();
+            per_class.sort_by_key(|r| r.0);
             Ok(Comparison {
                 a: runs[0].name.clone(),
                 b: r.name.clone(),
                 num_images: res.num_images,
                 confidence: opts.confidence,
                 metrics,
-                per_class: res
-                    .per_category
-                    .iter()
-                    .map(|c| (c.cat_id, c.cat_name.clone(), c.ap_a, c.ap_b, c.delta))
-                    .collect(),
+                per_class,
             })
         })
         .collect()
