@@ -67,20 +67,20 @@ impl Matcher {
     }
 }
 
-/// Pick up to `batch` samples with at most `fraction` positives; the rest negatives. Returns
-/// (positive indices, negative indices). `labels`: `Some(true)` positive, `Some(false)`
-/// negative, `None` ignored.
+/// Pick up to `batch` samples with at most `fraction` positives (matched proposals), the rest
+/// negatives (below the low threshold); proposals between the thresholds are never sampled.
+/// Returns (positive indices, negative indices), each ascending.
 pub fn sample_balanced(
-    labels: &[Option<bool>],
+    matches: &[Match],
     batch: usize,
     fraction: f32,
     rng: &mut impl Rng,
 ) -> (Vec<usize>, Vec<usize>) {
-    let mut pos: Vec<usize> = (0..labels.len())
-        .filter(|&i| labels[i] == Some(true))
+    let mut pos: Vec<usize> = (0..matches.len())
+        .filter(|&i| matches!(matches[i], Match::Gt(_)))
         .collect();
-    let mut neg: Vec<usize> = (0..labels.len())
-        .filter(|&i| labels[i] == Some(false))
+    let mut neg: Vec<usize> = (0..matches.len())
+        .filter(|&i| matches[i] == Match::Below)
         .collect();
     let num_pos = ((batch as f32 * fraction) as usize).min(pos.len());
     let num_neg = (batch - num_pos).min(neg.len());
@@ -137,14 +137,14 @@ mod tests {
     #[test]
     fn sampler_caps_positives() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let labels: Vec<Option<bool>> = (0..100)
+        let labels: Vec<Match> = (0..100)
             .map(|i| {
                 if i < 10 {
-                    Some(true)
+                    Match::Gt(0)
                 } else if i < 90 {
-                    Some(false)
+                    Match::Below
                 } else {
-                    None
+                    Match::Between
                 }
             })
             .collect();

@@ -137,16 +137,8 @@ impl RoiHeads {
             let mut cand = props.clone();
             cand.extend(t.boxes.iter().copied());
             let m = matcher.matches(&iou_matrix(&t.boxes, &cand), t.boxes.len(), cand.len());
-            let lab: Vec<Option<bool>> = m
-                .iter()
-                .map(|m| match m {
-                    Match::Gt(_) => Some(true),
-                    Match::Below => Some(false),
-                    Match::Between => None,
-                })
-                .collect();
             let (pos, neg) = sample_balanced(
-                &lab,
+                &m,
                 self.cfg.batch_size_per_image,
                 self.cfg.positive_fraction,
                 rng,

@@ -236,16 +236,8 @@ impl Rpn {
         let (mut pos_idx, mut pos_targets) = (vec![], vec![]);
         for (i, t) in targets.iter().enumerate() {
             let m = matcher.matches(&iou_matrix(&t.boxes, anchors), t.boxes.len(), a);
-            let labels: Vec<Option<bool>> = m
-                .iter()
-                .map(|m| match m {
-                    Match::Gt(_) => Some(true),
-                    Match::Below => Some(false),
-                    Match::Between => None,
-                })
-                .collect();
             let (pos, neg) = sample_balanced(
-                &labels,
+                &m,
                 self.cfg.batch_size_per_image,
                 self.cfg.positive_fraction,
                 rng,
