@@ -19,6 +19,36 @@ pub struct Features {
     pub p: Vec<Tensor>,
 }
 
+/// Index of an FPN tap `fpn.p2..p6` in [`Features::p`], or of a trunk tap `backbone.c2..c5`.
+enum Tap {
+    C(usize),
+    P(usize),
+}
+
+fn parse_tap(name: &str) -> Option<Tap> {
+    let level = |s: &str, lo: usize, hi: usize| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|l| (lo..=hi).contains(l))
+            .map(|l| l - 2)
+    };
+    if let Some(l) = name.strip_prefix("backbone.c") {
+        level(l, 2, 5).map(Tap::C)
+    } else {
+        level(name.strip_prefix("fpn.p")?, 2, 6).map(Tap::P)
+    }
+}
+
+impl Features {
+    /// The tensor a distillation tap names (`backbone.c2..c5`, `fpn.p2..p6`; see DESIGN.md).
+    pub fn tap(&self, name: &str) -> Option<&Tensor> {
+        match parse_tap(name)? {
+            Tap::C(i) => Some([&self.c.c2, &self.c.c3, &self.c.c4, &self.c.c5][i]),
+            Tap::P(i) => self.p.get(i),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Backbone {
     pub body: ResNet,
@@ -26,6 +56,8 @@ pub struct Backbone {
     /// ResNet stages (conv1 = 0, layer1..4 = 1..4) that are frozen.
     frozen_stages: usize,
     pub out_channels: usize,
+    /// Channels of C2..C5.
+    pub stage_channels: [usize; 4],
 }
 
 impl Backbone {
@@ -44,6 +76,7 @@ impl Backbone {
             fpn,
             frozen_stages: 5 - m.backbone.trainable_layers.min(5) as usize,
             out_channels: m.fpn.out_channels,
+            stage_channels: cfg.out_channels(),
         })
     }
 
@@ -53,6 +86,14 @@ impl Backbone {
             .fpn
             .forward(&[c.c2.clone(), c.c3.clone(), c.c4.clone(), c.c5.clone()])?;
         Ok(Features { c, p })
+    }
+
+    /// Channels of the tensor a tap names.
+    pub fn tap_channels(&self, name: &str) -> Option<usize> {
+        match parse_tap(name)? {
+            Tap::C(i) => Some(self.stage_channels[i]),
+            Tap::P(_) => Some(self.out_channels),
+        }
     }
 
     /// Names of parameters in frozen stages (to leave out of the optimizer).

@@ -83,12 +83,27 @@ impl RpnHead {
     }
 }
 
+/// The anchors the RPN loss sampled (training only) — distillation scores the same ones.
+#[derive(Debug, Clone, Default)]
+pub struct RpnSamples {
+    /// Sampled anchors as flat indices `image · A + anchor` into `logits`.
+    pub sampled: Vec<u32>,
+    /// Their labels: 1 foreground, 0 background.
+    pub labels: Vec<f32>,
+    /// The positive anchors (flat indices into `deltas` viewed as `(N·A) × 4`).
+    pub positives: Vec<u32>,
+    /// Their regression targets, 4 per positive.
+    pub targets: Vec<f32>,
+}
+
 /// What the RPN produced for a batch.
 pub struct RpnOutput {
     /// Proposals per image, by decreasing objectness.
     pub proposals: Vec<Vec<Box4>>,
     /// `loss_objectness`, `loss_rpn_box_reg` in training.
     pub losses: BTreeMap<String, Tensor>,
+    /// The anchors the losses sampled (training only).
+    pub samples: Option<RpnSamples>,
     /// Objectness logits (`N × anchors`) and deltas (`N × anchors × 4`), all levels: a tap for
     /// distillation.
     pub logits: Tensor,
@@ -139,7 +154,7 @@ impl Rpn {
         targets: Option<&[Target]>,
         rng: &mut impl Rng,
     ) -> candle_core::Result<RpnOutput> {
-        let head = self.head.forward(features)?;
+        let (logits, deltas) = self.head_outputs(features)?;
         let sizes: Vec<(usize, usize)> = features
             .iter()
             .map(|f| Ok((f.dim(2)?, f.dim(3)?)))
@@ -147,8 +162,6 @@ impl Rpn {
         let per_level = self.anchor_gen.anchors(padded, &sizes);
         let counts: Vec<usize> = per_level.iter().map(|a| a.len()).collect();
         let anchors: Vec<Box4> = per_level.into_iter().flatten().collect();
-        let logits = Tensor::cat(&head.iter().map(|h| h.0.clone()).collect::<Vec<_>>(), 1)?;
-        let deltas = Tensor::cat(&head.iter().map(|h| h.1.clone()).collect::<Vec<_>>(), 1)?;
         let training = targets.is_some();
         let (pre, post) = if training {
             (self.cfg.pre_nms_top_n_train, self.cfg.post_nms_top_n_train)
@@ -166,13 +179,17 @@ impl Rpn {
         let proposals = (0..image_sizes.len())
             .map(|i| self.filter(&lv[i], &dv[i], &anchors, &counts, image_sizes[i], pre, post))
             .collect();
-        let losses = match targets {
-            Some(t) => self.losses(&logits, &deltas, &anchors, t, rng)?,
-            None => BTreeMap::new(),
+        let (losses, samples) = match targets {
+            Some(t) => {
+                let (l, s) = self.losses(&logits, &deltas, &anchors, t, rng)?;
+                (l, Some(s))
+            }
+            None => (BTreeMap::new(), None),
         };
         Ok(RpnOutput {
             proposals,
             losses,
+            samples,
             logits,
             deltas,
             anchors,
@@ -218,6 +235,15 @@ impl Rpn {
         keep.into_iter().map(|k| boxes[k]).collect()
     }
 
+    /// The head's objectness logits (`N × A`) and deltas (`N × A × 4`) over all levels, in
+    /// anchor order — also what a teacher's RPN contributes to distillation.
+    pub fn head_outputs(&self, features: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+        let head = self.head.forward(features)?;
+        let logits = Tensor::cat(&head.iter().map(|h| h.0.clone()).collect::<Vec<_>>(), 1)?;
+        let deltas = Tensor::cat(&head.iter().map(|h| h.1.clone()).collect::<Vec<_>>(), 1)?;
+        Ok((logits, deltas))
+    }
+
     fn losses(
         &self,
         logits: &Tensor,
@@ -225,7 +251,7 @@ impl Rpn {
         anchors: &[Box4],
         targets: &[Target],
         rng: &mut impl Rng,
-    ) -> candle_core::Result<BTreeMap<String, Tensor>> {
+    ) -> candle_core::Result<(BTreeMap<String, Tensor>, RpnSamples)> {
         let a = anchors.len();
         let matcher = Matcher {
             high: self.cfg.fg_iou_thresh,
@@ -265,7 +291,7 @@ impl Rpn {
             flat_logits.index_select(&Tensor::from_vec(sampled.clone(), sampled.len(), dev)?, 0)?;
         let objectness = bce_with_logits_mean(
             &sel,
-            &Tensor::from_vec(sampled_labels, sampled.len(), dev)?.to_dtype(sel.dtype())?,
+            &Tensor::from_vec(sampled_labels.clone(), sampled.len(), dev)?.to_dtype(sel.dtype())?,
         )?;
         let box_loss = if pos_idx.is_empty() {
             (deltas.sum_all()? * 0.0)?
@@ -273,13 +299,21 @@ impl Rpn {
             let np = pos_idx.len();
             let pred = deltas
                 .reshape(((), 4))?
-                .index_select(&Tensor::from_vec(pos_idx, np, dev)?, 0)?;
-            let tgt = Tensor::from_vec(pos_targets, (np, 4), dev)?.to_dtype(pred.dtype())?;
+                .index_select(&Tensor::from_vec(pos_idx.clone(), np, dev)?, 0)?;
+            let tgt =
+                Tensor::from_vec(pos_targets.clone(), (np, 4), dev)?.to_dtype(pred.dtype())?;
             (smooth_l1_sum(&pred, &tgt, BETA)? / n_sampled)?
         };
-        Ok(BTreeMap::from([
+        let losses = BTreeMap::from([
             ("loss_objectness".to_string(), objectness),
             ("loss_rpn_box_reg".to_string(), box_loss),
-        ]))
+        ]);
+        let samples = RpnSamples {
+            sampled,
+            labels: sampled_labels,
+            positives: pos_idx,
+            targets: pos_targets,
+        };
+        Ok((losses, samples))
     }
 }
