@@ -272,8 +272,8 @@ impl Default for RoiHeadsConfig {
     }
 }
 
-/// Precision a frozen teacher runs in.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Precision a frozen teacher runs in (and an export's storage type).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DType {
     #[default]
@@ -282,12 +282,24 @@ pub enum DType {
     Bf16,
 }
 
+impl DType {
+    pub fn to_candle(self) -> candle_core::DType {
+        match self {
+            DType::F32 => candle_core::DType::F32,
+            DType::F16 => candle_core::DType::F16,
+            DType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// A frozen teacher.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherConfig {
-    #[serde(default)]
-    pub model: ModelConfig,
+    /// Architecture. Omitted: the `model` of the sidecar beside the weights (`<stem>.json`
+    /// written by `kdet export`, or `model.json` of a `kdet train` run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
     /// Local path or `hf://owner/repo/path@rev`.
     pub weights: String,
     /// Teacher precision; f32 by default (no precision loss).
@@ -296,6 +308,22 @@ pub struct TeacherConfig {
     /// Missing/unexpected keys are fatal unless false.
     #[serde(default = "d_true")]
     pub strict: bool,
+    /// Before training, evaluate the teacher on this many validation images and stop when its AP
+    /// is below `min_ap` — a teacher that silently did not load is the most common way a
+    /// "distilled" run ends up equal to the baseline. 0 skips the check.
+    #[serde(default = "d_check_images")]
+    pub check_images: usize,
+    /// Smallest acceptable teacher AP (COCO AP@[.5:.95]) on the check images.
+    #[serde(default = "d_min_ap")]
+    pub min_ap: f64,
+}
+
+fn d_check_images() -> usize {
+    64
+}
+
+fn d_min_ap() -> f64 {
+    0.01
 }
 
 /// Where a distillation term applies.
@@ -323,10 +351,11 @@ pub enum HintDistance {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SpatialMatch {
-    /// Zero-pad the smaller map (Chen et al. 2017).
+    /// Zero-pad the smaller map at the bottom/right (Chen et al. 2017).
     #[default]
     Pad,
-    /// Bilinear resize of the student map.
+    /// Bilinear resize of the teacher map to the student's size (the teacher side needs no
+    /// gradient, so this costs nothing in the backward pass).
     Resize,
 }
 
@@ -347,6 +376,10 @@ pub enum DistillTerm {
         distance: HintDistance,
         #[serde(default)]
         spatial: SpatialMatch,
+        /// The 1×1 adaptation conv (Chen et al. 2017's "Hints-A"); `false` compares the student
+        /// tap to the teacher's directly ("Hints"), which needs equal channel counts.
+        #[serde(default = "d_true")]
+        adaptation: bool,
     },
     /// Weighted soft cross-entropy with background weight (Chen et al. 2017 Eq. 2–3).
     WeightedKd {
@@ -370,6 +403,10 @@ pub enum DistillTerm {
         /// ν. Chen et al. 2017: 0.5.
         #[serde(default = "d_0_5")]
         weight: f32,
+        /// `false`: plain L2 between student and teacher deltas, `‖R_s − R_t‖²` (the "L2" row of
+        /// Chen et al. 2017 Table 4, which the bound was introduced to fix).
+        #[serde(default = "d_true")]
+        bounded: bool,
     },
     /// Temperature KD (Hinton et al. 2015) on classifier logits.
     Kd {
@@ -734,6 +771,23 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// The same run without teachers and distillation terms — same student, data, seed and
+    /// schedule — writing to `<output_dir>_baseline` (`kdet train --baseline`).
+    pub fn without_distillation(&self) -> LoadedConfig {
+        let mut b = self.clone();
+        b.config.teachers.clear();
+        b.config.distill.clear();
+        let mut name = self
+            .config
+            .output_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push("_baseline");
+        b.config.output_dir.set_file_name(name);
+        b
+    }
+
     /// The file that set `json_path` (or its nearest parent), for error messages.
     pub fn origin(&self, json_path: &str) -> &Path {
         let mut p = json_path.to_string();
@@ -905,13 +959,22 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
     let err = |p: &str, m: &str| Err(c.error(p, m));
     validate_model(c, &cfg.model, "model")?;
     for (i, t) in cfg.teachers.iter().enumerate() {
-        validate_model(c, &t.model, &format!("teachers[{i}].model"))?;
+        if let Some(m) = &t.model {
+            validate_model(c, m, &format!("teachers[{i}].model"))?;
+            if m.input != cfg.model.input {
+                return err(
+                    &format!("teachers[{i}].model.input"),
+                    "must equal model.input: the teacher sees the student's batch (same resize and normalisation)",
+                );
+            }
+        }
         if t.weights.trim().is_empty() {
             return err(
                 &format!("teachers[{i}].weights"),
                 "must name a file or hf:// path",
             );
         }
+        unit(c, &format!("teachers[{i}].min_ap"), t.min_ap)?;
     }
     for (i, d) in cfg.distill.iter().enumerate() {
         let p = format!("distill[{i}]");

@@ -12,7 +12,8 @@
 //! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier, FPN, Faster R-CNN (RPN, RoI heads), weight loading with key reports. |
 //! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
 //! | [`engine`] | Training: the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
-//! | [`distill`] | Distillation loss terms: weighted soft CE, teacher-bounded regression, hints with adaptation, temperature KD. |
+//! | [`distill`] | Teachers and the Distiller; loss terms: weighted soft CE, teacher-bounded regression, hints with adaptation, temperature KD. |
+//! | [`export`] | `kdet export`: torchvision- or kdet-format safetensors + sidecar JSON. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
 //! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
@@ -29,6 +30,7 @@ pub mod distill;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod models;
 pub mod ops;

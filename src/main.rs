@@ -132,9 +132,19 @@ enum Cmd {
         /// Trained weights or checkpoint.
         #[arg(long)]
         weights: PathBuf,
-        /// Output .safetensors file.
+        /// Output .safetensors file (the sidecar JSON goes beside it, same stem).
         #[arg(long)]
         out: PathBuf,
+        /// `torchvision`: loads into torchvision's FasterRCNN with strict=True; `kdet`: for kdet
+        /// (no PyTorch-only buffers).
+        #[arg(long, value_enum, default_value = "torchvision")]
+        format: kdet::export::ExportFormat,
+        /// Only the ResNet trunk, under torchvision's resnet names (`conv1.weight`, `layer1.…`).
+        #[arg(long)]
+        backbone_only: bool,
+        /// Storage type of floating-point tensors.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: kdet::config::DType,
     },
     /// Write a deterministic synthetic COCO-style detection dataset (same seed ⇒ same bytes).
     Synth {
@@ -184,8 +194,31 @@ enum Cmd {
     },
 }
 
-fn not_yet(what: &str, issue: &str) -> anyhow::Result<ExitCode> {
-    bail!("`kdet {what}` is not yet available in this version: it arrives with {issue}")
+fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool) {
+    println!(
+        "trained {} iterations in {:.0} s ({:.2} s/iter); run: {}",
+        s.iterations,
+        s.seconds,
+        s.seconds / s.iterations.max(1) as f64,
+        s.output_dir.display()
+    );
+    for (i, e) in s.teacher_evals.iter().enumerate() {
+        println!(
+            "teacher {i}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
+            e.stats[0], e.stats[1], e.stats[2]
+        );
+    }
+    if let Some(e) = &s.eval {
+        let who = if distilled {
+            "distilled student"
+        } else {
+            "student"
+        };
+        println!(
+            "{who}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
+            e.stats[0], e.stats[1], e.stats[2]
+        );
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -198,11 +231,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fresh,
         } => {
             let cfg = kdet::config::load(&config)?;
-            if baseline {
-                return not_yet("train --baseline", "the distillation engine");
-            }
-            if !cfg.config.teachers.is_empty() || !cfg.config.distill.is_empty() {
-                return not_yet("train with teachers", "the distillation engine");
+            if baseline && cfg.config.teachers.is_empty() {
+                bail!(
+                    "{}: --baseline trains the student once more without distillation, but this config has no `teachers`",
+                    config.display()
+                );
             }
             let opts = kdet::engine::trainer::TrainOptions {
                 resume,
@@ -210,18 +243,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fresh,
             };
             let s = kdet::engine::trainer::train(&cfg, opts)?;
-            println!(
-                "trained {} iterations in {:.0} s ({:.2} s/iter); run: {}",
-                s.iterations,
-                s.seconds,
-                s.seconds / s.iterations.max(1) as f64,
-                s.output_dir.display()
-            );
-            if let Some(e) = &s.eval {
-                println!(
-                    "val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
-                    e.stats[0], e.stats[1], e.stats[2]
-                );
+            print_train_summary(&s, !cfg.config.teachers.is_empty());
+            if baseline {
+                eprintln!("training the same student without distillation (--baseline)");
+                let b = kdet::engine::trainer::train(&cfg.without_distillation(), opts)?;
+                print_train_summary(&b, false);
+                if s.iterations == b.iterations && s.eval.is_some() && b.eval.is_some() {
+                    let runs = [
+                        kdet::eval::compare::RunInput::resolve(&b.output_dir)?,
+                        kdet::eval::compare::RunInput::resolve(&s.output_dir)?,
+                    ];
+                    let opts = kdet::eval::compare::CompareOptions::default();
+                    for c in kdet::eval::compare::compare_runs(&runs, None, &opts)? {
+                        println!("{}", c.to_markdown());
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -321,7 +357,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Export { .. } => not_yet("export", "the hub/export work"),
+        Cmd::Export {
+            config,
+            weights,
+            out,
+            format,
+            backbone_only,
+            dtype,
+        } => {
+            let cfg = kdet::config::load(&config)?;
+            let (names, ids) = kdet::engine::trainer::read_classes(&cfg, &weights)?;
+            let opts = kdet::export::ExportOptions {
+                format,
+                backbone_only,
+                dtype: dtype.to_candle(),
+            };
+            let r = kdet::export::export(&cfg, &weights, &names, &ids, &out, &opts)?;
+            println!(
+                "wrote {} ({} tensors, {} parameters; {} training-only tensors left out) and {}",
+                r.weights.display(),
+                r.tensors,
+                r.parameters,
+                r.dropped,
+                r.sidecar.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Synth {
             out,
             seed,
@@ -413,21 +474,7 @@ fn load_detector(
     cfg: &kdet::config::LoadedConfig,
     weights: &std::path::Path,
 ) -> anyhow::Result<(kdet::models::faster_rcnn::FasterRcnn, Vec<String>, Vec<u64>)> {
-    let sidecar = weights.with_file_name("model.json");
-    let (names, ids): (Vec<String>, Vec<u64>) = if sidecar.is_file() {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar)?)
-            .with_context(|| sidecar.display().to_string())?;
-        let names = serde_json::from_value(v["classes"].clone())
-            .with_context(|| format!("{}: classes", sidecar.display()))?;
-        let ids = serde_json::from_value(v["category_ids"].clone())
-            .with_context(|| format!("{}: category_ids", sidecar.display()))?;
-        (names, ids)
-    } else {
-        let (train, _) = kdet::data::resolve_splits(cfg)?;
-        let gt = kdet::data::coco::load_ground_truth(&train.0, kdet::data::coco::Purpose::Eval)?;
-        let m = kdet::data::coco::CategoryMap::new(&gt.dataset.categories);
-        (m.names, m.ids)
-    };
+    let (names, ids) = kdet::engine::trainer::read_classes(cfg, weights)?;
     let device = kdet::device::open(
         kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
     )?;

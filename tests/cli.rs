@@ -199,3 +199,19 @@ fn bad_input_gives_located_errors_and_nonzero_exit() {
         stderr(&o)
     );
 }
+
+#[test]
+fn every_shipped_config_loads_and_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for dir in ["synth", "coco"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                kdet::config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 12, "{n} configs");
+}

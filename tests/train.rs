@@ -2,51 +2,8 @@
 //! exactly, a NaN loss stops with a located message and keeps the last checkpoint, `kdet infer`
 //! writes drawings and JSON, `kdet eval --config` and `kdet plot` work on the run.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn kdet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdet"))
-        .args(args)
-        .output()
-        .expect("run kdet")
-}
-
-fn ok(o: &Output) -> String {
-    let s = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{s}");
-    s
-}
-
-/// A tiny student config in `dir` (shared synthetic cache inside `dir`).
-fn config(dir: &Path, name: &str, solver: &str) -> String {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_student.json");
-    let text = format!(
-        r#"{{"base": "{}",
-  "data": {{"synthetic": {{"seed": 3, "train": 8, "val": 4, "size": 64, "classes": 3, "cache_dir": "{}"}}, "workers": 2}},
-  "model": {{"input": {{"min_size": 64, "max_size": 64}}}},
-  "solver": {solver},
-  "output_dir": "{}"}}"#,
-        base.display(),
-        dir.join("cache").display(),
-        dir.join(name).display()
-    );
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-        .collect()
-}
+mod common;
+use common::{config, kdet, losses, ok};
 
 #[test]
 fn loss_goes_down_and_run_artifacts_work() {

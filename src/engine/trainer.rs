@@ -27,6 +27,8 @@ use super::schedule::LrSchedule;
 use crate::config::{Arch, LoadedConfig};
 use crate::data::coco::{load_split, DetectionData, Purpose};
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
+use crate::distill::teacher::Teacher;
+use crate::distill::Distiller;
 use crate::error::{Error, Result};
 use crate::eval::EvalSummary;
 use crate::models::faster_rcnn::FasterRcnn;
@@ -95,6 +97,8 @@ pub struct TrainSummary {
     pub iterations: u64,
     pub seconds: f64,
     pub eval: Option<EvalSummary>,
+    /// Each teacher on the full validation set (distillation runs that finished).
+    pub teacher_evals: Vec<EvalSummary>,
 }
 
 /// How to run a training.
@@ -129,6 +133,46 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
     };
     let det = build_detector_for_training(cfg, train_data.categories.len(), &device)?;
     let s = &c.solver;
+    // Teachers load and are checked before anything is written; their adaptation layers join the
+    // student's variables before the optimizer collects them.
+    let distiller = if c.teachers.is_empty() {
+        None
+    } else {
+        let mut teachers = vec![];
+        for (i, tc) in c.teachers.iter().enumerate() {
+            let t = Teacher::load(cfg, i, train_data.categories.len(), &device)?;
+            if tc.check_images > 0 {
+                match &val_data {
+                    Some(v) => {
+                        t.check(tc, v, s.batch_size, &device)?;
+                    }
+                    None => eprintln!(
+                        "warning: no validation split, so teachers[{i}] could not be checked"
+                    ),
+                }
+            }
+            teachers.push(t);
+        }
+        Some(Distiller::new(
+            cfg,
+            &det.model,
+            det.vars.builder(DType::F32, &device),
+            teachers,
+        )?)
+    };
+    let teacher_meta: BTreeMap<String, String> = distiller
+        .iter()
+        .flat_map(|d| d.teachers.iter())
+        .flat_map(|t| {
+            [
+                (
+                    format!("teacher{}.path", t.index),
+                    t.path.display().to_string(),
+                ),
+                (format!("teacher{}.sha256", t.index), t.sha256.clone()),
+            ]
+        })
+        .collect();
     let vars: Vec<(String, candle_core::Var)> = {
         let data = det.vars.varmap.data().lock().expect("varmap lock");
         let mut v: Vec<_> = data
@@ -181,6 +225,7 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
                 r.describe()
             )));
         }
+        check_same_teachers(&ckpt_path, &ck.strings, &teacher_meta)?;
         opt.load_state(ck.optim, ck.optim_step)?;
         start = ck.iter;
         eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
@@ -211,8 +256,13 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
             let step_t = Instant::now();
             let mut rng =
                 ChaCha8Rng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let outp = det.model.forward_train(&batch, &mut rng)?;
-            let (loss, terms) = sum_losses(&outp.losses, it + 1)?;
+            let mut outp = det.model.forward_train(&batch, &mut rng)?;
+            let mut losses = std::mem::take(&mut outp.losses);
+            if let Some(d) = &distiller {
+                d.add_losses(&batch, &outp, &mut losses)?;
+            }
+            drop(outp);
+            let (loss, terms) = sum_losses(&losses, it + 1)?;
             let mut grads = loss.backward()?;
             if let Some(max) = s.grad_clip {
                 clip_grad_norm(
@@ -242,7 +292,14 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
                 // Never overwrite a good checkpoint with diverged weights.
                 check_finite_params(&opt, it)?;
                 let (st, step) = opt.state();
-                checkpoint::save(&ckpt_path, &named_tensors(&det.vars.varmap), &st, step, it)?;
+                checkpoint::save(
+                    &ckpt_path,
+                    &named_tensors(&det.vars.varmap),
+                    &st,
+                    step,
+                    it,
+                    &teacher_meta,
+                )?;
             }
             if let Some(v) = &val_data {
                 if (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || last {
@@ -273,8 +330,21 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         }
     }
     pb.finish_and_clear();
+    let mut teacher_evals = vec![];
     if it == total {
         crate::models::weights::save_safetensors(&det.vars.varmap, &out.join("model.safetensors"))?;
+        // The teachers on the same validation set, for the comparison the user came for.
+        if let (Some(d), Some(v)) = (&distiller, &val_data) {
+            let mut rec = json!({"iter": it});
+            for t in &d.teachers {
+                let (e, _) = evaluate(&t.model, v, &c.model.input, s.batch_size, &device, None)?;
+                for (k, x) in e.named() {
+                    rec[format!("teacher{}/{k}", t.index)] = json!(x);
+                }
+                teacher_evals.push(e);
+            }
+            log.write(&rec)?;
+        }
     }
     let _ = plot_run(&out);
     Ok(TrainSummary {
@@ -282,7 +352,48 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         iterations: it,
         seconds: t0.elapsed().as_secs_f64(),
         eval: last_eval,
+        teacher_evals,
     })
+}
+
+/// A resumed distillation must use the teachers it started with (same file contents).
+fn check_same_teachers(
+    ckpt: &Path,
+    stored: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Result<()> {
+    let sha = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter()
+            .filter(|(k, _)| k.ends_with(".sha256"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let (a, b) = (sha(stored), sha(now));
+    if a == b {
+        return Ok(());
+    }
+    let describe = |m: &BTreeMap<String, String>| -> String {
+        let v: Vec<String> = (0..)
+            .map_while(|i| {
+                Some(format!(
+                    "teachers[{i}] = {} (sha256 {})",
+                    m.get(&format!("teacher{i}.path"))?,
+                    m.get(&format!("teacher{i}.sha256"))?
+                ))
+            })
+            .collect();
+        if v.is_empty() {
+            "no teachers".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Err(Error::msg(format!(
+        "{}: the checkpoint was trained with {}, but the config now gives {}; resume with the same teachers or start over with --fresh",
+        ckpt.display(),
+        describe(stored),
+        describe(now)
+    )))
 }
 
 fn progress(total: u64, start: u64) -> ProgressBar {
@@ -381,6 +492,39 @@ fn write_sidecar(path: &Path, c: &crate::config::Config, data: &DetectionData) -
         path,
         serde_json::to_string_pretty(&v).expect("json").as_bytes(),
     )
+}
+
+/// Class names and category ids of a trained model: from its sidecar — `<stem>.json` written by
+/// `kdet export`, or `model.json` in the run directory of `kdet train` — else from the config's
+/// training annotations.
+pub fn read_classes(cfg: &LoadedConfig, weights: &Path) -> Result<(Vec<String>, Vec<u64>)> {
+    let own = weights.with_extension("json");
+    let sidecar = if own.is_file() {
+        own
+    } else {
+        weights.with_file_name("model.json")
+    };
+    if sidecar.is_file() {
+        let text = std::fs::read(&sidecar).map_err(|e| Error::io(&sidecar, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::msg(format!("{}: {e}", sidecar.display())))?;
+        fn field<T: serde::de::DeserializeOwned>(
+            v: &serde_json::Value,
+            k: &str,
+            file: &Path,
+        ) -> Result<T> {
+            serde_json::from_value(v[k].clone())
+                .map_err(|e| Error::msg(format!("{}: {k}: {e}", file.display())))
+        }
+        return Ok((
+            field(&v, "classes", &sidecar)?,
+            field(&v, "category_ids", &sidecar)?,
+        ));
+    }
+    let (train, _) = crate::data::resolve_splits(cfg)?;
+    let gt = crate::data::coco::load_ground_truth(&train.0, Purpose::Eval)?;
+    let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
+    Ok((m.names, m.ids))
 }
 
 fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<()> {

@@ -187,9 +187,18 @@ pub fn load_backbone(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
     Ok(r)
 }
 
-/// Save all variables of a VarMap as safetensors, atomically.
+/// Save the model's variables as safetensors, atomically — without the distillation-only
+/// adaptation layers (`distill.*`), which belong to the checkpoint, not to the model.
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
-    let map: HashMap<String, Tensor> = named_tensors(varmap).into_iter().collect();
+    let map: HashMap<String, Tensor> = named_tensors(varmap)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(crate::distill::PARAM_PREFIX))
+        .collect();
+    write_safetensors(&map, path)
+}
+
+/// Write tensors as safetensors, atomically (a temporary file renamed into place).
+pub fn write_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -201,7 +210,7 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
             .unwrap_or("weights"),
         std::process::id()
     ));
-    candle_core::safetensors::save(&map, &tmp)
+    candle_core::safetensors::save(map, &tmp)
         .map_err(|e| Error::msg(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

@@ -1,0 +1,156 @@
+//! `kdet export`: a trained student as a self-contained safetensors file plus a sidecar JSON.
+//!
+//! The weights are checked strictly against the config's model (so an export never ships a
+//! half-loaded network), training-only parts are dropped (the distillation adaptation layers,
+//! a checkpoint's optimizer state and counters), and the result is written in one of two forms:
+//! - `torchvision`: exactly the tensors of torchvision's `FasterRCNN(...).state_dict()` for the
+//!   same architecture — kdet's names already are torchvision's; BatchNorm layers (`norm: bn`)
+//!   get their `num_batches_tracked` buffer, which `load_state_dict(strict=True)` requires.
+//!   `tools/export_roundtrip.py` loads such a file into torchvision and compares outputs.
+//! - `kdet`: the same tensors without PyTorch-only buffers, for `kdet eval/infer` and teachers.
+//!
+//! `--backbone-only` keeps the ResNet trunk under torchvision's `resnet*` names (`conv1.weight`,
+//! `layer1.0.conv1.weight`, …), for initialising another detector or a classifier.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use crate::config::{LoadedConfig, NormKind};
+use crate::error::{Error, Result};
+use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
+
+/// Output layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Torchvision,
+    Kdet,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub format: ExportFormat,
+    pub backbone_only: bool,
+    /// Floating-point tensors are stored in this type (f32, f16 or bf16).
+    pub dtype: DType,
+}
+
+/// What an export did.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub weights: PathBuf,
+    pub sidecar: PathBuf,
+    pub tensors: usize,
+    pub parameters: usize,
+    /// Training-only tensors left out (adaptation layers, optimizer state, counters).
+    pub dropped: usize,
+}
+
+/// Read a model file or a training checkpoint (its `model.*` part) as a name → tensor map.
+/// Returns the map and how many tensors were not model weights.
+pub fn read_model_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, usize)> {
+    let all = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let total = all.len();
+    let model: HashMap<String, Tensor> = if all.contains_key("meta.iter") {
+        all.into_iter()
+            .filter_map(|(k, t)| k.strip_prefix("model.").map(|n| (n.to_string(), t)))
+            .collect()
+    } else {
+        all
+    };
+    let model: HashMap<String, Tensor> = model
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(crate::distill::PARAM_PREFIX))
+        .collect();
+    let dropped = total - model.len();
+    Ok((model, dropped))
+}
+
+/// Export `weights` (trained for the model of `cfg`, with `classes`/`category_ids`) to `out`.
+pub fn export(
+    cfg: &LoadedConfig,
+    weights: &Path,
+    classes: &[String],
+    category_ids: &[u64],
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::msg(format!(
+            "--dtype {:?}: export writes f32, f16 or bf16",
+            opts.dtype
+        )));
+    }
+    let (tensors, dropped) = read_model_tensors(weights)?;
+    let model_cfg = &cfg.config.model;
+    // Strict: every tensor of the architecture present with its shape, nothing left over.
+    let det = crate::engine::trainer::build_detector(model_cfg, classes.len(), 0, &Device::Cpu)?;
+    let report = load_tensors(&det.vars.varmap, &tensors)?;
+    if !report.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: weights do not fit {}'s model: {}",
+            weights.display(),
+            cfg.path.display(),
+            report.describe()
+        )));
+    }
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (k, t) in named_tensors(&det.vars.varmap) {
+        let name = if opts.backbone_only {
+            match k.strip_prefix("backbone.body.") {
+                Some(n) => n.to_string(),
+                None => continue,
+            }
+        } else {
+            k
+        };
+        map.insert(name, t.detach().to_dtype(opts.dtype)?);
+    }
+    let parameters = map.values().map(|t| t.elem_count()).sum();
+    if opts.format == ExportFormat::Torchvision && model_cfg.backbone.norm == NormKind::Bn {
+        let bns: Vec<String> = map
+            .keys()
+            .filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string))
+            .collect();
+        for bn in bns {
+            map.insert(
+                format!("{bn}.num_batches_tracked"),
+                Tensor::new(0i64, &Device::Cpu)?,
+            );
+        }
+    }
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    write_safetensors(&map, out)?;
+    let sidecar = out.with_extension("json");
+    let i = &model_cfg.input;
+    let v = json!({
+        "kdet_version": env!("CARGO_PKG_VERSION"),
+        "format": match opts.format { ExportFormat::Torchvision => "torchvision", ExportFormat::Kdet => "kdet" },
+        "dtype": format!("{:?}", opts.dtype).to_lowercase(),
+        "backbone_only": opts.backbone_only,
+        "source": weights,
+        "model": model_cfg,
+        "num_classes_with_background": classes.len() + 1,
+        "classes": classes,
+        "category_ids": category_ids,
+        "input": {"mean": i.mean, "std": i.std, "min_size": i.min_size, "max_size": i.max_size,
+                  "size_divisible": i.size_divisible, "pixel_range": "[0, 1] RGB, CHW"},
+    });
+    crate::util::write_atomic(
+        &sidecar,
+        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
+    )?;
+    Ok(ExportReport {
+        weights: out.to_path_buf(),
+        sidecar,
+        tensors: map.len(),
+        parameters,
+        dropped,
+    })
+}

@@ -1,0 +1,62 @@
+//! Helpers shared by the end-to-end tests: run the binary, a tiny synthetic training config.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn kdet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdet"))
+        .args(args)
+        .output()
+        .expect("run kdet")
+}
+
+pub fn ok(o: &Output) -> String {
+    let s = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{s}");
+    s
+}
+
+/// A tiny student config in `dir` (shared synthetic cache inside `dir`).
+pub fn config(dir: &Path, name: &str, solver: &str) -> String {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_student.json");
+    let text = format!(
+        r#"{{"base": "{}",
+  "data": {{"synthetic": {{"seed": 3, "train": 8, "val": 4, "size": 64, "classes": 3, "cache_dir": "{}"}}, "workers": 2}},
+  "model": {{"input": {{"min_size": 64, "max_size": 64}}}},
+  "solver": {solver},
+  "output_dir": "{}"}}"#,
+        base.display(),
+        dir.join("cache").display(),
+        dir.join(name).display()
+    );
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+pub fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect()
+}
+
+/// Run kdet expecting failure; returns stderr.
+pub fn fails(o: &Output) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "expected a failure: {e}");
+    e
+}
+
+/// Set `key` (top level) of the JSON config at `path`.
+pub fn set(path: &str, key: &str, value: serde_json::Value) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v[key] = value;
+    std::fs::write(path, v.to_string()).unwrap();
+}
