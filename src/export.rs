@@ -85,6 +85,18 @@ pub fn export(
             opts.dtype
         )));
     }
+    let sidecar = out.with_extension("json");
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(&sidecar, &cfg.path) {
+        return Err(Error::msg(format!(
+            "--out {}: its sidecar {} would overwrite the config; choose another name",
+            out.display(),
+            sidecar.display()
+        )));
+    }
     let (tensors, dropped) = read_model_tensors(weights)?;
     let model_cfg = &cfg.config.model;
     // Strict: every tensor of the architecture present with its shape, nothing left over.
@@ -127,7 +139,6 @@ pub fn export(
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     write_safetensors(&map, out)?;
-    let sidecar = out.with_extension("json");
     let i = &model_cfg.input;
     let v = json!({
         "kdet_version": env!("CARGO_PKG_VERSION"),

@@ -99,6 +99,23 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
         "the distilled student has exactly the plain student's tensors"
     );
 
+    // Exporting from the checkpoint leaves adaptation layers and optimizer state out.
+    let exported = d.path().join("exported.safetensors");
+    let o = ok(&kdet(&[
+        "export",
+        "--config",
+        &c,
+        "--weights",
+        run.join("checkpoint.safetensors").to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    assert!(!o.contains(" 0 training-only tensors"), "{o}");
+    let e = candle_core::safetensors::load(&exported, &candle_core::Device::Cpu).unwrap();
+    assert!(!e
+        .keys()
+        .any(|k| k.starts_with("distill.") || k.starts_with("optim.")));
+
     // Another file in the teacher's place (same architecture, f16) is refused on resume.
     let tc = d.path().join("teacher.json");
     ok(&kdet(&[
