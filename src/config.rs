@@ -124,9 +124,15 @@ pub struct BackboneConfig {
     /// Number of trainable ResNet stages counted from the top. torchvision: 3.
     #[serde(default = "d_trainable_layers")]
     pub trainable_layers: u32,
-    /// Optional backbone weights (local path or `hf://…`).
+    /// Optional ImageNet-style backbone weights (local path or `hf://owner/repo/file@rev`;
+    /// safetensors or a PyTorch `.pth`). Unprefixed ResNet names (`conv1.weight`,
+    /// `layer1.0.…`) land under `backbone.body.`; the classifier (`fc.*`) is ignored.
     #[serde(default)]
     pub weights: Option<String>,
+    /// How to rename the keys of `weights` onto kdet's names; none needed for torchvision's
+    /// or timm's plain ResNets.
+    #[serde(default)]
+    pub weights_keys: KeyRules,
     /// eps of the backbone's BatchNorm / FrozenBatchNorm2d. torchvision: 1e-5; its
     /// COCO-pretrained Faster R-CNN weights expect 0 (the builder's `overwrite_eps(model, 0.0)`).
     #[serde(default = "d_bn_eps")]
@@ -316,6 +322,9 @@ pub struct TeacherConfig {
     /// Smallest acceptable teacher AP (COCO AP@[.5:.95]) on the check images.
     #[serde(default = "d_min_ap")]
     pub min_ap: f64,
+    /// How to rename the checkpoint's keys onto kdet's (torchvision's) names.
+    #[serde(default)]
+    pub keys: KeyRules,
 }
 
 fn d_check_images() -> usize {
@@ -324,6 +333,69 @@ fn d_check_images() -> usize {
 
 fn d_min_ap() -> f64 {
     0.01
+}
+
+/// How to rename a checkpoint's keys onto kdet's names, which are torchvision's
+/// (`backbone.body.layer1.0.conv1.weight`, `backbone.fpn.inner_blocks.0.0.weight`, …).
+/// Every key is first stripped of each of `strip_prefixes` it starts with (in order), then
+/// the first `rename` rule whose `from` it starts with replaces that prefix by `to`.
+///
+/// Typical recipes:
+/// - torchvision detection checkpoints (also its older names such as
+///   `backbone.fpn.inner_blocks.0.weight`, upgraded on load): none.
+/// - a checkpoint saved from `nn.DataParallel` / `DistributedDataParallel`:
+///   `"strip_prefixes": ["module."]`.
+/// - backbone weights (`model.backbone.weights_keys`) from torchvision's or timm's plain
+///   ResNets (`conv1.weight`, `bn1.*`, `layer1.0.downsample.0.weight`, `fc.*`): none.
+/// - the backbone and neck of an mmdetection Faster R-CNN (pytorch-style ResNet, `FPN` neck):
+///   `{"from": "backbone.", "to": "backbone.body."}` (its ResNet uses torchvision's names),
+///   and per FPN level N, `{"from": "neck.lateral_convs.N.conv.", "to":
+///   "backbone.fpn.inner_blocks.N.0."}` and `{"from": "neck.fpn_convs.N.conv.", "to":
+///   "backbone.fpn.layer_blocks.N.0."}` (mmcv's `ConvModule` keeps its conv in `.conv`).
+///   mmdetection's heads are not a matter of names (its background class is the last
+///   logit, torchvision's the first), so renames alone do not load them.
+///
+/// A rule with an empty `from` matches every key: put last, it adds a prefix.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRules {
+    /// Prefixes removed from the start of every key that has them, in this order.
+    #[serde(default)]
+    pub strip_prefixes: Vec<String>,
+    /// Prefix renames, tried in order after stripping; the first match wins.
+    #[serde(default)]
+    pub rename: Vec<KeyRename>,
+}
+
+/// One prefix rename: a key starting with `from` gets `to` instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRename {
+    pub from: String,
+    pub to: String,
+}
+
+impl KeyRules {
+    /// Whether no rule is set (keys stay as they are).
+    pub fn is_empty(&self) -> bool {
+        self.strip_prefixes.is_empty() && self.rename.is_empty()
+    }
+
+    /// The kdet name for a checkpoint key.
+    pub fn apply(&self, key: &str) -> String {
+        let mut k = key;
+        for p in &self.strip_prefixes {
+            if let Some(rest) = k.strip_prefix(p.as_str()) {
+                k = rest;
+            }
+        }
+        for r in &self.rename {
+            if let Some(rest) = k.strip_prefix(r.from.as_str()) {
+                return format!("{}{rest}", r.to);
+            }
+        }
+        k.to_string()
+    }
 }
 
 /// Where a distillation term applies.
@@ -975,6 +1047,8 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
             );
         }
         unit(c, &format!("teachers[{i}].min_ap"), t.min_ap)?;
+        validate_weights(c, &t.weights, &format!("teachers[{i}].weights"))?;
+        validate_keys(c, &t.keys, &format!("teachers[{i}].keys"))?;
     }
     for (i, d) in cfg.distill.iter().enumerate() {
         let p = format!("distill[{i}]");
@@ -1158,6 +1232,10 @@ fn validate_model(c: &LoadedConfig, m: &ModelConfig, p: &str) -> Result<()> {
             "must be in 0..=5",
         ));
     }
+    if let Some(w) = &b.weights {
+        validate_weights(c, w, &format!("{p}.backbone.weights"))?;
+    }
+    validate_keys(c, &b.weights_keys, &format!("{p}.backbone.weights_keys"))?;
     if m.fpn.out_channels == 0 {
         return Err(c.error(&format!("{p}.fpn.out_channels"), "must be >= 1"));
     }
@@ -1251,6 +1329,21 @@ fn is_tap(t: &str) -> bool {
             | "fpn.p5"
             | "fpn.p6"
     )
+}
+
+/// A malformed `hf://` spec is reported at load time, located, rather than at first use.
+fn validate_weights(c: &LoadedConfig, spec: &str, p: &str) -> Result<()> {
+    if crate::hub::is_hub(spec) {
+        crate::hub::HubFile::parse(spec).map_err(|e| c.error(p, e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn validate_keys(c: &LoadedConfig, k: &KeyRules, p: &str) -> Result<()> {
+    if let Some(i) = k.strip_prefixes.iter().position(|s| s.is_empty()) {
+        return Err(c.error(&format!("{p}.strip_prefixes[{i}]"), "must not be empty"));
+    }
+    Ok(())
 }
 
 fn positive(c: &LoadedConfig, p: &str, v: f64) -> Result<()> {
@@ -1389,6 +1482,26 @@ mod tests {
                 "x.json: distill[0].mu: must be in [0, 1]",
             ),
             (
+                r#"{"teachers": [{"weights": "hf://owner/repo"}]}"#,
+                "x.json: teachers[0].weights: hf://owner/repo: names no file",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t.pth", "keys": {"strip_prefixes": [""]}}]}"#,
+                "x.json: teachers[0].keys.strip_prefixes[0]: must not be empty",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t.pth", "keys": {"rename": [{"from": "a."}]}}]}"#,
+                "x.json: teachers[0].keys.rename[0]: missing field `to`",
+            ),
+            (
+                r#"{"model": {"backbone": {"weights": "hf://o//f.pth"}}}"#,
+                "x.json: model.backbone.weights: hf://o//f.pth: empty repo name",
+            ),
+            (
+                r#"{"model": {"backbone": {"weights_keys": {"strip": ["module."]}}}}"#,
+                "x.json: model.backbone.weights_keys.strip: unknown field `strip`",
+            ),
+            (
                 r#"{"data": {"synthetic": {"classes": 12}}}"#,
                 "x.json: data.synthetic.classes: must be in 1..=8",
             ),
@@ -1416,6 +1529,39 @@ mod tests {
                 .to_string();
             assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn key_rules_strip_then_rename() {
+        let r: KeyRules = serde_json::from_str(
+            r#"{"strip_prefixes": ["module.", "model."],
+                "rename": [{"from": "backbone.", "to": "backbone.body."},
+                           {"from": "neck.lateral_convs.0.conv.", "to": "backbone.fpn.inner_blocks.0.0."},
+                           {"from": "back", "to": "never"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.apply("module.model.backbone.conv1.weight"),
+            "backbone.body.conv1.weight"
+        );
+        assert_eq!(
+            r.apply("neck.lateral_convs.0.conv.bias"),
+            "backbone.fpn.inner_blocks.0.0.bias"
+        );
+        // Prefixes strip only at the start, in order; unmatched keys stay.
+        assert_eq!(r.apply("model.module.x"), "module.x");
+        assert_eq!(r.apply("rpn.module.x"), "rpn.module.x");
+        assert!(KeyRules::default().is_empty());
+        assert_eq!(KeyRules::default().apply("a.b"), "a.b");
+        // An empty `from` adds a prefix to every key it reaches.
+        let add = KeyRules {
+            strip_prefixes: vec![],
+            rename: vec![KeyRename {
+                from: String::new(),
+                to: "backbone.body.".into(),
+            }],
+        };
+        assert_eq!(add.apply("conv1.weight"), "backbone.body.conv1.weight");
     }
 
     #[test]

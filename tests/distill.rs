@@ -4,7 +4,7 @@
 //! an untrained teacher and a teacher whose weights do not fit stop training with clear errors.
 
 mod common;
-use common::{config, fails, kdet, ok, set};
+use common::{config, fails, fake_hub, kdet, kdet_env, ok, set};
 use serde_json::json;
 
 const SOLVER: &str =
@@ -185,6 +185,53 @@ fn untrained_or_misfit_teachers_stop_before_training() {
     let e = fails(&kdet(&["train", &c, "--fresh"]));
     assert!(
         e.contains("teachers[0].weights") && e.contains("nowhere.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn teacher_from_a_hub_cache_offline() {
+    let d = tempfile::tempdir().unwrap();
+    let t = teacher(d.path(), 2);
+    let cache = d.path().join("hub");
+    fake_hub(
+        &cache,
+        "someone/tiny-teacher",
+        &[
+            ("weights/teacher.safetensors", &t.join("model.safetensors")),
+            ("weights/teacher.json", &t.join("model.json")),
+        ],
+    );
+    let c = config(d.path(), "student", SOLVER);
+    set(
+        &c,
+        "teachers",
+        json!([{"weights": "hf://someone/tiny-teacher/weights/teacher.safetensors", "check_images": 0}]),
+    );
+    set(
+        &c,
+        "distill",
+        json!([{"type": "weighted_kd", "stage": "rcn"}]),
+    );
+    let env = [
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+    ];
+    let o = kdet_env(&["train", &c, "--stop-after", "2"], &env);
+    let s = ok(&o);
+    assert!(
+        s.contains("teacher 0: loaded") && s.contains("snapshots"),
+        "{s}"
+    );
+    // A revision the cache does not hold is named, with the cache path.
+    set(
+        &c,
+        "teachers",
+        json!([{"weights": "hf://someone/tiny-teacher/weights/teacher.safetensors@v2", "check_images": 0}]),
+    );
+    let e = fails(&kdet_env(&["train", &c, "--fresh"], &env));
+    assert!(
+        e.contains("@v2") && e.contains("models--someone--tiny-teacher"),
         "{e}"
     );
 }

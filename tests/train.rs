@@ -3,7 +3,7 @@
 //! writes drawings and JSON, `kdet eval --config` and `kdet plot` work on the run.
 
 mod common;
-use common::{config, kdet, losses, ok};
+use common::{config, kdet, kdet_env, losses, ok};
 
 #[test]
 fn loss_goes_down_and_run_artifacts_work() {
@@ -166,6 +166,21 @@ fn backbone_weights_load_strictly_or_fail_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing.safetensors"));
     v["model"]["backbone"] = serde_json::json!({"weights": "hf://owner/repo/model.safetensors"});
     std::fs::write(&c, v.to_string()).unwrap();
-    let e = String::from_utf8_lossy(&kdet(&["train", &c]).stderr).into_owned();
-    assert!(e.contains("hub is not available"), "{e}");
+    // Offline, with an empty cache: the error names repo, file, revision and the cache searched.
+    let cache = d.path().join("hub");
+    let o = kdet_env(
+        &["train", &c],
+        &[
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success());
+    assert!(
+        e.contains("hf://owner/repo/model.safetensors@main")
+            && e.contains(cache.join("models--owner--repo").to_str().unwrap())
+            && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
 }

@@ -22,7 +22,7 @@ use crate::models::backbone::Features;
 use crate::models::faster_rcnn::roi_heads::HeadOutput;
 use crate::models::faster_rcnn::FasterRcnn;
 use crate::models::init::SeededVarMap;
-use crate::models::weights::{load_tensors, named_tensors};
+use crate::models::weights::{load_tensors, named_tensors, read_state_dict};
 use crate::ops::boxes::Box4;
 use crate::ops::conv::ConvImpl;
 
@@ -55,8 +55,8 @@ impl Teacher {
     ) -> Result<Self> {
         let t: &TeacherConfig = &cfg.config.teachers[index];
         let field = format!("teachers[{index}].weights");
-        let path = if t.weights.starts_with("hf://") {
-            return Err(cfg.error(&field, "hf:// weights are resolved by src/hub.rs (pending)"));
+        let path = if crate::hub::is_hub(&t.weights) {
+            crate::hub::resolve(&t.weights)?
         } else {
             cfg.resolve(&field, Path::new(&t.weights))
         };
@@ -79,8 +79,7 @@ impl Teacher {
             ));
         }
         let sha256 = sha256_file(&path)?;
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        let tensors = read_state_dict(&path, &t.keys)?;
         // Build once with variables to learn the expected names and shapes, load and report…
         let probe = Arc::new(SeededVarMap::new(0));
         FasterRcnn::new(

@@ -75,12 +75,16 @@ pub fn build_detector_for_training(
     let c = &cfg.config;
     let det = build_detector(&c.model, num_classes, c.seed, device)?;
     if let Some(w) = &c.model.backbone.weights {
-        let path = if w.starts_with("hf://") {
+        let path = if crate::hub::is_hub(w) {
             PathBuf::from(w)
         } else {
             cfg.resolve("model.backbone.weights", Path::new(w))
         };
-        let r = crate::models::weights::load_backbone(&det.vars.varmap, &path)?;
+        let r = crate::models::weights::load_backbone(
+            &det.vars.varmap,
+            &path,
+            &c.model.backbone.weights_keys,
+        )?;
         eprintln!(
             "loaded {} backbone tensors from {}",
             r.loaded,

@@ -3,11 +3,12 @@
 //! distillation failure, a teacher that silently did not load.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
+use crate::config::KeyRules;
 use crate::error::{Error, Result};
 
 /// What a load found.
@@ -101,20 +102,142 @@ pub fn load_tensors(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Resul
     copy_into(&data, tensors, |_| true)
 }
 
-/// Load a safetensors file into `varmap`; with `strict`, any missing, unexpected or mismatched
-/// key is an error naming the file.
+/// Load a weights file (see [`load_weights`]) into `varmap` with its keys as they are.
 pub fn load_safetensors(varmap: &VarMap, path: &Path, strict: bool) -> Result<LoadReport> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    load_weights(varmap, path, &KeyRules::default(), strict)
+}
+
+/// Load a checkpoint (local path or `hf://owner/repo/file@rev`; safetensors or PyTorch) into
+/// `varmap`, its keys renamed by `rules`. With `strict`, any missing, unexpected or
+/// shape-mismatched key is an error naming the file; without, those are left out and the
+/// report says which (the caller shows it). Either way a file of which no tensor fits is an
+/// error: a teacher that silently keeps its random init is the failure this guards against.
+pub fn load_weights(
+    varmap: &VarMap,
+    path: &Path,
+    rules: &KeyRules,
+    strict: bool,
+) -> Result<LoadReport> {
+    let file = locate(path)?;
+    let tensors = read_state_dict(&file, rules)?;
     let r = load_tensors(varmap, &tensors)?;
-    if strict && !r.is_clean() {
+    if r.is_clean() {
+        return Ok(r);
+    }
+    if strict {
         return Err(Error::msg(format!(
-            "{}: weights do not fit the model: {}",
+            "{}: weights do not fit the model: {} (strict load: fix the names with `keys` rules, \
+             or set `strict: false` to load only what fits)",
+            path.display(),
+            r.describe()
+        )));
+    }
+    if r.loaded == 0 {
+        return Err(Error::msg(format!(
+            "{}: no tensor fits the model, even with `strict: false`: {} (do the `keys` rules \
+             map the file's names onto the model's?)",
             path.display(),
             r.describe()
         )));
     }
     Ok(r)
+}
+
+/// The local file for a weights path: `hf://…` goes through [`crate::hub::resolve`].
+fn locate(path: &Path) -> Result<PathBuf> {
+    match path.to_str() {
+        Some(s) if crate::hub::is_hub(s) => crate::hub::resolve(s),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Read every tensor of a checkpoint by name, keys renamed by `rules` (which see). Reads
+/// safetensors and PyTorch zip checkpoints (`torch.save` since 1.6: `.pth`, `.pt`, `.bin`),
+/// told apart by their first bytes rather than the extension. A PyTorch file may hold the
+/// state_dict itself, or wrap it as mmdetection (`{"state_dict": …, "meta": …}`) or
+/// torchvision's reference scripts (`{"model": …, "optimizer": …}`) save checkpoints.
+/// Errors name the file.
+pub fn read_state_dict(path: &Path, rules: &KeyRules) -> Result<HashMap<String, Tensor>> {
+    let err = |e: &dyn std::fmt::Display| Error::msg(format!("{}: {e}", path.display()));
+    let mut head = [0u8; 9];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    let tensors: Vec<(String, Tensor)> = if head[..n].starts_with(b"PK\x03\x04") {
+        read_pytorch(path)?
+    } else if n == 9 && head[8] == b'{' {
+        // safetensors: an 8-byte little-endian header length, then the JSON header.
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .collect()
+    } else {
+        return Err(err(
+            &"neither a safetensors file nor a PyTorch zip checkpoint (torch.save \
+             since PyTorch 1.6); re-save older or pickled-numpy (.pkl) checkpoints with a recent \
+             torch.save, or convert them to safetensors",
+        ));
+    };
+    rename_keys(path, tensors, rules)
+}
+
+/// Tensors of a PyTorch zip checkpoint: the top-level dict, else the one under `state_dict`,
+/// else under `model`.
+fn read_pytorch(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let err = |e: candle_core::Error| Error::msg(format!("{}: {e}", path.display()));
+    let top = candle_core::pickle::read_all(path).map_err(err)?;
+    if !top.is_empty() {
+        return Ok(top);
+    }
+    for key in ["state_dict", "model"] {
+        match candle_core::pickle::read_all_with_key(path, Some(key)) {
+            Ok(t) if !t.is_empty() => return Ok(t),
+            Ok(_) => {}
+            // candle's way of saying the checkpoint has no such key: try the next one.
+            Err(e) if e.to_string().contains(&format!("key {key} not found")) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(Error::msg(format!(
+        "{}: no tensors found, neither at the top level nor under `state_dict` or `model`",
+        path.display()
+    )))
+}
+
+/// Apply `rules` to every key; two keys that end up with the same name are an error (one
+/// would silently replace the other).
+fn rename_keys(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    rules: &KeyRules,
+) -> Result<HashMap<String, Tensor>> {
+    let mut origin: HashMap<String, String> = HashMap::with_capacity(tensors.len());
+    let mut out = HashMap::with_capacity(tensors.len());
+    for (key, t) in tensors {
+        let name = rules.apply(&key);
+        if let Some(other) = origin.insert(name.clone(), key.clone()) {
+            let (a, b) = if other < key {
+                (other, key)
+            } else {
+                (key, other)
+            };
+            return Err(Error::msg(format!(
+                "{}: keys `{a}` and `{b}` both become `{name}` under the `keys` rules",
+                path.display()
+            )));
+        }
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
 /// Copy `tensors` into the variables whose name passes `include`; report what did not fit.
@@ -150,18 +273,12 @@ fn copy_into(
 }
 
 /// Load ImageNet-style backbone weights (a torchvision/timm ResNet state_dict: `conv1.weight`,
-/// `layer1.0.…`, optionally prefixed `backbone.body.`) into the `backbone.body.` variables.
-/// Every backbone variable must be found; the classifier (`fc.*`) is ignored.
-pub fn load_backbone(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
-    if path.to_string_lossy().starts_with("hf://") {
-        return Err(Error::msg(format!(
-            "{}: loading from the Hugging Face hub is not available in this version; download the file and give its local path",
-            path.display()
-        )));
-    }
-    let raw = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-    let tensors: HashMap<String, Tensor> = raw
+/// `layer1.0.…`, optionally prefixed `backbone.body.`; a local path or `hf://…`, safetensors
+/// or PyTorch), keys first renamed by `rules`, into the `backbone.body.` variables. Every
+/// backbone variable must be found; the classifier (`fc.*`) is ignored.
+pub fn load_backbone(varmap: &VarMap, path: &Path, rules: &KeyRules) -> Result<LoadReport> {
+    let file = locate(path)?;
+    let tensors: HashMap<String, Tensor> = read_state_dict(&file, rules)?
         .into_iter()
         .filter(|(k, _)| !k.starts_with("fc.") && !ignorable(k))
         .map(|(k, t)| {
@@ -179,7 +296,8 @@ pub fn load_backbone(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
     let r = copy_into(&data, &tensors, |k| k.starts_with("backbone.body."))?;
     if !r.is_clean() {
         return Err(Error::msg(format!(
-            "{}: backbone weights do not fit model.backbone: {}",
+            "{}: backbone weights do not fit model.backbone: {} (rename the file's keys with \
+             `model.backbone.weights_keys`)",
             path.display(),
             r.describe()
         )));
@@ -274,7 +392,7 @@ mod tests {
         ]);
         let p = d.path().join("r.safetensors");
         candle_core::safetensors::save(&file, &p).unwrap();
-        let r = load_backbone(&vm, &p).unwrap();
+        let r = load_backbone(&vm, &p, &KeyRules::default()).unwrap();
         assert_eq!(r.loaded, 2);
         assert_eq!(
             vm.data().lock().unwrap()["backbone.body.bn1.weight"]
@@ -285,8 +403,175 @@ mod tests {
         // A file without one of the body's tensors is an error naming it.
         let partial = HashMap::from([("conv1.weight".to_string(), t(3.0))]);
         candle_core::safetensors::save(&partial, &p).unwrap();
-        let e = load_backbone(&vm, &p).unwrap_err().to_string();
+        let e = load_backbone(&vm, &p, &KeyRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing keys: backbone.body.bn1.weight"), "{e}");
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pth")
+            .join(name)
+    }
+
+    fn rules(strip: &[&str], rename: &[(&str, &str)]) -> KeyRules {
+        KeyRules {
+            strip_prefixes: strip.iter().map(|s| s.to_string()).collect(),
+            rename: rename
+                .iter()
+                .map(|(f, t)| crate::config::KeyRename {
+                    from: f.to_string(),
+                    to: t.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn reads_pytorch_state_dict() {
+        // tools/make_pth_fixture.py: a DataParallel-style state_dict.
+        let sd = read_state_dict(&fixture("tiny_state_dict.pth"), &KeyRules::default()).unwrap();
+        let mut keys: Vec<&str> = sd.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "module.backbone.bn1.bias",
+                "module.backbone.bn1.num_batches_tracked",
+                "module.backbone.conv1.weight"
+            ]
+        );
+        let w = &sd["module.backbone.conv1.weight"];
+        assert_eq!(w.dims(), &[2, 1, 1, 1]);
+        assert_eq!(values(w), [1.0, 2.0]);
+        assert_eq!(values(&sd["module.backbone.bn1.bias"]), [0.5, -0.5]);
+        let n = &sd["module.backbone.bn1.num_batches_tracked"];
+        assert_eq!((n.dtype(), n.dims()), (DType::I64, &[][..]));
+
+        // Strip `module.`, then rename onto torchvision's body.
+        let r = rules(&["module."], &[("backbone.", "backbone.body.")]);
+        let sd = read_state_dict(&fixture("tiny_state_dict.pth"), &r).unwrap();
+        assert_eq!(values(&sd["backbone.body.conv1.weight"]), [1.0, 2.0]);
+        assert_eq!(values(&sd["backbone.body.bn1.bias"]), [0.5, -0.5]);
+        assert!(sd.contains_key("backbone.body.bn1.num_batches_tracked"));
+    }
+
+    #[test]
+    fn reads_wrapped_checkpoint() {
+        // mmdetection-style {"meta": …, "state_dict": …}.
+        let r = rules(&[], &[("backbone.", "backbone.body.")]);
+        let sd = read_state_dict(&fixture("tiny_wrapped.pth"), &r).unwrap();
+        let mut keys: Vec<&str> = sd.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["backbone.body.bn1.bias", "backbone.body.conv1.weight"]
+        );
+        assert_eq!(values(&sd["backbone.body.conv1.weight"]), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("old.pth");
+        std::fs::write(&p, b"\x80\x02legacy pickle").unwrap();
+        let e = read_state_dict(&p, &KeyRules::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&p.display().to_string()) && e.contains("neither a safetensors"),
+            "{e}"
+        );
+        let e = read_state_dict(&d.path().join("none.pth"), &KeyRules::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.pth"), "{e}");
+        // Rules that merge two keys into one.
+        let merge = rules(
+            &[],
+            &[
+                ("module.backbone.conv1.weight", "w"),
+                ("module.backbone.bn1.bias", "w"),
+            ],
+        );
+        let e = read_state_dict(&fixture("tiny_state_dict.pth"), &merge)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("keys `module.backbone.bn1.bias` and `module.backbone.conv1.weight` both become `w`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn backbone_from_pth_with_rules() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get((2, 1, 1, 1), "backbone.body.conv1.weight").unwrap();
+        vb.get(2, "backbone.body.bn1.bias").unwrap();
+        // `module.backbone.` stripped leaves ResNet names, which land under backbone.body.
+        let r = load_backbone(
+            &vm,
+            &fixture("tiny_state_dict.pth"),
+            &rules(&["module.", "backbone."], &[]),
+        )
+        .unwrap();
+        assert_eq!(r.loaded, 2);
+        assert_eq!(
+            values(vm.data().lock().unwrap()["backbone.body.bn1.bias"].as_tensor()),
+            [0.5, -0.5]
+        );
+        // Without the rules the names do not fit, and the error says so.
+        let e = load_backbone(&vm, &fixture("tiny_state_dict.pth"), &KeyRules::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing keys: backbone.body.bn1.bias"), "{e}");
+    }
+
+    #[test]
+    fn strict_and_lenient_loads() {
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.get((2, 1, 1, 1), "backbone.body.conv1.weight").unwrap();
+        vb.get(2, "backbone.body.bn1.bias").unwrap();
+        vb.get(3, "rpn.head.cls_logits.bias").unwrap();
+        let p = fixture("tiny_wrapped.pth");
+        let r = rules(&[], &[("backbone.", "backbone.body.")]);
+        // Strict: the missing RPN tensor is fatal, and the message says how to proceed.
+        let e = load_weights(&vm, &p, &r, true).unwrap_err().to_string();
+        assert!(
+            e.contains("tiny_wrapped.pth: weights do not fit the model: missing keys: rpn.head.cls_logits.bias")
+                && e.contains("`strict: false`"),
+            "{e}"
+        );
+        // Lenient: what fits is loaded, the rest reported.
+        let rep = load_weights(&vm, &p, &r, false).unwrap();
+        assert_eq!(
+            (rep.loaded, rep.missing.clone()),
+            (2, vec!["rpn.head.cls_logits.bias".to_string()])
+        );
+        assert_eq!(
+            values(vm.data().lock().unwrap()["backbone.body.conv1.weight"].as_tensor()),
+            [1.0, 2.0]
+        );
+        // Lenient, but nothing fits: still an error.
+        let e = load_weights(&vm, &p, &KeyRules::default(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no tensor fits the model, even with `strict: false`"),
+            "{e}"
+        );
     }
 
     #[test]

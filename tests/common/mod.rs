@@ -47,6 +47,29 @@ pub fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Run kdet with extra environment variables (hub cache, offline mode).
+pub fn kdet_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdet"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run kdet")
+}
+
+/// Lay `files` out as the Hugging Face cache does for `repo` at revision `main`:
+/// `models--owner--name/{refs/main, blobs/, snapshots/<commit>/<file>}`.
+pub fn fake_hub(cache: &Path, repo: &str, files: &[(&str, &Path)]) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    for (name, src) in files {
+        let dst = root.join("snapshots").join(commit).join(name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, dst).unwrap();
+    }
+}
+
 /// Run kdet expecting failure; returns stderr.
 pub fn fails(o: &Output) -> String {
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
