@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use kdet::config::SynthSpec;
+use kdet::config::{LoadedConfig, SynthSpec};
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +17,20 @@ use kdet::config::SynthSpec;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Where models run: cpu, cuda, cuda:N or metal (overrides the config's `device`; teachers
+    /// and student share it).
+    #[arg(long, global = true)]
+    device: Option<String>,
+}
+
+/// Load a config, with `--device` replacing its `device`.
+fn load_config(path: &std::path::Path, device: &Option<String>) -> anyhow::Result<LoadedConfig> {
+    let mut cfg = kdet::config::load(path)?;
+    if let Some(d) = device {
+        kdet::device::parse_device(d).map_err(|e| anyhow::anyhow!("--device {e}"))?;
+        cfg.config.device = d.clone();
+    }
+    Ok(cfg)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stop_after,
             fresh,
         } => {
-            let cfg = kdet::config::load(&config)?;
+            let cfg = load_config(&config, &cli.device)?;
             if baseline && cfg.config.teachers.is_empty() {
                 bail!(
                     "{}: --baseline trains the student once more without distillation, but this config has no `teachers`",
@@ -270,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             weights,
         } => {
             let s = match (config, weights) {
-                (Some(c), Some(w)) => eval_model(&c, &w)?,
+                (Some(c), Some(w)) => eval_model(&c, &w, &cli.device)?,
                 _ => {
                     let gt = gt.context("give --gt and --dt, or --config and --weights")?;
                     let dt = dt.context("--dt is required")?;
@@ -333,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             score_thr,
         } => {
-            let cfg = kdet::config::load(&config)?;
+            let cfg = load_config(&config, &cli.device)?;
             let (model, names, ids) = load_detector(&cfg, &weights)?;
             let images = kdet::infer::collect_images(&inputs)?;
             let device = kdet::device::open(
@@ -365,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backbone_only,
             dtype,
         } => {
-            let cfg = kdet::config::load(&config)?;
+            let cfg = load_config(&config, &cli.device)?;
             let (names, ids) = kdet::engine::trainer::read_classes(&cfg, &weights)?;
             let opts = kdet::export::ExportOptions {
                 format,
@@ -487,8 +501,9 @@ fn load_detector(
 fn eval_model(
     config: &std::path::Path,
     weights: &std::path::Path,
+    device: &Option<String>,
 ) -> anyhow::Result<kdet::eval::EvalSummary> {
-    let cfg = kdet::config::load(config)?;
+    let cfg = load_config(config, device)?;
     let (model, _, _) = load_detector(&cfg, weights)?;
     let (_, val) = kdet::data::resolve_splits(&cfg)?;
     let (ann, images) = val.context("the config has no val split to evaluate on")?;

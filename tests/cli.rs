@@ -215,3 +215,30 @@ fn every_shipped_config_loads_and_validates() {
     }
     assert!(n >= 12, "{n} configs");
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_flag_names_the_missing_cargo_feature() {
+    let cfg =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_student.json");
+    let o = kdet(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--device",
+        "cuda:1",
+        "--stop-after",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("built without CUDA support") && e.contains("--features cuda"),
+        "{e}"
+    );
+    let o = kdet(&["train", cfg.to_str().unwrap(), "--device", "gpu"]);
+    assert!(
+        stderr(&o).contains("`gpu` is not a device"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -211,7 +211,7 @@ fn teacher_from_a_hub_cache_offline() {
     set(
         &c,
         "distill",
-        json!([{"type": "weighted_kd", "stage": "rcn"}]),
+        json!([{"type": "weighted_kd", "stage": "rcn"}, {"type": "hint", "student": "fpn.p4", "teacher": "fpn.p4", "spatial": "resize"}]),
     );
     let env = [
         ("HF_HUB_OFFLINE", "1"),
@@ -223,6 +223,22 @@ fn teacher_from_a_hub_cache_offline() {
         s.contains("teacher 0: loaded") && s.contains("snapshots"),
         "{s}"
     );
+    // The same teacher in half precision — its outputs are cast back to f32; bf16 has no CPU
+    // matmul in candle, which the error says.
+    for dtype in ["f16", "bf16"] {
+        set(
+            &c,
+            "teachers",
+            json!([{"weights": "hf://someone/tiny-teacher/weights/teacher.safetensors", "check_images": 0, "dtype": dtype}]),
+        );
+        let o = kdet_env(&["train", &c, "--stop-after", "1", "--fresh"], &env);
+        if dtype == "f16" {
+            ok(&o);
+        } else {
+            let e = fails(&o);
+            assert!(e.contains("teachers[0].dtype") && e.contains("f16"), "{e}");
+        }
+    }
     // A revision the cache does not hold is named, with the cache path.
     set(
         &c,

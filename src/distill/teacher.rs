@@ -78,6 +78,13 @@ impl Teacher {
                 "must equal model.input: the teacher sees the student's batch (same resize and normalisation)",
             ));
         }
+        if device.is_cpu() && t.dtype == crate::config::DType::Bf16 {
+            // candle's CPU backend has no bf16 matmul (the box head's linear layers).
+            return Err(cfg.error(
+                &format!("teachers[{index}].dtype"),
+                "bf16 needs a GPU (candle has no bf16 matrix multiply on the CPU); use f16 or f32 here",
+            ));
+        }
         let sha256 = sha256_file(&path)?;
         let tensors = read_state_dict(&path, &t.keys)?;
         // Build once with variables to learn the expected names and shapes, load and report…

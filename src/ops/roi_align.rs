@@ -198,13 +198,14 @@ impl CustomOp2 for RoiAlign {
 
 /// RoIAlign of `rois` (`K×5`: batch index, x1, y1, x2, y2 in image pixels) on `features`
 /// (`N×C×H×W`), giving `K×C×out×out`. CPU f32 (the op's only kernel; features on another device
-/// are pooled on the CPU and moved back, logged once).
+/// are pooled on the CPU and moved back, logged once; other dtypes — an f16 teacher — are pooled
+/// in f32 and cast back).
 pub fn roi_align(
     features: &Tensor,
     rois: &Tensor,
     p: RoiAlignParams,
 ) -> candle_core::Result<Tensor> {
-    if features.device().is_cpu() {
+    if features.device().is_cpu() && features.dtype() == candle_core::DType::F32 {
         return features.contiguous()?.apply_op2(
             &rois.to_dtype(candle_core::DType::F32)?.contiguous()?,
             RoiAlign(p),
@@ -212,6 +213,9 @@ pub fn roi_align(
     }
     static WARN: std::sync::Once = std::sync::Once::new();
     WARN.call_once(|| {
+        if features.device().is_cpu() {
+            return;
+        }
         eprintln!(
             "kdet: roi_align has no {:?} kernel; pooling on the CPU",
             features.device().location()
