@@ -260,7 +260,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_train_summary(&s, !cfg.config.teachers.is_empty());
             if baseline {
                 eprintln!("training the same student without distillation (--baseline)");
-                let b = kdet::engine::trainer::train(&cfg.without_distillation(), opts)?;
+                let bcfg = cfg.without_distillation();
+                let mut bopts = opts;
+                // `--resume` of an interrupted pair: the baseline may not have started yet.
+                let bdir = bcfg.resolve("output_dir", &bcfg.config.output_dir);
+                if bopts.resume && !bdir.join("checkpoint.safetensors").exists() {
+                    bopts.resume = false;
+                }
+                let b = kdet::engine::trainer::train(&bcfg, bopts)?;
                 print_train_summary(&b, false);
                 if s.iterations == b.iterations && s.eval.is_some() && b.eval.is_some() {
                     let runs = [
