@@ -22,7 +22,7 @@ ROWS=(
   "Hints (c5 → teacher p5, no adaptation layer)|frcnn_distill_hint_noadapt"
   "Hints-A (c5 → teacher p5, adaptation layer)|frcnn_distill_hint"
   "Hints-A (FPN p2–p5 → teacher p2–p5)|frcnn_distill_hint_fpn"
-  "KD (Hinton, T = 4, on the RCN; not in Table 4)|frcnn_distill_kd"
+  "KD (Hinton, T = 2, weight 0.5, on the RCN; not in Table 4)|frcnn_distill_kd"
   "All (L2-B + CLS-W + Hints-A on FPN p2–p5)|frcnn_distill"
 )
 
