@@ -38,13 +38,15 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
     let t = teacher(d.path(), 6);
     let weights = t.join("model.safetensors");
     let c = config(d.path(), "student", SOLVER);
+    // Two teachers (the same file, the second in f16): every term is averaged over them.
     set(
         &c,
         "teachers",
-        json!([{"weights": weights, "check_images": 0}]),
+        json!([{"weights": weights, "check_images": 0}, {"weights": weights, "check_images": 0, "dtype": "f16"}]),
     );
     set(&c, "distill", all_terms());
     let out = ok(&kdet(&["train", &c, "--baseline"]));
+    assert!(out.contains("teacher 1: val bbox AP"), "{out}");
     assert!(out.contains("teacher 0: val bbox AP"), "{out}");
     assert!(out.contains("distilled student: val bbox AP"), "{out}");
     // The baseline ran with the same schedule, and compare's table follows.
@@ -81,8 +83,10 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    assert!(ck.contains_key("model.distill.0.teacher0.adaptation.weight"));
-    assert!(ck.contains_key("meta.s.teacher0.sha256"));
+    for t in ["teacher0", "teacher1"] {
+        assert!(ck.contains_key(&format!("model.distill.0.{t}.adaptation.weight")));
+        assert!(ck.contains_key(&format!("meta.s.{t}.sha256")));
+    }
     assert!(
         !ck.keys().any(|k| k.contains("distill.1.")),
         "no adaptation layer when adaptation is false"

@@ -42,6 +42,8 @@ pub struct FasterRcnn {
     pub cfg: ModelConfig,
     /// Classes including background.
     pub num_classes: usize,
+    /// Precision of the weights (f32, or f16 for a teacher); inputs are cast to it.
+    pub dtype: candle_core::DType,
 }
 
 impl FasterRcnn {
@@ -60,6 +62,7 @@ impl FasterRcnn {
             backbone,
             cfg: cfg.clone(),
             num_classes,
+            dtype: vb.dtype(),
         })
     }
 
@@ -116,7 +119,7 @@ impl FasterRcnn {
         image_sizes: &[(usize, usize)],
     ) -> candle_core::Result<(Features, Vec<Vec<Box4>>, Vec<Detections>)> {
         let (_, _, h, w) = images.dims4()?;
-        let features = self.backbone.forward_t(images, false)?;
+        let features = self.backbone.forward_t(&images.to_dtype(self.dtype)?, false)?;
         // Inference draws nothing at random; the RNG only satisfies the signature.
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let rpn = self
