@@ -209,11 +209,20 @@ enum Cmd {
 }
 
 fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool) {
+    let done = s.iterations - s.start;
+    let resumed = if s.start > 0 {
+        format!(" (resumed at {}, now at {})", s.start, s.iterations)
+    } else {
+        String::new()
+    };
+    let rate = if done > 0 {
+        format!(" ({:.2} s/iter)", s.seconds / done as f64)
+    } else {
+        String::new()
+    };
     println!(
-        "trained {} iterations in {:.0} s ({:.2} s/iter); run: {}",
-        s.iterations,
+        "trained {done} iterations{resumed} in {:.0} s{rate}; run: {}",
         s.seconds,
-        s.seconds / s.iterations.max(1) as f64,
         s.output_dir.display()
     );
     for (i, e) in s.teacher_evals.iter().enumerate() {

@@ -99,6 +99,8 @@ pub fn build_detector_for_training(
 pub struct TrainSummary {
     pub output_dir: PathBuf,
     pub iterations: u64,
+    /// Where this invocation started (`--resume`), 0 otherwise.
+    pub start: u64,
     pub seconds: f64,
     pub eval: Option<EvalSummary>,
     /// Each teacher on the full validation set (distillation runs that finished).
@@ -334,6 +336,14 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         }
     }
     pb.finish_and_clear();
+    // `--resume` of a finished run trains nothing; it still reports (and rewrites) the final
+    // evaluation, so `--baseline` can compare.
+    if let (None, Some(v), true) = (&last_eval, &val_data, it == total && start == total) {
+        let (summary, recs) = evaluate(&det.model, v, &c.model.input, s.batch_size, &device, None)?;
+        write_results(&out.join("detections.json"), &recs)?;
+        write_eval_json(&out, &v.gt.file, &summary, it)?;
+        last_eval = Some(summary);
+    }
     let mut teacher_evals = vec![];
     if it == total {
         crate::models::weights::save_safetensors(&det.vars.varmap, &out.join("model.safetensors"))?;
@@ -354,6 +364,7 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
     Ok(TrainSummary {
         output_dir: out,
         iterations: it,
+        start,
         seconds: t0.elapsed().as_secs_f64(),
         eval: last_eval,
         teacher_evals,

@@ -119,7 +119,9 @@ impl FasterRcnn {
         image_sizes: &[(usize, usize)],
     ) -> candle_core::Result<(Features, Vec<Vec<Box4>>, Vec<Detections>)> {
         let (_, _, h, w) = images.dims4()?;
-        let features = self.backbone.forward_t(&images.to_dtype(self.dtype)?, false)?;
+        let features = self
+            .backbone
+            .forward_t(&images.to_dtype(self.dtype)?, false)?;
         // Inference draws nothing at random; the RNG only satisfies the signature.
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let rpn = self
