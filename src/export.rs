@@ -135,9 +135,6 @@ pub fn export(
             );
         }
     }
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
     write_safetensors(&map, out)?;
     let i = &model_cfg.input;
     let v = json!({

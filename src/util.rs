@@ -5,9 +5,18 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename. A crash
-/// leaves either the old file or the new one, never a torn one.
+/// Write `bytes` to `path` atomically (see [`write_atomic_with`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// Create `path` atomically: `write` fills a temporary file in the same folder (created if
+/// missing), which is fsynced and renamed into place. A crash leaves either the old file or the
+/// new one, never a torn one.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -18,11 +27,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    write(&tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 

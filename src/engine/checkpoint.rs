@@ -51,22 +51,7 @@ pub fn save(
         "meta.optim_step".into(),
         Tensor::new(&[optim_step as i64], &Device::Cpu)?,
     );
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt"),
-        std::process::id()
-    ));
-    candle_core::safetensors::save(&all, &tmp)
-        .map_err(|e| Error::msg(format!("{}: {e}", tmp.display())))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::models::weights::write_safetensors(&all, path)
 }
 
 /// Read a checkpoint written by [`save`].

@@ -315,22 +315,12 @@ pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
     write_safetensors(&map, path)
 }
 
-/// Write tensors as safetensors, atomically (a temporary file renamed into place).
+/// Write tensors as safetensors, atomically ([`crate::util::write_atomic_with`]).
 pub fn write_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
-    candle_core::safetensors::save(map, &tmp)
-        .map_err(|e| Error::msg(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::util::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(map, tmp)
+            .map_err(|e| Error::msg(format!("{}: {e}", tmp.display())))
+    })
 }
 
 /// All variables of a VarMap by name (sorted), for saving.
