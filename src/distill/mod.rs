@@ -137,34 +137,9 @@ impl Distiller {
         })
     }
 
-    fn needs_rpn(&self) -> bool {
-        self.terms.iter().any(|t| {
-            matches!(
-                t.cfg,
-                DistillTerm::WeightedKd {
-                    stage: Stage::Rpn,
-                    ..
-                } | DistillTerm::BoundedRegression {
-                    stage: Stage::Rpn,
-                    ..
-                }
-            )
-        })
-    }
-
-    fn needs_rcn(&self) -> bool {
-        self.terms.iter().any(|t| {
-            matches!(
-                t.cfg,
-                DistillTerm::WeightedKd {
-                    stage: Stage::Rcn,
-                    ..
-                } | DistillTerm::BoundedRegression {
-                    stage: Stage::Rcn,
-                    ..
-                } | DistillTerm::Kd { .. }
-            )
-        })
+    /// Whether a term reads the teachers' RPN or box-head outputs.
+    fn needs(&self, stage: Stage) -> bool {
+        self.terms.iter().any(|t| term_stage(&t.cfg) == Some(stage))
     }
 
     /// Run the teachers on `batch` and add the distillation losses to the student's `losses`
@@ -175,7 +150,7 @@ impl Distiller {
         out: &TrainOutput,
         losses: &mut BTreeMap<String, Tensor>,
     ) -> Result<()> {
-        let (rpn, rcn) = (self.needs_rpn(), self.needs_rcn());
+        let (rpn, rcn) = (self.needs(Stage::Rpn), self.needs(Stage::Rcn));
         let touts = self
             .teachers
             .iter()
@@ -203,6 +178,17 @@ impl Distiller {
             }
         }
         Ok(())
+    }
+}
+
+/// The head a term reads (`kd` works on the RCN's class logits; hints on features only).
+fn term_stage(t: &DistillTerm) -> Option<Stage> {
+    match t {
+        DistillTerm::WeightedKd { stage, .. } | DistillTerm::BoundedRegression { stage, .. } => {
+            Some(*stage)
+        }
+        DistillTerm::Kd { .. } => Some(Stage::Rcn),
+        DistillTerm::Hint { .. } => None,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::config::{LoadedConfig, TeacherConfig};
 use crate::data::coco::DetectionData;
 use crate::data::loader::Batch;
 use crate::engine::evaluator::evaluate;
+use crate::engine::trainer::Sidecar;
 use crate::error::{Error, Result};
 use crate::models::backbone::Features;
 use crate::models::faster_rcnn::roi_heads::HeadOutput;
@@ -230,25 +231,19 @@ impl Teacher {
     }
 }
 
-/// The architecture recorded beside a weights file: `<stem>.json` (`kdet export`) or
-/// `model.json` (`kdet train`).
+/// The architecture recorded in the [`Sidecar`] beside a weights file.
 fn sidecar_model(weights: &Path) -> Result<crate::config::ModelConfig> {
-    let candidates = [
-        weights.with_extension("json"),
-        weights.with_file_name("model.json"),
-    ];
-    let Some(file) = candidates.iter().find(|p| p.is_file()) else {
-        return Err(Error::msg(format!(
-            "neither {} nor {} exists to take it from",
-            candidates[0].display(),
-            candidates[1].display()
-        )));
-    };
-    let text = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
-    serde_json::from_value(v["model"].clone())
-        .map_err(|e| Error::msg(format!("{}: model: {e}", file.display())))
+    match Sidecar::find(weights)? {
+        Some(s) => s.field("model"),
+        None => {
+            let [a, b] = Sidecar::candidates(weights);
+            Err(Error::msg(format!(
+                "neither {} nor {} exists to take it from",
+                a.display(),
+                b.display()
+            )))
+        }
+    }
 }
 
 /// Hex SHA-256 of a file, streamed.

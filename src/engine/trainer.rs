@@ -509,32 +509,45 @@ fn write_sidecar(path: &Path, c: &crate::config::Config, data: &DetectionData) -
     )
 }
 
-/// Class names and category ids of a trained model: from its sidecar — `<stem>.json` written by
-/// `kdet export`, or `model.json` in the run directory of `kdet train` — else from the config's
+/// The JSON beside a weights file that describes it: `<stem>.json` written by `kdet export`, or
+/// `model.json` in the run directory of `kdet train` (architecture, class names, category ids).
+pub struct Sidecar {
+    pub file: PathBuf,
+    value: serde_json::Value,
+}
+
+impl Sidecar {
+    /// Where the sidecar of `weights` may be, in the order looked at.
+    pub fn candidates(weights: &Path) -> [PathBuf; 2] {
+        [
+            weights.with_extension("json"),
+            weights.with_file_name("model.json"),
+        ]
+    }
+
+    /// The first sidecar of `weights` that exists, parsed; `None` when there is none.
+    pub fn find(weights: &Path) -> Result<Option<Sidecar>> {
+        let Some(file) = Self::candidates(weights).into_iter().find(|p| p.is_file()) else {
+            return Ok(None);
+        };
+        let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let value = serde_json::from_slice(&text)
+            .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
+        Ok(Some(Sidecar { file, value }))
+    }
+
+    /// A top-level field, with the file and field named on error.
+    pub fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T> {
+        serde_json::from_value(self.value[key].clone())
+            .map_err(|e| Error::msg(format!("{}: {key}: {e}", self.file.display())))
+    }
+}
+
+/// Class names and category ids of a trained model: from its [`Sidecar`], else from the config's
 /// training annotations.
 pub fn read_classes(cfg: &LoadedConfig, weights: &Path) -> Result<(Vec<String>, Vec<u64>)> {
-    let own = weights.with_extension("json");
-    let sidecar = if own.is_file() {
-        own
-    } else {
-        weights.with_file_name("model.json")
-    };
-    if sidecar.is_file() {
-        let text = std::fs::read(&sidecar).map_err(|e| Error::io(&sidecar, e))?;
-        let v: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| Error::msg(format!("{}: {e}", sidecar.display())))?;
-        fn field<T: serde::de::DeserializeOwned>(
-            v: &serde_json::Value,
-            k: &str,
-            file: &Path,
-        ) -> Result<T> {
-            serde_json::from_value(v[k].clone())
-                .map_err(|e| Error::msg(format!("{}: {k}: {e}", file.display())))
-        }
-        return Ok((
-            field(&v, "classes", &sidecar)?,
-            field(&v, "category_ids", &sidecar)?,
-        ));
+    if let Some(s) = Sidecar::find(weights)? {
+        return Ok((s.field("classes")?, s.field("category_ids")?));
     }
     let (train, _) = crate::data::resolve_splits(cfg)?;
     let gt = crate::data::coco::load_ground_truth(&train.0, Purpose::Eval)?;
