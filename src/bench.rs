@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::config::{NormKind, SolverConfig};
+use crate::config::solver::SolverConfig;
 use crate::engine::optim::{params_with_decay, Optimizer};
 use crate::error::Result;
 use crate::models::init::SeededVarMap;
+use crate::models::layers::NormKind;
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::ops::conv::{conv2d, ConvImpl, ConvParams};
 

@@ -1,5 +1,6 @@
-//! Device selection: `cpu`, `cuda`, `cuda:N`, `metal`. A binary built without the matching cargo
-//! feature says exactly which feature to enable instead of failing somewhere deep in candle.
+//! Device selection (`cpu`, `cuda`, `cuda:N`, `metal`) and the precision of frozen models. A
+//! binary built without the matching cargo feature says exactly which feature to enable instead
+//! of failing somewhere deep in candle.
 
 use candle_core::Device;
 
@@ -52,6 +53,41 @@ pub fn open(spec: DeviceSpec) -> crate::Result<Device> {
                      `cargo build --release --features metal` (macOS only)",
                 ))
             }
+        }
+    }
+}
+
+/// Open the device a config or flag names (`cpu`, `cuda:1`, …).
+pub fn open_named(s: &str) -> crate::Result<Device> {
+    open(parse_device(s).map_err(crate::Error::msg)?)
+}
+
+/// Precision a frozen teacher runs in, and an export's storage type.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn to_candle(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F16 => candle_core::DType::F16,
+            Precision::Bf16 => candle_core::DType::BF16,
         }
     }
 }

@@ -80,7 +80,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(file: &Path, bytes: &[u8]) -> 
                     };
                     // serde_json's message keeps "at line L column C": for syntax errors the
                     // path alone is not enough.
-                    Err(Error::located(file, path, e.into_inner().to_string()))
+                    let (path, msg) = split_nested(&path, &e.into_inner().to_string());
+                    Err(Error::located(file, path, msg))
                 }
             }
         }
@@ -90,4 +91,80 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(file: &Path, bytes: &[u8]) -> 
 /// Read a whole file, with the path in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// A value that failed validation: its JSON path inside the document (`solver.lr`,
+/// `model.backbone.depth`) and why. Each subsystem validates its own section of a config and
+/// returns this; the config loader turns it into a located [`Error`] naming the file that set
+/// the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub path: String,
+    pub msg: String,
+}
+
+/// The result of validating a section.
+pub type Check = std::result::Result<(), Invalid>;
+
+/// A validation failure at `path`.
+pub fn invalid(path: impl Into<String>, msg: impl Into<String>) -> Invalid {
+    Invalid {
+        path: path.into(),
+        msg: msg.into(),
+    }
+}
+
+/// `v > 0` and finite.
+pub fn positive(path: &str, v: f64) -> Check {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(invalid(path, "must be > 0"))
+    }
+}
+
+/// `v >= 0` and finite.
+pub fn nonneg(path: &str, v: f64) -> Check {
+    if v >= 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(invalid(path, "must be >= 0"))
+    }
+}
+
+/// `v` in `[0, 1]`.
+pub fn unit(path: &str, v: f64) -> Check {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(path, "must be in [0, 1]"))
+    }
+}
+
+/// Marks a deserialisation error raised inside a value that deserialises itself from a buffered
+/// document (the `arch`-tagged model section): serde loses the path there, so the inner path
+/// travels in the message and [`split_nested`] joins it back onto the outer one.
+const NESTED: char = '\u{1}';
+
+/// An error message carrying `inner_path` (relative to the value being deserialised).
+pub fn nested(inner_path: &str, msg: impl std::fmt::Display) -> String {
+    format!("{NESTED}{inner_path}{NESTED}{msg}")
+}
+
+/// The full JSON path and message of a deserialisation error at `outer_path` whose message may
+/// come from [`nested`].
+pub fn split_nested(outer_path: &str, msg: &str) -> (String, String) {
+    let Some(rest) = msg.strip_prefix(NESTED) else {
+        return (outer_path.to_string(), msg.to_string());
+    };
+    let Some((inner, msg)) = rest.split_once(NESTED) else {
+        return (outer_path.to_string(), rest.to_string());
+    };
+    let path = match (outer_path, inner) {
+        ("." | "", i) => i.to_string(),
+        (o, "." | "") => o.to_string(),
+        (o, i) => format!("{o}.{i}"),
+    };
+    // A nested value inside a nested value: resolve recursively.
+    split_nested(&path, msg)
 }

@@ -18,9 +18,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::config::{LoadedConfig, NormKind};
+use crate::config::LoadedConfig;
+use crate::engine::checkpoint;
 use crate::error::{Error, Result};
-use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
+use crate::models::build::Network;
+use crate::models::layers::NormKind;
+use crate::models::weights::{load_tensors, write_safetensors};
 
 /// Output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,23 +52,18 @@ pub struct ExportReport {
     pub dropped: usize,
 }
 
-/// Read a model file or a training checkpoint (its `model.*` part) as a name → tensor map.
-/// Returns the map and how many tensors were not model weights.
+/// Read a model file or a training checkpoint (its networks' tensors, without the method's own
+/// variables and the optimizer state) as a name → tensor map. Returns the map and how many
+/// tensors were not model weights.
 pub fn read_model_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, usize)> {
     let all = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
     let total = all.len();
-    let model: HashMap<String, Tensor> = if all.contains_key("meta.iter") {
-        all.into_iter()
-            .filter_map(|(k, t)| k.strip_prefix("model.").map(|n| (n.to_string(), t)))
-            .collect()
+    let model = if checkpoint::is_checkpoint(&all) {
+        checkpoint::from_tensors(path, all)?.model
     } else {
         all
     };
-    let model: HashMap<String, Tensor> = model
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with(crate::distill::PARAM_PREFIX))
-        .collect();
     let dropped = total - model.len();
     Ok((model, dropped))
 }
@@ -100,8 +98,8 @@ pub fn export(
     let (tensors, dropped) = read_model_tensors(weights)?;
     let model_cfg = &cfg.config.model;
     // Strict: every tensor of the architecture present with its shape, nothing left over.
-    let det = crate::engine::trainer::build_detector(model_cfg, classes.len(), 0, &Device::Cpu)?;
-    let report = load_tensors(&det.vars.varmap, &tensors)?;
+    let net = Network::new(model_cfg, classes.len(), 0, &Device::Cpu)?;
+    let report = load_tensors(&net.vars.varmap, &tensors)?;
     if !report.is_clean() {
         return Err(Error::msg(format!(
             "{}: weights do not fit {}'s model: {}",
@@ -111,9 +109,9 @@ pub fn export(
         )));
     }
     let mut map: HashMap<String, Tensor> = HashMap::new();
-    for (k, t) in named_tensors(&det.vars.varmap) {
+    for (k, t) in net.named_tensors() {
         let name = if opts.backbone_only {
-            match k.strip_prefix("backbone.body.") {
+            match k.strip_prefix(net.model.backbone_prefix()) {
                 Some(n) => n.to_string(),
                 None => continue,
             }
@@ -123,7 +121,7 @@ pub fn export(
         map.insert(name, t.detach().to_dtype(opts.dtype)?);
     }
     let parameters = map.values().map(|t| t.elem_count()).sum();
-    if opts.format == ExportFormat::Torchvision && model_cfg.backbone.norm == NormKind::Bn {
+    if opts.format == ExportFormat::Torchvision && model_cfg.backbone().norm == NormKind::Bn {
         let bns: Vec<String> = map
             .keys()
             .filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string))
@@ -136,7 +134,7 @@ pub fn export(
         }
     }
     write_safetensors(&map, out)?;
-    let i = &model_cfg.input;
+    let i = model_cfg.input();
     let v = json!({
         "kdet_version": env!("CARGO_PKG_VERSION"),
         "format": match opts.format { ExportFormat::Torchvision => "torchvision", ExportFormat::Kdet => "kdet" },

@@ -28,6 +28,16 @@ pub fn is_hub(spec: &str) -> bool {
     spec.starts_with(SCHEME)
 }
 
+/// A weights spec written in a config is checked when the config loads, so a malformed
+/// `hf://` path is reported there, located, rather than at first use; a local path is not
+/// checked here (it may not exist yet).
+pub fn validate_spec(spec: &str) -> std::result::Result<(), String> {
+    if is_hub(spec) {
+        HubFile::parse(spec).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// A parsed `hf://owner/repo/path/to/file@rev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubFile {

@@ -10,12 +10,10 @@ use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_m
 use imageproc::rect::Rect;
 use serde::Serialize;
 
-use crate::config::InputConfig;
 use crate::data::loader::{collate, Sample, Target};
-use crate::data::transforms::{normalize, resize_bilinear, resize_size, ImageF32};
+use crate::data::transforms::{normalize, resize_bilinear, resize_size, ImageF32, InputConfig};
 use crate::error::{Error, Result};
-use crate::models::faster_rcnn::roi_heads::Detections;
-use crate::models::faster_rcnn::FasterRcnn;
+use crate::models::contract::{Detections, Model};
 
 /// Image files under the given files and folders (JPEG/PNG, sorted within a folder).
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -100,7 +98,7 @@ pub fn draw(img: &mut RgbImage, d: &Detections, names: &[String], score_thr: f32
 /// `category_ids[l-1]` and `names[l-1]` describe label `l`.
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
-    model: &FasterRcnn,
+    model: &dyn Model,
     input: &InputConfig,
     names: &[String],
     category_ids: &[u64],
@@ -109,6 +107,13 @@ pub fn infer(
     score_thr: f32,
     device: &Device,
 ) -> Result<Vec<InferRecord>> {
+    if names.len() != category_ids.len() {
+        return Err(Error::msg(format!(
+            "{} class names but {} category ids: the model's class list is inconsistent",
+            names.len(),
+            category_ids.len()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut recs = vec![];
     for (i, path) in images.iter().enumerate() {
@@ -132,7 +137,7 @@ pub fn infer(
             flipped: false,
         };
         let batch = collate(vec![sample], input.size_divisible as usize, device)?;
-        let d = model.predict(&batch)?.remove(0);
+        let d = model.predict(&batch)?.into_detections()?.remove(0);
         // Small images are enlarged (nearest) so that labels stay readable.
         let k = (384 / rgb.width().min(rgb.height()).max(1)).max(1);
         let mut canvas = image::imageops::resize(
@@ -152,25 +157,14 @@ pub fn infer(
         canvas
             .save(&dst)
             .map_err(|e| Error::msg(format!("{}: {e}", dst.display())))?;
-        for ((b, &s), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
-            if s < score_thr {
-                continue;
-            }
+        for b in d.to_coco(category_ids, score_thr)? {
             recs.push(InferRecord {
                 image_id: i as u64 + 1,
                 file_name: path.display().to_string(),
-                category_id: category_ids
-                    .get(l as usize - 1)
-                    .copied()
-                    .unwrap_or(l as u64),
-                category: names.get(l as usize - 1).cloned().unwrap_or_default(),
-                bbox: [
-                    b[0] as f64,
-                    b[1] as f64,
-                    (b[2] - b[0]) as f64,
-                    (b[3] - b[1]) as f64,
-                ],
-                score: s as f64,
+                category_id: b.category_id,
+                category: names[b.label as usize - 1].clone(),
+                bbox: b.bbox,
+                score: b.score,
             });
         }
     }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use kdet::config::{LoadedConfig, SynthSpec};
+use kdet::config::LoadedConfig;
+use kdet::data::synth::SynthSpec;
 
 #[derive(Parser)]
 #[command(
@@ -158,7 +159,7 @@ enum Cmd {
         backbone_only: bool,
         /// Storage type of floating-point tensors.
         #[arg(long, value_enum, default_value = "f32")]
-        dtype: kdet::config::DType,
+        dtype: kdet::device::Precision,
     },
     /// Write a deterministic synthetic COCO-style detection dataset (same seed ⇒ same bytes).
     Synth {
@@ -225,9 +226,9 @@ fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool)
         s.seconds,
         s.output_dir.display()
     );
-    for (i, e) in s.teacher_evals.iter().enumerate() {
+    for (label, e) in &s.references {
         println!(
-            "teacher {i}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
+            "{label}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
             e.stats[0], e.stats[1], e.stats[2]
         );
     }
@@ -265,7 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stop_after,
                 fresh,
             };
-            let s = kdet::engine::trainer::train(&cfg, opts)?;
+            let train = |cfg: &LoadedConfig, opts| {
+                kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
+            };
+            let s = train(&cfg, opts)?;
             print_train_summary(&s, !cfg.config.teachers.is_empty());
             if baseline {
                 eprintln!("training the same student without distillation (--baseline)");
@@ -276,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if bopts.resume && !bdir.join("checkpoint.safetensors").exists() {
                     bopts.resume = false;
                 }
-                let b = kdet::engine::trainer::train(&bcfg, bopts)?;
+                let b = train(&bcfg, bopts)?;
                 print_train_summary(&b, false);
                 if s.iterations == b.iterations && s.eval.is_some() && b.eval.is_some() {
                     let runs = [
@@ -364,20 +368,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             score_thr,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            let (model, names, ids) = load_detector(&cfg, &weights)?;
+            let (net, names, ids) = load_model(&cfg, &weights)?;
             let images = kdet::infer::collect_images(&inputs)?;
-            let device = kdet::device::open(
-                kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
-            )?;
             let recs = kdet::infer::infer(
-                &model,
-                &cfg.config.model.input,
+                &*net.model,
+                cfg.config.model.input(),
                 &names,
                 &ids,
                 &images,
                 &out,
                 score_thr,
-                &device,
+                &net.device,
             )?;
             eprintln!(
                 "{} detections on {} images; drawings and detections.json in {}",
@@ -396,7 +397,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dtype,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            let (names, ids) = kdet::engine::trainer::read_classes(&cfg, &weights)?;
+            let (names, ids) = read_classes(&cfg, &weights)?;
             let opts = kdet::export::ExportOptions {
                 format,
                 backbone_only,
@@ -498,19 +499,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A trained detector and its class names / category ids: from `model.json` beside the
-/// weights (written by `kdet train`), else from the config's training annotations.
-fn load_detector(
-    cfg: &kdet::config::LoadedConfig,
+/// Class names and category ids of trained weights: from the sidecar beside them (written by
+/// `kdet train` and `kdet export`), else from the config's training annotations.
+fn read_classes(
+    cfg: &LoadedConfig,
     weights: &std::path::Path,
-) -> anyhow::Result<(kdet::models::faster_rcnn::FasterRcnn, Vec<String>, Vec<u64>)> {
-    let (names, ids) = kdet::engine::trainer::read_classes(cfg, weights)?;
-    let device = kdet::device::open(
-        kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
+) -> anyhow::Result<(Vec<String>, Vec<u64>)> {
+    Ok(kdet::models::sidecar::read_classes(weights, || {
+        Ok(cfg.data_splits()?.0 .0)
+    })?)
+}
+
+/// The config's model with trained weights, and its class names / category ids.
+fn load_model(
+    cfg: &LoadedConfig,
+    weights: &std::path::Path,
+) -> anyhow::Result<(kdet::models::build::Network, Vec<String>, Vec<u64>)> {
+    let (names, ids) = read_classes(cfg, weights)?;
+    let net = kdet::models::build::Network::load(
+        &cfg.config.model,
+        names.len(),
+        weights,
+        &cfg.device()?,
     )?;
-    let det = kdet::engine::trainer::build_detector(&cfg.config.model, names.len(), 0, &device)?;
-    kdet::models::weights::load_safetensors(&det.vars.varmap, weights, true)?;
-    Ok((det.model, names, ids))
+    Ok((net, names, ids))
 }
 
 /// `kdet eval --config --weights`: the model over the config's val split.
@@ -520,19 +532,16 @@ fn eval_model(
     device: &Option<String>,
 ) -> anyhow::Result<kdet::eval::EvalSummary> {
     let cfg = load_config(config, device)?;
-    let (model, _, _) = load_detector(&cfg, weights)?;
-    let (_, val) = kdet::data::resolve_splits(&cfg)?;
+    let (net, _, _) = load_model(&cfg, weights)?;
+    let (_, val) = cfg.data_splits()?;
     let (ann, images) = val.context("the config has no val split to evaluate on")?;
     let data = kdet::data::coco::load_split(&ann, &images, kdet::data::coco::Purpose::Eval)?;
-    let device = kdet::device::open(
-        kdet::device::parse_device(&cfg.config.device).map_err(anyhow::Error::msg)?,
-    )?;
     let (s, _) = kdet::engine::evaluator::evaluate(
-        &model,
+        &*net.model,
         &data,
-        &cfg.config.model.input,
+        cfg.config.model.input(),
         cfg.config.solver.batch_size,
-        &device,
+        &net.device,
         None,
     )?;
     Ok(s)

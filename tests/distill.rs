@@ -77,14 +77,15 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
         assert!(v.is_finite() && v >= 0.0, "{k}: {v}");
     }
 
-    // The checkpoint holds the adaptation layer and the teacher's identity; the model does not.
+    // The checkpoint holds the adaptation layer (the method's own variables, `aux.`) and the
+    // teacher's identity; the model does not.
     let ck = candle_core::safetensors::load(
         run.join("checkpoint.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
     for t in ["teacher0", "teacher1"] {
-        assert!(ck.contains_key(&format!("model.distill.0.{t}.adaptation.weight")));
+        assert!(ck.contains_key(&format!("aux.distill.0.{t}.adaptation.weight")));
         assert!(ck.contains_key(&format!("meta.s.{t}.sha256")));
     }
     assert!(

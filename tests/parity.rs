@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use kdet::config::{ModelConfig, NormKind};
 use kdet::data::loader::{collate, Sample, Target};
 use kdet::data::transforms::{normalize, resize_bilinear, resize_size, ImageF32};
 use kdet::models::faster_rcnn::FasterRcnn;
+use kdet::models::faster_rcnn::FasterRcnnConfig;
 use kdet::models::init::SeededVarMap;
+use kdet::models::layers::NormKind;
 use kdet::ops::conv::ConvImpl;
 
 fn dir() -> PathBuf {
@@ -24,16 +25,16 @@ fn dir() -> PathBuf {
 
 /// The fixture's architecture: the committed narrow model, or torchvision's full
 /// `fasterrcnn_resnet50_fpn` when `KDET_PARITY_DIR` points at `make_frcnn_fixture.py --full`.
-fn model_config() -> ModelConfig {
+fn model_config() -> FasterRcnnConfig {
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir().join("config.json")).unwrap()).unwrap();
     if cfg["depth"].as_u64() == Some(50) {
         // torchvision's defaults are kdet's defaults.
-        let mut m = ModelConfig::default();
+        let mut m = FasterRcnnConfig::default();
         m.roi_heads.score_thresh = cfg["box_score_thresh"].as_f64().unwrap_or(0.05) as f32;
         return m;
     }
-    let mut m = ModelConfig::default();
+    let mut m = FasterRcnnConfig::default();
     m.backbone.depth = 18;
     m.backbone.width = 0.25;
     m.backbone.norm = NormKind::FrozenBn;

@@ -15,9 +15,20 @@ use rand_chacha::ChaCha8Rng;
 use super::coco::ImageRecord;
 use super::transforms::{
     hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes, resize_size, ImageF32,
+    InputConfig,
 };
-use crate::config::{InputConfig, SamplerKind};
 use crate::error::{Error, Result};
+
+/// How training images are drawn (`data.sampler`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// Each image once per epoch in a seeded random order.
+    #[default]
+    Instance,
+    /// A class uniformly, then an image holding it (class-balanced sampling, as CBD uses).
+    ClassBalanced,
+}
 
 /// Ground truth of one image in network coordinates (after resize and flip).
 #[derive(Debug, Clone, PartialEq)]

@@ -16,13 +16,74 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::config::SynthSpec;
-use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Check, Error, Result};
 
 /// Shape classes in category-id order (id = index + 1).
 pub const SHAPES: [&str; 8] = [
     "circle", "square", "triangle", "cross", "ring", "diamond", "hexagon", "star",
 ];
+
+/// A synthetic dataset generated on first use (`data.synthetic`; `kdet synth`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SynthSpec {
+    pub seed: u64,
+    /// Number of training images.
+    pub train: usize,
+    /// Number of validation images.
+    pub val: usize,
+    /// Side of the square images in pixels.
+    pub size: u32,
+    /// Number of shape classes (at most the number of shapes kdet draws).
+    pub classes: usize,
+    /// Imbalance ratio (most / least frequent class); 1 = balanced.
+    pub long_tail: f64,
+    /// Cache folder; the dataset lands in a sub-folder named by the spec's hash.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for SynthSpec {
+    /// 512 train / 128 val images of 128 px with 5 balanced classes: a detector trains on them
+    /// in minutes on a CPU.
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            train: 512,
+            val: 128,
+            size: 128,
+            classes: 5,
+            long_tail: 1.0,
+            cache_dir: PathBuf::from(".cache/kdet"),
+        }
+    }
+}
+
+impl SynthSpec {
+    /// Ranges; `p` is the section's JSON path (`data.synthetic`).
+    pub fn validate(&self, p: &str) -> Check {
+        if self.train == 0 {
+            return Err(invalid(format!("{p}.train"), "must be >= 1"));
+        }
+        if self.size < 32 {
+            return Err(invalid(format!("{p}.size"), "must be >= 32 pixels"));
+        }
+        if self.classes == 0 || self.classes > SHAPES.len() {
+            return Err(invalid(
+                format!("{p}.classes"),
+                format!("must be in 1..={}", SHAPES.len()),
+            ));
+        }
+        if self.long_tail.is_nan() || self.long_tail < 1.0 {
+            return Err(invalid(
+                format!("{p}.long_tail"),
+                "must be >= 1 (1 = balanced)",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Relative side ranges of the small / medium / large buckets and how often each is drawn.
 const BUCKETS: [(f64, f64, f64); 3] = [(0.07, 0.10, 0.3), (0.10, 0.30, 0.45), (0.30, 0.55, 0.25)];

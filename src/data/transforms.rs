@@ -1,7 +1,63 @@
 //! Image transforms, mirroring torchvision's `GeneralizedRCNNTransform`: normalise, resize keeping
 //! aspect (shorter side to `min_size`, longer side capped at `max_size`, bilinear with
 //! `align_corners=False`), and pad the batch to a multiple of `size_divisible`. Horizontal flip
-//! for training. Boxes follow the image exactly.
+//! for training. Boxes follow the image exactly. [`InputConfig`] is the config section that
+//! sets them (`model.input`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, positive, Check};
+
+/// The input transform of a model (torchvision's `GeneralizedRCNNTransform`). Defaults are
+/// torchvision's `fasterrcnn_resnet50_fpn`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Shorter side after resize. torchvision: 800.
+    pub min_size: u32,
+    /// Cap on the longer side. torchvision: 1333.
+    pub max_size: u32,
+    /// Per-channel mean of RGB in [0,1]. torchvision: ImageNet [0.485, 0.456, 0.406].
+    pub mean: [f32; 3],
+    /// Per-channel std. torchvision: ImageNet [0.229, 0.224, 0.225].
+    pub std: [f32; 3],
+    /// Batch padded to a multiple of this. torchvision: 32.
+    pub size_divisible: u32,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 800,
+            max_size: 1333,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            size_divisible: 32,
+        }
+    }
+}
+
+impl InputConfig {
+    /// Ranges; `p` is the section's JSON path (`model.input`).
+    pub fn validate(&self, p: &str) -> Check {
+        if self.min_size == 0 {
+            return Err(invalid(format!("{p}.min_size"), "must be >= 1"));
+        }
+        if self.max_size < self.min_size {
+            return Err(invalid(
+                format!("{p}.max_size"),
+                format!("{} is below min_size {}", self.max_size, self.min_size),
+            ));
+        }
+        for (k, s) in self.std.iter().enumerate() {
+            positive(&format!("{p}.std[{k}]"), *s as f64)?;
+        }
+        if self.size_divisible == 0 {
+            return Err(invalid(format!("{p}.size_divisible"), "must be >= 1"));
+        }
+        Ok(())
+    }
+}
 
 /// A float image, channels-first (`C × H × W`).
 #[derive(Debug, Clone, PartialEq)]

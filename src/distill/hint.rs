@@ -8,7 +8,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::HintDistance;
+use crate::config::distill::HintDistance;
 use crate::models::layers::{Conv2d, ConvSpec};
 use crate::ops::conv::ConvImpl;
 

@@ -1,34 +1,36 @@
-//! A frozen teacher: a Faster R-CNN built from `teachers[i].model`, its weights loaded strictly
-//! (missing or unexpected keys are fatal unless `strict: false`), held as plain tensors — not
-//! variables — so its forward builds no autograd graph and no gradient can ever reach it. Always
-//! in eval mode (BatchNorm uses running statistics). Identified by path and SHA-256 so a resumed
-//! run can check it distils from the same teacher.
+//! A frozen teacher: any model family, built from `teachers[i].model` (or the sidecar beside
+//! its weights), its weights loaded strictly (missing or unexpected keys are fatal unless
+//! `strict: false`), held as plain tensors — not variables — so its forward builds no autograd
+//! graph and no gradient can ever reach it. Always in eval mode (BatchNorm uses running
+//! statistics). Identified by path and SHA-256 so a resumed run can check it distils from the
+//! same teacher.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
 
-use crate::config::{LoadedConfig, TeacherConfig};
+use crate::config::distill::TeacherConfig;
+use crate::config::LoadedConfig;
 use crate::data::coco::DetectionData;
 use crate::data::loader::Batch;
+use crate::device::Precision;
+use crate::engine::checkpoint::FrozenInput;
 use crate::engine::evaluator::evaluate;
-use crate::engine::trainer::Sidecar;
 use crate::error::{Error, Result};
-use crate::models::backbone::Features;
-use crate::models::faster_rcnn::roi_heads::HeadOutput;
-use crate::models::faster_rcnn::FasterRcnn;
+use crate::models::config::ModelConfig;
+use crate::models::contract::{Assignment, Head, HeadOutput, Model, Taps, Want};
 use crate::models::init::SeededVarMap;
+use crate::models::sidecar::Sidecar;
 use crate::models::weights::{load_tensors, named_tensors, read_state_dict};
-use crate::ops::boxes::Box4;
-use crate::ops::conv::ConvImpl;
 
 pub struct Teacher {
-    pub model: FasterRcnn,
+    pub model: Box<dyn Model>,
+    pub config: ModelConfig,
     /// Index in `teachers` (for messages).
     pub index: usize,
     pub path: PathBuf,
@@ -39,11 +41,9 @@ pub struct Teacher {
 
 /// What a teacher computed for one batch. Every tensor is f32 and outside any autograd graph.
 pub struct TeacherOutput {
-    pub features: Features,
-    /// Objectness logits `N × A` and deltas `N × A × 4` (when an RPN term needs them).
-    pub rpn: Option<(Tensor, Tensor)>,
-    /// The box head on the student's sampled RoIs (when an RCN term needs it).
-    pub head: Option<HeadOutput>,
+    pub taps: Taps,
+    /// The heads a term reads, on the student's assignment.
+    pub heads: BTreeMap<Head, HeadOutput>,
 }
 
 impl Teacher {
@@ -56,30 +56,26 @@ impl Teacher {
     ) -> Result<Self> {
         let t: &TeacherConfig = &cfg.config.teachers[index];
         let field = format!("teachers[{index}].weights");
-        let path = if crate::hub::is_hub(&t.weights) {
-            crate::hub::resolve(&t.weights)?
-        } else {
-            cfg.resolve(&field, Path::new(&t.weights))
-        };
+        let path = cfg.resolve_weights(&field, &t.weights)?;
         if !path.exists() {
             return Err(cfg.error(&field, format!("{} does not exist", path.display())));
         }
         let model_cfg = match &t.model {
             Some(m) => m.clone(),
-            None => sidecar_model(&path).map_err(|e| {
+            None => Sidecar::model_of(&path).map_err(|e| {
                 cfg.error(
                     &format!("teachers[{index}].model"),
                     format!("not given, and {e}"),
                 )
             })?,
         };
-        if model_cfg.input != cfg.config.model.input {
+        if model_cfg.input() != cfg.config.model.input() {
             return Err(cfg.error(
                 &format!("teachers[{index}].model.input"),
                 "must equal model.input: the teacher sees the student's batch (same resize and normalisation)",
             ));
         }
-        if device.is_cpu() && t.dtype == crate::config::DType::Bf16 {
+        if device.is_cpu() && t.dtype == Precision::Bf16 {
             // candle's CPU backend has no bf16 matmul (the box head's linear layers).
             return Err(cfg.error(
                 &format!("teachers[{index}].dtype"),
@@ -90,12 +86,9 @@ impl Teacher {
         let tensors = read_state_dict(&path, &t.keys)?;
         // Build once with variables to learn the expected names and shapes, load and report…
         let probe = Arc::new(SeededVarMap::new(0));
-        FasterRcnn::new(
-            probe.builder(DType::F32, &Device::Cpu),
-            &model_cfg,
-            num_classes + 1,
-            ConvImpl::Kdet,
-        )?;
+        model_cfg
+            .family()
+            .build(probe.builder(DType::F32, &Device::Cpu), num_classes)?;
         let report = load_tensors(&probe.varmap, &tensors)?;
         if !report.is_clean() {
             let msg = format!(
@@ -124,9 +117,10 @@ impl Teacher {
             plain.insert(k, v.detach().to_dtype(dtype)?.to_device(device)?);
         }
         let vb = VarBuilder::from_tensors(plain, dtype, device);
-        let model = FasterRcnn::new(vb, &model_cfg, num_classes + 1, ConvImpl::Kdet)?;
+        let model = model_cfg.family().build(vb, num_classes)?;
         Ok(Self {
             model,
+            config: model_cfg,
             index,
             path,
             sha256,
@@ -136,13 +130,24 @@ impl Teacher {
 
     /// A teacher from a model built in code (f32, no file behind it). Build the model over plain
     /// tensors (`VarBuilder::from_tensors`), not variables, to keep it out of autograd.
-    pub fn from_model(model: FasterRcnn, index: usize) -> Self {
+    pub fn from_model(model: Box<dyn Model>, config: ModelConfig, index: usize) -> Self {
         Self {
             model,
+            config,
             index,
             path: PathBuf::new(),
             sha256: String::new(),
             dtype: DType::F32,
+        }
+    }
+
+    /// How checkpoints record it.
+    pub fn frozen_input(&self) -> FrozenInput {
+        FrozenInput {
+            key: format!("teacher{}", self.index),
+            label: format!("teachers[{}]", self.index),
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
         }
     }
 
@@ -156,9 +161,9 @@ impl Teacher {
         device: &Device,
     ) -> Result<f64> {
         let (summary, _) = evaluate(
-            &self.model,
+            &*self.model,
             val,
-            &self.model.cfg.input,
+            self.config.input(),
             batch_size,
             device,
             Some(t.check_images),
@@ -182,67 +187,35 @@ impl Teacher {
         Ok(ap)
     }
 
-    /// Run the teacher on the student's batch. `rpn`: also the RPN head; `rois`: also the box
-    /// head on these RoIs (the student's samples, Chen et al. 2017 — both score the same regions).
+    /// Run the teacher on the student's batch: its taps, and the outputs of `heads` on the
+    /// student's `assignment` (Chen et al. 2017: both score the same anchors and RoIs).
     pub fn forward(
         &self,
         batch: &Batch,
-        rpn: bool,
-        rois: Option<&[Vec<Box4>]>,
+        assignment: &Assignment,
+        heads: &[Head],
     ) -> Result<TeacherOutput> {
-        let images = batch.images.detach().to_dtype(self.dtype)?;
-        let f = self.model.backbone.forward_t(&images, false)?;
-        let rpn = if rpn {
-            let (l, d) = self.model.rpn.head_outputs(&f.p)?;
-            Some((l.to_dtype(DType::F32)?, d.to_dtype(DType::F32)?))
+        let fwd = self.model.forward(&batch.images.detach(), false)?;
+        let out = if heads.is_empty() {
+            BTreeMap::new()
         } else {
-            None
+            self.model
+                .outputs(&fwd, assignment, batch, Want::Heads(heads))?
+                .heads
         };
-        let head = match rois {
-            Some(rois) => {
-                let scales = FasterRcnn::scales(&f.p, &batch.image_sizes)?;
-                let h = self.model.roi_heads.head(&f.p, &scales, rois)?;
-                Some(HeadOutput {
-                    class_logits: h.class_logits.to_dtype(DType::F32)?,
-                    box_regression: h.box_regression.to_dtype(DType::F32)?,
-                })
-            }
-            None => None,
-        };
-        let features = if self.dtype == DType::F32 {
-            f
+        let heads = out
+            .into_iter()
+            .map(|(h, o)| Ok((h, o.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        let taps = if self.dtype == DType::F32 {
+            fwd.taps
         } else {
-            let cast = |t: &Tensor| t.to_dtype(DType::F32);
-            Features {
-                c: crate::models::resnet::Stages {
-                    c2: cast(&f.c.c2)?,
-                    c3: cast(&f.c.c3)?,
-                    c4: cast(&f.c.c4)?,
-                    c5: cast(&f.c.c5)?,
-                },
-                p: f.p.iter().map(cast).collect::<candle_core::Result<_>>()?,
-            }
+            fwd.taps
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+                .collect::<Result<_>>()?
         };
-        Ok(TeacherOutput {
-            features,
-            rpn,
-            head,
-        })
-    }
-}
-
-/// The architecture recorded in the [`Sidecar`] beside a weights file.
-fn sidecar_model(weights: &Path) -> Result<crate::config::ModelConfig> {
-    match Sidecar::find(weights)? {
-        Some(s) => s.field("model"),
-        None => {
-            let [a, b] = Sidecar::candidates(weights);
-            Err(Error::msg(format!(
-                "neither {} nor {} exists to take it from",
-                a.display(),
-                b.display()
-            )))
-        }
+        Ok(TeacherOutput { taps, heads })
     }
 }
 

@@ -1,6 +1,6 @@
 //! Weighted soft cross-entropy (Chen et al. 2017, Eq. 3): `L_soft = −Σ_c w_c · P_t(c) · log P_s(c)`
 //! with `P = softmax(Z / T)`, `w_0` (background) = 1.5 on PASCAL and 1 for every other class; no
-//! T² factor (research/methods.md §1.2). Combined with the hard loss as
+//! T² factor (docs/methods.md). Combined with the hard loss as
 //! `μ · L_hard + (1 − μ) · L_soft` (Eq. 2) by the caller. Averaged over samples.
 
 use candle_core::{Tensor, D};

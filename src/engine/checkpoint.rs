@@ -1,18 +1,32 @@
-//! Checkpoints: one safetensors file holding the model's tensors, the optimizer's state
-//! (`optim.` prefix) and the iteration (`meta.` prefix), written atomically (temporary file,
-//! fsync, rename) so a crash leaves the previous checkpoint intact and `--resume` continues from
-//! exactly where the file says.
+//! Checkpoints: one safetensors file holding the trained networks' tensors (`model.` prefix;
+//! several networks' names carry the network's name), the method's own variables (`aux.`), the
+//! optimizers' state (`optim.`) and the iteration and identity strings (`meta.`), written
+//! atomically (temporary file, fsync, rename) so a crash leaves the previous checkpoint intact
+//! and `--resume` continues from exactly where the file says.
+//!
+//! Format 1 (before the training-method seam) kept Chen et al.'s adaptation layers among the
+//! model's tensors, as `model.distill.*`; [`load`] reads them as the method's own variables, so
+//! such checkpoints resume and export unchanged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// The layout [`save`] writes (`meta.format`; absent in format 1).
+const FORMAT: u64 = 2;
+
+/// Where format 1 kept the method's own variables (see the module doc).
+const FORMAT1_AUX_PREFIX: &str = "distill.";
+
 /// Contents of a checkpoint.
 pub struct Checkpoint {
+    /// The trained networks' tensors by checkpoint name.
     pub model: HashMap<String, Tensor>,
+    /// The method's own variables.
+    pub aux: HashMap<String, Tensor>,
     pub optim: HashMap<String, Tensor>,
     pub optim_step: u64,
     /// Iterations completed.
@@ -22,42 +36,62 @@ pub struct Checkpoint {
     pub strings: BTreeMap<String, String>,
 }
 
-/// Write `ck` to `path` atomically.
-pub fn save(
-    path: &Path,
-    model: &[(String, Tensor)],
-    optim: &HashMap<String, Tensor>,
-    optim_step: u64,
-    iter: u64,
-    strings: &BTreeMap<String, String>,
-) -> Result<()> {
+/// What a run's checkpoint holds, by reference, for [`save`].
+pub struct State<'a> {
+    pub model: &'a [(String, Tensor)],
+    pub aux: &'a [(String, Tensor)],
+    pub optim: &'a HashMap<String, Tensor>,
+    pub optim_step: u64,
+    pub iter: u64,
+    pub strings: &'a BTreeMap<String, String>,
+}
+
+/// Write `st` to `path` atomically.
+pub fn save(path: &Path, st: &State) -> Result<()> {
     let mut all: HashMap<String, Tensor> = HashMap::new();
-    for (k, t) in model {
+    for (k, t) in st.model {
         all.insert(format!("model.{k}"), t.clone());
     }
-    for (k, t) in optim {
+    for (k, t) in st.aux {
+        all.insert(format!("aux.{k}"), t.clone());
+    }
+    for (k, t) in st.optim {
         all.insert(format!("optim.{k}"), t.clone());
     }
     all.insert(
         "meta.iter".into(),
-        Tensor::new(&[iter as i64], &Device::Cpu)?,
+        Tensor::new(&[st.iter as i64], &Device::Cpu)?,
     );
-    for (k, v) in strings {
+    for (k, v) in st.strings {
         let b = v.as_bytes().to_vec();
         let n = b.len();
         all.insert(format!("meta.s.{k}"), Tensor::from_vec(b, n, &Device::Cpu)?);
     }
     all.insert(
         "meta.optim_step".into(),
-        Tensor::new(&[optim_step as i64], &Device::Cpu)?,
+        Tensor::new(&[st.optim_step as i64], &Device::Cpu)?,
+    );
+    all.insert(
+        "meta.format".into(),
+        Tensor::new(&[FORMAT as i64], &Device::Cpu)?,
     );
     crate::models::weights::write_safetensors(&all, path)
 }
 
-/// Read a checkpoint written by [`save`].
+/// Whether a safetensors file is a kdet checkpoint (rather than a model file).
+pub fn is_checkpoint(tensors: &HashMap<String, Tensor>) -> bool {
+    tensors.contains_key("meta.iter")
+}
+
+/// Read a checkpoint written by [`save`] (or by format 1).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let all = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    from_tensors(path, all)
+}
+
+/// A checkpoint from the tensors of its file.
+pub fn from_tensors(path: &Path, all: HashMap<String, Tensor>) -> Result<Checkpoint> {
     let scalar = |k: &str| -> Result<u64> {
         let t = all.get(k).ok_or_else(|| {
             Error::msg(format!(
@@ -68,26 +102,105 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         Ok(t.to_vec1::<i64>()?[0] as u64)
     };
     let (iter, optim_step) = (scalar("meta.iter")?, scalar("meta.optim_step")?);
-    let mut model = HashMap::new();
-    let mut optim = HashMap::new();
-    let mut strings = BTreeMap::new();
+    let format1 = !all.contains_key("meta.format");
+    let mut ck = Checkpoint {
+        model: HashMap::new(),
+        aux: HashMap::new(),
+        optim: HashMap::new(),
+        optim_step,
+        iter,
+        strings: BTreeMap::new(),
+    };
     for (k, t) in all {
         if let Some(n) = k.strip_prefix("meta.s.") {
             let bytes = t.to_vec1::<u8>()?;
-            strings.insert(n.to_string(), String::from_utf8_lossy(&bytes).into_owned());
+            ck.strings
+                .insert(n.to_string(), String::from_utf8_lossy(&bytes).into_owned());
         } else if let Some(n) = k.strip_prefix("model.") {
-            model.insert(n.to_string(), t);
+            if format1 && n.starts_with(FORMAT1_AUX_PREFIX) {
+                ck.aux.insert(n.to_string(), t);
+            } else {
+                ck.model.insert(n.to_string(), t);
+            }
+        } else if let Some(n) = k.strip_prefix("aux.") {
+            ck.aux.insert(n.to_string(), t);
         } else if let Some(n) = k.strip_prefix("optim.") {
-            optim.insert(n.to_string(), t);
+            ck.optim.insert(n.to_string(), t);
         }
     }
-    Ok(Checkpoint {
-        model,
-        optim,
-        optim_step,
-        iter,
-        strings,
-    })
+    Ok(ck)
+}
+
+/// A file a run depends on besides its config (a teacher's weights). Checkpoints record it;
+/// resuming with different contents is refused, since the run would no longer be what its
+/// files say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrozenInput {
+    /// Key of its checkpoint strings (`teacher0`).
+    pub key: String,
+    /// How messages name it (`teachers[0]`).
+    pub label: String,
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// The checkpoint strings recording `inputs`.
+pub fn frozen_strings(inputs: &[FrozenInput]) -> BTreeMap<String, String> {
+    inputs
+        .iter()
+        .flat_map(|f| {
+            [
+                (format!("{}.path", f.key), f.path.display().to_string()),
+                (format!("{}.sha256", f.key), f.sha256.clone()),
+                (format!("{}.label", f.key), f.label.clone()),
+            ]
+        })
+        .collect()
+}
+
+/// Refuse to resume `ckpt` (whose strings are `stored`) when the frozen inputs differ in
+/// contents from the ones it was trained with.
+pub fn check_frozen_inputs(
+    ckpt: &Path,
+    stored: &BTreeMap<String, String>,
+    now: &[FrozenInput],
+) -> Result<()> {
+    let now = frozen_strings(now);
+    let sha = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter()
+            .filter(|(k, _)| k.ends_with(".sha256"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    if sha(stored) == sha(&now) {
+        return Ok(());
+    }
+    let describe = |m: &BTreeMap<String, String>| -> String {
+        let v: Vec<String> = m
+            .iter()
+            .filter_map(|(k, sha)| {
+                let key = k.strip_suffix(".sha256")?;
+                let get = |f: &str| m.get(&format!("{key}.{f}")).cloned();
+                Some(format!(
+                    "{} = {} (sha256 {sha})",
+                    get("label").unwrap_or_else(|| key.to_string()),
+                    get("path").unwrap_or_default()
+                ))
+            })
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Err(Error::msg(format!(
+        "{}: the checkpoint was trained with {}, but the config now gives {}; resume with the same files or start over with --fresh",
+        ckpt.display(),
+        describe(stored),
+        describe(&now)
+    )))
 }
 
 #[cfg(test)]
@@ -101,11 +214,24 @@ mod tests {
         let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
         let opt = HashMap::from([("momentum_buffer.w".to_string(), t.clone())]);
         let strings = BTreeMap::from([("teacher0.sha256".to_string(), "ab12".to_string())]);
-        save(&p, &[("w".into(), t.clone())], &opt, 3, 17, &strings).unwrap();
+        let aux = [("distill.0.a".to_string(), t.clone())];
+        save(
+            &p,
+            &State {
+                model: &[("w".into(), t.clone())],
+                aux: &aux,
+                optim: &opt,
+                optim_step: 3,
+                iter: 17,
+                strings: &strings,
+            },
+        )
+        .unwrap();
         let c = load(&p).unwrap();
         assert_eq!((c.iter, c.optim_step), (17, 3));
         assert_eq!(c.strings, strings);
         assert_eq!(c.model["w"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert!(c.aux.contains_key("distill.0.a") && !c.model.contains_key("distill.0.a"));
         assert!(c.optim.contains_key("momentum_buffer.w"));
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),

@@ -8,14 +8,13 @@ use candle_core::Device;
 use hotcoco::types::Annotation;
 use serde::Serialize;
 
-use crate::config::InputConfig;
 use crate::data::coco::DetectionData;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
+use crate::data::transforms::InputConfig;
 use crate::error::Result;
 use crate::eval::streaming::StreamingEvaluator;
 use crate::eval::EvalSummary;
-use crate::models::faster_rcnn::roi_heads::Detections;
-use crate::models::faster_rcnn::FasterRcnn;
+use crate::models::contract::{CocoBox, Model};
 
 /// One COCO results record.
 #[derive(Debug, Clone, Serialize)]
@@ -39,32 +38,21 @@ impl ResultRecord {
     }
 }
 
-/// COCO results of one image's detections (labels mapped back to category ids).
-pub fn to_records(image_id: u64, d: &Detections, data: &DetectionData) -> Vec<ResultRecord> {
-    d.boxes
-        .iter()
-        .zip(&d.scores)
-        .zip(&d.labels)
-        .filter_map(|((b, &s), &l)| {
-            Some(ResultRecord {
-                image_id,
-                category_id: data.categories.category_id(l as usize)?,
-                bbox: [
-                    b[0] as f64,
-                    b[1] as f64,
-                    (b[2] - b[0]) as f64,
-                    (b[3] - b[1]) as f64,
-                ],
-                score: s as f64,
-            })
-        })
-        .collect()
+impl ResultRecord {
+    pub fn new(image_id: u64, b: CocoBox) -> Self {
+        Self {
+            image_id,
+            category_id: b.category_id,
+            bbox: b.bbox,
+            score: b.score,
+        }
+    }
 }
 
 /// Predict every image of `data` and evaluate. `limit` evaluates only the first images (a
 /// quick check of a teacher, say).
 pub fn evaluate(
-    model: &FasterRcnn,
+    model: &dyn Model,
     data: &DetectionData,
     input: &InputConfig,
     batch_size: usize,
@@ -101,10 +89,11 @@ pub fn evaluate(
     let mut all = vec![];
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let dets = model.predict(&batch)?;
+        let dets = model.predict(&batch)?.into_detections()?;
         let mut recs = vec![];
         for (id, d) in batch.image_ids.iter().zip(&dets) {
-            recs.extend(to_records(*id, d, data));
+            let boxes = d.to_coco(&data.categories.ids, f32::NEG_INFINITY)?;
+            recs.extend(boxes.into_iter().map(|b| ResultRecord::new(*id, b)));
         }
         stream.add(
             &batch.image_ids,

@@ -1,9 +1,11 @@
-//! Training machinery: optimizers ([`optim`]), learning-rate schedule ([`schedule`]), atomic
-//! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]), evaluation over a val
-//! split ([`evaluator`]) and the loop itself ([`trainer`]).
+//! Training machinery: the training-method seam and plain training ([`method`]), the loop
+//! ([`trainer`]), optimizers ([`optim`]), learning-rate schedule ([`schedule`]), atomic
+//! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]) and evaluation over a val
+//! split ([`evaluator`]).
 
 pub mod checkpoint;
 pub mod evaluator;
+pub mod method;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

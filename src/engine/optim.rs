@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::config::{OptimizerKind, SolverConfig};
+use crate::config::solver::{OptimizerKind, SolverConfig};
 use crate::error::{Error, Result};
 
 /// A trainable parameter with its name (torchvision state_dict key) and weight decay.
@@ -385,6 +385,15 @@ impl Optimizer {
                 (out, o.step)
             }
         }
+    }
+
+    /// Whether a state entry (as [`state`](Self::state) names it) belongs to one of this
+    /// optimizer's parameters.
+    pub fn owns_state_key(&self, key: &str) -> bool {
+        let Some((_, name)) = key.split_once('.') else {
+            return false;
+        };
+        self.params().iter().any(|p| p.name == name)
     }
 
     /// Restore what [`state`](Self::state) saved. Unknown entries are an error (a checkpoint of

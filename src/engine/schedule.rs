@@ -2,7 +2,24 @@
 //! from `warmup_factor` to 1 over `warmup_iters`) times the schedule (step decay at milestones,
 //! cosine, or constant).
 
-use crate::config::{Schedule, SolverConfig};
+use crate::config::solver::{Schedule, SolverConfig};
+
+/// The schedule in force: the configured one, or the references' step schedule scaled to the
+/// run — ×0.1 at 16/26 and 22/26 of it (torchvision's `references/detection` recipe: epochs 16
+/// and 22 of 26).
+pub fn resolved(s: &SolverConfig) -> Schedule {
+    match &s.schedule {
+        Some(sch) => sch.clone(),
+        None => {
+            let (len, _) = s.length();
+            let at = |num: u64| ((len * num) as f64 / 26.0).round() as u64;
+            Schedule::Step {
+                milestones: vec![at(16), at(22)],
+                gamma: 0.1,
+            }
+        }
+    }
+}
 
 /// The learning rate of a run, precomputed from its solver config.
 #[derive(Debug, Clone)]
@@ -20,7 +37,7 @@ impl LrSchedule {
     /// `iters_per_epoch` converts epoch milestones; `total` is the run length in iterations.
     pub fn new(s: &SolverConfig, iters_per_epoch: u64, total: u64) -> Self {
         let (_, in_epochs) = s.length();
-        let schedule = s.schedule();
+        let schedule = resolved(s);
         let milestones = match &schedule {
             Schedule::Step { milestones, .. } => milestones
                 .iter()
@@ -63,6 +80,29 @@ impl LrSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_schedule_follows_references() {
+        let c = crate::config::Config::default();
+        assert_eq!(
+            resolved(&c.solver),
+            Schedule::Step {
+                milestones: vec![16, 22],
+                gamma: 0.1
+            }
+        );
+        let s = SolverConfig {
+            iterations: Some(260),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolved(&s),
+            Schedule::Step {
+                milestones: vec![160, 220],
+                gamma: 0.1
+            }
+        );
+    }
 
     #[test]
     fn warmup_then_steps() {

@@ -1,98 +1,42 @@
-//! The training loop: data → forward (losses) → backward → gradient clipping → optimizer step,
-//! with warmup and schedule, a progress bar, JSON-lines metrics, periodic and final COCO
-//! evaluation, atomic checkpoints with exact `--resume`, and a stop on non-finite losses that
-//! names the step and the term and keeps the last good checkpoint.
+//! The training loop: data → the method's step (named losses) → backward → gradient clipping
+//! → optimizer steps, with warmup and schedule, a progress bar, JSON-lines metrics, periodic and
+//! final COCO evaluation, atomic checkpoints with exact `--resume`, and a stop on non-finite
+//! losses that names the step and the term and keeps the last good checkpoint. What a step
+//! computes is the [`Method`]'s business (`engine::method`); the loop names no model family,
+//! teacher or loss term.
 //!
-//! Determinism: initial weights come from the config's seed ([`SeededVarMap`]); the data order
-//! and augmentation from (seed, epoch, position); the samplers of the RPN and RoI heads from
-//! (seed, iteration). So a resumed run draws exactly what the uninterrupted one would have.
+//! Determinism: initial weights come from the config's seed; the data order and augmentation
+//! from (seed, epoch, position); the step's sampling (anchors, RoIs) from (seed, iteration). So
+//! a resumed run draws exactly what the uninterrupted one would have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use super::checkpoint;
+use super::checkpoint::{self, frozen_strings};
 use super::evaluator::{evaluate, write_results};
+use super::method::{Method, RunData};
 use super::metrics::{plot_run, MetricsLog};
 use super::optim::{params_with_decay, Optimizer};
 use super::schedule::LrSchedule;
-use crate::config::{Arch, LoadedConfig};
-use crate::data::coco::{load_split, DetectionData, Purpose};
+use crate::config::LoadedConfig;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
-use crate::distill::teacher::Teacher;
-use crate::distill::Distiller;
 use crate::error::{Error, Result};
 use crate::eval::EvalSummary;
-use crate::models::faster_rcnn::FasterRcnn;
-use crate::models::init::SeededVarMap;
-use crate::models::weights::named_tensors;
-use crate::ops::conv::ConvImpl;
+use crate::models::contract::StepRng;
+use crate::models::sidecar::Sidecar;
+use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
 
-/// A detector with its variables.
-pub struct Detector {
-    pub vars: Arc<SeededVarMap>,
-    pub model: FasterRcnn,
-}
-
-/// Build a Faster R-CNN for `num_classes` foreground classes, initialised from `seed`.
-pub fn build_detector(
-    cfg: &crate::config::ModelConfig,
-    num_classes: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<Detector> {
-    if cfg.arch != Arch::FasterRcnn {
-        return Err(Error::msg(format!(
-            "model.arch {:?} is not available yet: only faster_rcnn trains in this version",
-            cfg.arch
-        )));
-    }
-    let vars = Arc::new(SeededVarMap::new(seed));
-    let model = FasterRcnn::new(
-        vars.builder(DType::F32, device),
-        cfg,
-        num_classes + 1,
-        ConvImpl::Kdet,
-    )?;
-    Ok(Detector { vars, model })
-}
-
-/// [`build_detector`], then the configured backbone weights (`model.backbone.weights`, a path
-/// relative to the config that set it) loaded strictly.
-pub fn build_detector_for_training(
-    cfg: &LoadedConfig,
-    num_classes: usize,
-    device: &Device,
-) -> Result<Detector> {
-    let c = &cfg.config;
-    let det = build_detector(&c.model, num_classes, c.seed, device)?;
-    if let Some(w) = &c.model.backbone.weights {
-        let path = if crate::hub::is_hub(w) {
-            PathBuf::from(w)
-        } else {
-            cfg.resolve("model.backbone.weights", Path::new(w))
-        };
-        let r = crate::models::weights::load_backbone(
-            &det.vars.varmap,
-            &path,
-            &c.model.backbone.weights_keys,
-        )?;
-        eprintln!(
-            "loaded {} backbone tensors from {}",
-            r.loaded,
-            path.display()
-        );
-    }
-    Ok(det)
-}
+/// Builds the method a config asks for (`distill::build_method`), once the data is loaded.
+pub type MethodBuilder = fn(&LoadedConfig, &RunData) -> Result<Box<dyn Method>>;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -103,8 +47,9 @@ pub struct TrainSummary {
     pub start: u64,
     pub seconds: f64,
     pub eval: Option<EvalSummary>,
-    /// Each teacher on the full validation set (distillation runs that finished).
-    pub teacher_evals: Vec<EvalSummary>,
+    /// The method's reference models (teachers) on the full validation set, by label, when the
+    /// run finished.
+    pub references: Vec<(String, EvalSummary)>,
 }
 
 /// How to run a training.
@@ -119,87 +64,73 @@ pub struct TrainOptions {
     pub fresh: bool,
 }
 
-/// Train the model a config describes.
-pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
+/// Every checkpointed variable of a method: its networks' (under their checkpoint names) and
+/// its own, in one map so one report says what a checkpoint lacks or has too much of.
+fn state_vars(method: &dyn Method) -> VarMap {
+    let all = VarMap::new();
+    {
+        let mut data = all.data().lock().expect("varmap lock");
+        for n in method.networks() {
+            for (k, v) in n.net.vars.varmap.data().lock().expect("varmap lock").iter() {
+                data.insert(n.state_name(k), v.clone());
+            }
+        }
+        if let Some(own) = method.own_vars() {
+            for (k, v) in own.data().lock().expect("varmap lock").iter() {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    all
+}
+
+/// The networks' tensors under their checkpoint names.
+fn network_tensors(method: &dyn Method) -> Vec<(String, Tensor)> {
+    let mut v = vec![];
+    for n in method.networks() {
+        for (k, t) in named_tensors(&n.net.vars.varmap) {
+            v.push((n.state_name(&k), t));
+        }
+    }
+    v
+}
+
+/// The optimizers' state, merged (parameter names are unique across groups).
+fn optim_state(opts: &[Optimizer]) -> (HashMap<String, Tensor>, u64) {
+    let mut all = HashMap::new();
+    let mut step = 0;
+    for o in opts {
+        let (st, s) = o.state();
+        all.extend(st);
+        step = step.max(s);
+    }
+    (all, step)
+}
+
+/// Train with the method `build` makes for the config.
+pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Result<TrainSummary> {
     let resume = opts.resume;
     let c = &cfg.config;
-    let device = crate::device::open(crate::device::parse_device(&c.device).map_err(Error::msg)?)?;
     let out = cfg.resolve("output_dir", &c.output_dir);
-    let (train_split, val_split) = crate::data::resolve_splits(cfg)?;
-    let train_data = load_split(
-        &train_split.0,
-        &train_split.1,
-        Purpose::Train {
-            min_box_size: c.data.min_box_size,
-        },
-    )?;
-    let val_data = match &val_split {
-        Some((a, i)) => Some(load_split(a, i, Purpose::Eval)?),
-        None => None,
-    };
-    let det = build_detector_for_training(cfg, train_data.categories.len(), &device)?;
+    let run = RunData::load(cfg)?;
+    let device = run.device.clone();
+    // The method loads and checks its teachers before anything is written.
+    let mut method = build(cfg, &run)?;
     let s = &c.solver;
-    // Teachers load and are checked before anything is written; their adaptation layers join the
-    // student's variables before the optimizer collects them.
-    let distiller = if c.teachers.is_empty() {
-        None
-    } else {
-        let mut teachers = vec![];
-        for (i, tc) in c.teachers.iter().enumerate() {
-            let t = Teacher::load(cfg, i, train_data.categories.len(), &device)?;
-            if tc.check_images > 0 {
-                match &val_data {
-                    Some(v) => {
-                        t.check(tc, v, s.batch_size, &device)?;
-                    }
-                    None => eprintln!(
-                        "warning: no validation split, so teachers[{i}] could not be checked"
-                    ),
-                }
-            }
-            teachers.push(t);
-        }
-        Some(Distiller::new(
-            cfg,
-            &det.model,
-            det.vars.builder(DType::F32, &device),
-            teachers,
-        )?)
-    };
-    let teacher_meta: BTreeMap<String, String> = distiller
-        .iter()
-        .flat_map(|d| d.teachers.iter())
-        .flat_map(|t| {
-            [
-                (
-                    format!("teacher{}.path", t.index),
-                    t.path.display().to_string(),
-                ),
-                (format!("teacher{}.sha256", t.index), t.sha256.clone()),
-            ]
-        })
+    let frozen = frozen_strings(&method.frozen_inputs());
+    let mut optimizers: Vec<Optimizer> = method
+        .param_groups()
+        .into_iter()
+        .map(|g| Optimizer::new(params_with_decay(g, s), s))
         .collect();
-    let vars: Vec<(String, candle_core::Var)> = {
-        let data = det.vars.varmap.data().lock().expect("varmap lock");
-        let mut v: Vec<_> = data
-            .iter()
-            .filter(|(k, _)| {
-                !k.ends_with("running_mean")
-                    && !k.ends_with("running_var")
-                    && !det.model.backbone.is_frozen_param(k)
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let mut opt = Optimizer::new(params_with_decay(vars, s), s);
+    let eval_net = method.eval_network();
+    let input = method.networks()[eval_net].net.config.input().clone();
 
     let loader = Loader {
-        sampler: Sampler::new(c.data.sampler, &train_data.records, true),
+        sampler: Sampler::new(c.data.sampler, &run.train.records, true),
         dataset: Arc::new(DetectionDataset {
-            records: train_data.records.clone(),
-            input: c.model.input.clone(),
+            records: run.train.records.clone(),
+            input: input.clone(),
             flip_prob: c.data.flip_prob,
         }),
         batch_size: s.batch_size,
@@ -223,7 +154,9 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
     }
     if resume {
         let ck = checkpoint::load(&ckpt_path)?;
-        let r = crate::models::weights::load_tensors(&det.vars.varmap, &ck.model)?;
+        let mut tensors = ck.model;
+        tensors.extend(ck.aux);
+        let r = load_tensors(&state_vars(&*method), &tensors)?;
         if !r.is_clean() {
             return Err(Error::msg(format!(
                 "{}: checkpoint does not fit the config's model: {}",
@@ -231,8 +164,21 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
                 r.describe()
             )));
         }
-        check_same_teachers(&ckpt_path, &ck.strings, &teacher_meta)?;
-        opt.load_state(ck.optim, ck.optim_step)?;
+        checkpoint::check_frozen_inputs(&ckpt_path, &ck.strings, &method.frozen_inputs())?;
+        // Each optimizer takes its parameters' state; the last takes what is left, and refuses
+        // entries for no parameter of its own.
+        let mut state = ck.optim;
+        let last = optimizers.len() - 1;
+        for (i, o) in optimizers.iter_mut().enumerate() {
+            let mine = if i == last {
+                std::mem::take(&mut state)
+            } else {
+                let (mine, rest) = state.into_iter().partition(|(k, _)| o.owns_state_key(k));
+                state = rest;
+                mine
+            };
+            o.load_state(mine, ck.optim_step)?;
+        }
         start = ck.iter;
         eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
     }
@@ -244,7 +190,12 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
             .expect("config serialises")
             .as_bytes(),
     )?;
-    write_sidecar(&out.join("model.json"), c, &train_data)?;
+    Sidecar::write(
+        &out.join("model.json"),
+        &method.networks()[eval_net].net.config,
+        &run.train.categories.names,
+        &run.train.categories.ids,
+    )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
 
     let pb = progress(total, start);
@@ -252,6 +203,11 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
     let mut it = start;
     let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
     let mut last_eval = None;
+    let evaluate_now = |method: &dyn Method| -> Result<(EvalSummary, _)> {
+        let v = run.val.as_ref().expect("called with a val split");
+        let net = &method.networks()[eval_net];
+        evaluate(&*net.net.model, v, &input, s.batch_size, &device, None)
+    };
     while it < end {
         let epoch = it / per_epoch;
         for batch in loader.epoch_from(epoch, (it % per_epoch) as usize) {
@@ -261,31 +217,32 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
             let batch = batch?;
             let step_t = Instant::now();
             let mut rng =
-                ChaCha8Rng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut outp = det.model.forward_train(&batch, &mut rng)?;
-            let mut losses = std::mem::take(&mut outp.losses);
-            if let Some(d) = &distiller {
-                d.add_losses(&batch, &outp, &mut losses)?;
-            }
-            drop(outp);
-            let (loss, terms) = sum_losses(&losses, it + 1)?;
+                StepRng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let step = method.step(&batch, &mut rng)?;
+            let (loss, terms) = sum_losses(&step.losses, it + 1)?;
+            drop(step.losses);
             let mut grads = loss.backward()?;
             if let Some(max) = s.grad_clip {
                 clip_grad_norm(
                     &mut grads,
-                    opt.params().iter().map(|p| p.var.as_tensor()),
+                    optimizers
+                        .iter()
+                        .flat_map(|o| o.params())
+                        .map(|p| p.var.as_tensor()),
                     max,
                 )?;
             }
             let lr_now = lr.lr(it);
-            opt.step(&grads, lr_now)?;
+            for o in &mut optimizers {
+                o.step(&grads, lr_now)?;
+            }
             it += 1;
             pb.set_position(it);
             let total_loss: f64 = terms.values().sum();
             pb.set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
             if it.is_multiple_of(s.log_every) || it == total {
                 let mut rec = json!({"iter": it, "epoch": epoch, "lr": lr_now, "loss": total_loss, "time": step_t.elapsed().as_secs_f64()});
-                for (k, v) in &terms {
+                for (k, v) in terms.iter().chain(&step.metrics) {
                     rec[k] = json!(v);
                 }
                 log.write(&rec)?;
@@ -296,21 +253,24 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
             let last = it == total;
             if s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every) || it == end {
                 // Never overwrite a good checkpoint with diverged weights.
-                check_finite_params(&opt, it)?;
-                let (st, step) = opt.state();
+                check_finite_params(&optimizers, it)?;
+                let (st, step) = optim_state(&optimizers);
+                let aux = method.own_vars().map(named_tensors).unwrap_or_default();
                 checkpoint::save(
                     &ckpt_path,
-                    &named_tensors(&det.vars.varmap),
-                    &st,
-                    step,
-                    it,
-                    &teacher_meta,
+                    &checkpoint::State {
+                        model: &network_tensors(&*method),
+                        aux: &aux,
+                        optim: &st,
+                        optim_step: step,
+                        iter: it,
+                        strings: &frozen,
+                    },
                 )?;
             }
-            if let Some(v) = &val_data {
+            if let Some(v) = &run.val {
                 if (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || last {
-                    let (summary, recs) =
-                        evaluate(&det.model, v, &c.model.input, s.batch_size, &device, None)?;
+                    let (summary, recs) = evaluate_now(&*method)?;
                     let mut rec = json!({"iter": it});
                     for (k, x) in summary.named() {
                         rec[format!("val/{k}")] = json!(x);
@@ -338,24 +298,28 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
     pb.finish_and_clear();
     // `--resume` of a finished run trains nothing; it still reports (and rewrites) the final
     // evaluation, so `--baseline` can compare.
-    if let (None, Some(v), true) = (&last_eval, &val_data, it == total && start == total) {
-        let (summary, recs) = evaluate(&det.model, v, &c.model.input, s.batch_size, &device, None)?;
+    if let (None, Some(v), true) = (&last_eval, &run.val, it == total && start == total) {
+        let (summary, recs) = evaluate_now(&*method)?;
         write_results(&out.join("detections.json"), &recs)?;
         write_eval_json(&out, &v.gt.file, &summary, it)?;
         last_eval = Some(summary);
     }
-    let mut teacher_evals = vec![];
+    let mut references = vec![];
     if it == total {
-        crate::models::weights::save_safetensors(&det.vars.varmap, &out.join("model.safetensors"))?;
-        // The teachers on the same validation set, for the comparison the user came for.
-        if let (Some(d), Some(v)) = (&distiller, &val_data) {
+        let net = &method.networks()[eval_net];
+        let model: HashMap<String, Tensor> = net.net.named_tensors().into_iter().collect();
+        write_safetensors(&model, &out.join("model.safetensors"))?;
+        // The reference models on the same validation set, for the comparison the user came
+        // for.
+        let refs = method.references();
+        if let (false, Some(v)) = (refs.is_empty(), &run.val) {
             let mut rec = json!({"iter": it});
-            for t in &d.teachers {
-                let (e, _) = evaluate(&t.model, v, &c.model.input, s.batch_size, &device, None)?;
+            for r in refs {
+                let (e, _) = evaluate(r.model, v, r.input, s.batch_size, &device, None)?;
                 for (k, x) in e.named() {
-                    rec[format!("teacher{}/{k}", t.index)] = json!(x);
+                    rec[format!("{}/{k}", r.key)] = json!(x);
                 }
-                teacher_evals.push(e);
+                references.push((r.label, e));
             }
             log.write(&rec)?;
         }
@@ -367,48 +331,8 @@ pub fn train(cfg: &LoadedConfig, opts: TrainOptions) -> Result<TrainSummary> {
         start,
         seconds: t0.elapsed().as_secs_f64(),
         eval: last_eval,
-        teacher_evals,
+        references,
     })
-}
-
-/// A resumed distillation must use the teachers it started with (same file contents).
-fn check_same_teachers(
-    ckpt: &Path,
-    stored: &BTreeMap<String, String>,
-    now: &BTreeMap<String, String>,
-) -> Result<()> {
-    let sha = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
-        m.iter()
-            .filter(|(k, _)| k.ends_with(".sha256"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    let (a, b) = (sha(stored), sha(now));
-    if a == b {
-        return Ok(());
-    }
-    let describe = |m: &BTreeMap<String, String>| -> String {
-        let v: Vec<String> = (0..)
-            .map_while(|i| {
-                Some(format!(
-                    "teachers[{i}] = {} (sha256 {})",
-                    m.get(&format!("teacher{i}.path"))?,
-                    m.get(&format!("teacher{i}.sha256"))?
-                ))
-            })
-            .collect();
-        if v.is_empty() {
-            "no teachers".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    Err(Error::msg(format!(
-        "{}: the checkpoint was trained with {}, but the config now gives {}; resume with the same teachers or start over with --fresh",
-        ckpt.display(),
-        describe(stored),
-        describe(now)
-    )))
 }
 
 fn progress(total: u64, start: u64) -> ProgressBar {
@@ -446,8 +370,8 @@ fn sum_losses(
 }
 
 /// Stop when an optimizer step made any parameter NaN or infinite (the loss was still finite).
-fn check_finite_params(opt: &Optimizer, step: u64) -> Result<()> {
-    for p in opt.params() {
+fn check_finite_params(opts: &[Optimizer], step: u64) -> Result<()> {
+    for p in opts.iter().flat_map(|o| o.params()) {
         let v = p
             .var
             .as_tensor()
@@ -494,67 +418,6 @@ pub fn clip_grad_norm<'a>(
     Ok(norm)
 }
 
-/// `model.json` beside the weights: the architecture, class names and category ids, input
-/// normalisation — what `kdet infer` and `kdet export` need without the training data.
-fn write_sidecar(path: &Path, c: &crate::config::Config, data: &DetectionData) -> Result<()> {
-    let v = json!({
-        "kdet_version": env!("CARGO_PKG_VERSION"),
-        "model": c.model,
-        "classes": data.categories.names,
-        "category_ids": data.categories.ids,
-    });
-    crate::util::write_atomic(
-        path,
-        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
-    )
-}
-
-/// The JSON beside a weights file that describes it: `<stem>.json` written by `kdet export`, or
-/// `model.json` in the run directory of `kdet train` (architecture, class names, category ids).
-pub struct Sidecar {
-    pub file: PathBuf,
-    value: serde_json::Value,
-}
-
-impl Sidecar {
-    /// Where the sidecar of `weights` may be, in the order looked at.
-    pub fn candidates(weights: &Path) -> [PathBuf; 2] {
-        [
-            weights.with_extension("json"),
-            weights.with_file_name("model.json"),
-        ]
-    }
-
-    /// The first sidecar of `weights` that exists, parsed; `None` when there is none.
-    pub fn find(weights: &Path) -> Result<Option<Sidecar>> {
-        let Some(file) = Self::candidates(weights).into_iter().find(|p| p.is_file()) else {
-            return Ok(None);
-        };
-        let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let value = serde_json::from_slice(&text)
-            .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
-        Ok(Some(Sidecar { file, value }))
-    }
-
-    /// A top-level field, with the file and field named on error.
-    pub fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T> {
-        serde_json::from_value(self.value[key].clone())
-            .map_err(|e| Error::msg(format!("{}: {key}: {e}", self.file.display())))
-    }
-}
-
-/// Class names and category ids of a trained model: from its [`Sidecar`], else from the config's
-/// training annotations.
-pub fn read_classes(cfg: &LoadedConfig, weights: &Path) -> Result<(Vec<String>, Vec<u64>)> {
-    if let Some(s) = Sidecar::find(weights)? {
-        return Ok((s.field("classes")?, s.field("category_ids")?));
-    }
-    let (train, _) = crate::data::resolve_splits(cfg)?;
-    let gt = crate::data::coco::load_ground_truth(&train.0, Purpose::Eval)?;
-    let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
-    Ok((m.names, m.ids))
-}
-
 fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<()> {
     let gt = std::fs::canonicalize(gt).unwrap_or_else(|_| gt.to_path_buf());
     let v = json!({"gt": gt, "detections": "detections.json", "iter": iter, "stats": s.stats, "per_class": s.per_class});
@@ -567,7 +430,7 @@ fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     #[test]
     fn clip_grad_norm_like_pytorch() {

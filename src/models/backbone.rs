@@ -4,12 +4,85 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
+use crate::error::{invalid, positive, Check};
 use crate::ops::conv::ConvImpl;
 
-use super::fpn::Fpn;
+use super::contract::{TapSpec, Taps};
+use super::fpn::{Fpn, FpnConfig};
+use super::layers::NormKind;
 use super::resnet::{ResNet, ResNetConfig, Stages};
+use super::weights::KeyRules;
+
+/// The `backbone` section of a model config: a ResNet trunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackboneConfig {
+    /// ResNet depth: 18, 34, 50 or 101. torchvision: `fasterrcnn_resnet50_fpn` → 50.
+    pub depth: u32,
+    /// Channel width multiplier (1.0 = torchvision's widths); key names do not change.
+    pub width: f64,
+    /// torchvision: FrozenBatchNorm2d when pretrained.
+    pub norm: NormKind,
+    /// Number of trainable ResNet stages counted from the top. torchvision: 3.
+    pub trainable_layers: u32,
+    /// Optional ImageNet-style backbone weights (local path or `hf://owner/repo/file@rev`;
+    /// safetensors or a PyTorch `.pth`). Unprefixed ResNet names (`conv1.weight`,
+    /// `layer1.0.…`) land under `backbone.body.`; the classifier (`fc.*`) is ignored.
+    pub weights: Option<String>,
+    /// How to rename the keys of `weights` onto kdet's names; none needed for torchvision's
+    /// or timm's plain ResNets.
+    pub weights_keys: KeyRules,
+    /// eps of the backbone's BatchNorm / FrozenBatchNorm2d. torchvision: 1e-5; its
+    /// COCO-pretrained Faster R-CNN weights expect 0 (the builder's `overwrite_eps(model, 0.0)`).
+    pub bn_eps: f64,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        Self {
+            depth: 50,
+            width: 1.0,
+            norm: NormKind::FrozenBn,
+            trainable_layers: 3,
+            weights: None,
+            weights_keys: KeyRules::default(),
+            bn_eps: 1e-5,
+        }
+    }
+}
+
+impl BackboneConfig {
+    /// Ranges; `p` is the section's JSON path (`model.backbone`).
+    pub fn validate(&self, p: &str) -> Check {
+        if ![18, 34, 50, 101].contains(&self.depth) {
+            return Err(invalid(
+                format!("{p}.depth"),
+                format!("{} is not one of 18, 34, 50, 101", self.depth),
+            ));
+        }
+        positive(&format!("{p}.width"), self.width)?;
+        if self.trainable_layers > 5 {
+            return Err(invalid(format!("{p}.trainable_layers"), "must be in 0..=5"));
+        }
+        if let Some(w) = &self.weights {
+            crate::hub::validate_spec(w).map_err(|m| invalid(format!("{p}.weights"), m))?;
+        }
+        self.weights_keys.validate(&format!("{p}.weights_keys"))
+    }
+
+    /// The trunk's architecture.
+    pub fn resnet(&self, conv: ConvImpl) -> ResNetConfig {
+        ResNetConfig {
+            depth: self.depth,
+            width: self.width,
+            norm: self.norm,
+            conv,
+            bn_eps: self.bn_eps,
+        }
+    }
+}
 
 /// Backbone outputs: the trunk's C2..C5 and the pyramid P2..P6.
 #[derive(Debug, Clone)]
@@ -19,34 +92,38 @@ pub struct Features {
     pub p: Vec<Tensor>,
 }
 
-/// Index of an FPN tap `fpn.p2..p6` in [`Features::p`], or of a trunk tap `backbone.c2..c5`.
-enum Tap {
-    C(usize),
-    P(usize),
-}
-
-fn parse_tap(name: &str) -> Option<Tap> {
-    let level = |s: &str, lo: usize, hi: usize| {
-        s.parse::<usize>()
-            .ok()
-            .filter(|l| (lo..=hi).contains(l))
-            .map(|l| l - 2)
-    };
-    if let Some(l) = name.strip_prefix("backbone.c") {
-        level(l, 2, 5).map(Tap::C)
-    } else {
-        level(name.strip_prefix("fpn.p")?, 2, 6).map(Tap::P)
-    }
-}
-
 impl Features {
-    /// The tensor a distillation tap names (`backbone.c2..c5`, `fpn.p2..p6`; see DESIGN.md).
-    pub fn tap(&self, name: &str) -> Option<&Tensor> {
-        match parse_tap(name)? {
-            Tap::C(i) => Some([&self.c.c2, &self.c.c3, &self.c.c4, &self.c.c5][i]),
-            Tap::P(i) => self.p.get(i),
+    /// The taps `backbone.c2..c5`, `fpn.p2..p6`.
+    pub fn taps(&self) -> Taps {
+        let c = [&self.c.c2, &self.c.c3, &self.c.c4, &self.c.c5];
+        let mut t = Taps::new();
+        for (i, x) in c.into_iter().enumerate() {
+            t.insert(format!("backbone.c{}", i + 2), x.clone());
         }
+        for (i, x) in self.p.iter().enumerate() {
+            t.insert(format!("fpn.p{}", i + 2), x.clone());
+        }
+        t
     }
+}
+
+/// The taps of a ResNet + FPN backbone with `levels` pyramid outputs from P2 (stride 4).
+pub fn tap_specs(stage_channels: [usize; 4], fpn_channels: usize, levels: usize) -> Vec<TapSpec> {
+    let mut v: Vec<TapSpec> = stage_channels
+        .iter()
+        .enumerate()
+        .map(|(i, &channels)| TapSpec {
+            name: format!("backbone.c{}", i + 2),
+            channels,
+            stride: 4 << i,
+        })
+        .collect();
+    v.extend((0..levels).map(|i| TapSpec {
+        name: format!("fpn.p{}", i + 2),
+        channels: fpn_channels,
+        stride: 4 << i,
+    }));
+    v
 }
 
 #[derive(Debug, Clone)]
@@ -61,21 +138,20 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    pub fn new(vb: VarBuilder, m: &ModelConfig, imp: ConvImpl) -> candle_core::Result<Self> {
-        let cfg = ResNetConfig {
-            depth: m.backbone.depth,
-            width: m.backbone.width,
-            norm: m.backbone.norm,
-            conv: imp,
-            bn_eps: m.backbone.bn_eps,
-        };
+    pub fn new(
+        vb: VarBuilder,
+        b: &BackboneConfig,
+        f: &FpnConfig,
+        imp: ConvImpl,
+    ) -> candle_core::Result<Self> {
+        let cfg = b.resnet(imp);
         let body = ResNet::new(vb.pp("body"), cfg, None)?;
-        let fpn = Fpn::new(vb.pp("fpn"), &cfg.out_channels(), m.fpn.out_channels, imp)?;
+        let fpn = Fpn::new(vb.pp("fpn"), &cfg.out_channels(), f.out_channels, imp)?;
         Ok(Self {
             body,
             fpn,
-            frozen_stages: 5 - m.backbone.trainable_layers.min(5) as usize,
-            out_channels: m.fpn.out_channels,
+            frozen_stages: 5 - b.trainable_layers.min(5) as usize,
+            out_channels: f.out_channels,
             stage_channels: cfg.out_channels(),
         })
     }
@@ -86,14 +162,6 @@ impl Backbone {
             .fpn
             .forward(&[c.c2.clone(), c.c3.clone(), c.c4.clone(), c.c5.clone()])?;
         Ok(Features { c, p })
-    }
-
-    /// Channels of the tensor a tap names.
-    pub fn tap_channels(&self, name: &str) -> Option<usize> {
-        match parse_tap(name)? {
-            Tap::C(i) => Some(self.stage_channels[i]),
-            Tap::P(_) => Some(self.out_channels),
-        }
     }
 
     /// Names of parameters in frozen stages (to leave out of the optimizer).

@@ -12,6 +12,32 @@ use crate::ops::pool::{max_pool2d, PoolParams};
 
 use super::layers::{Conv2d, ConvSpec};
 
+/// The `fpn` section of a model config.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FpnConfig {
+    /// FPN channels. torchvision: 256.
+    pub out_channels: usize,
+}
+
+impl Default for FpnConfig {
+    fn default() -> Self {
+        Self { out_channels: 256 }
+    }
+}
+
+impl FpnConfig {
+    pub fn validate(&self, p: &str) -> crate::error::Check {
+        if self.out_channels == 0 {
+            return Err(crate::error::invalid(
+                format!("{p}.out_channels"),
+                "must be >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Fpn {
     inner: Vec<Conv2d>,

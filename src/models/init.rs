@@ -2,7 +2,7 @@
 //! so kdet builds models through a VarBuilder backend that draws every initial value from a
 //! ChaCha RNG seeded by the config: same seed, same model, on any machine.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::init::{FanInOut, NormalOrUniform};
@@ -14,15 +14,25 @@ use rand_chacha::ChaCha8Rng;
 /// A `VarMap` whose new variables are drawn from a seeded RNG, in creation order.
 pub struct SeededVarMap {
     pub varmap: VarMap,
-    rng: Mutex<ChaCha8Rng>,
+    rng: Arc<Mutex<ChaCha8Rng>>,
 }
 
 impl SeededVarMap {
     pub fn new(seed: u64) -> Self {
         Self {
             varmap: VarMap::new(),
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
         }
+    }
+
+    /// Another map drawing from the same RNG stream: variables a training method adds beside a
+    /// network (Chen et al.'s adaptation layers) are kept apart from the network's own yet
+    /// initialised exactly as if created in it, after it.
+    pub fn sibling(&self) -> Arc<Self> {
+        Arc::new(Self {
+            varmap: VarMap::new(),
+            rng: self.rng.clone(),
+        })
     }
 
     /// A VarBuilder creating trainable variables in this map.

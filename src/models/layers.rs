@@ -4,7 +4,6 @@
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::NormKind;
 use crate::ops::conv::{conv2d, ConvImpl, ConvParams};
 use crate::ops::norm::{batch_norm_train, channel_affine};
 
@@ -97,6 +96,19 @@ impl BnParams {
         let shift = (self.bias.detach() - (self.mean.detach() * &scale)?)?;
         channel_affine(x, &scale, &shift)
     }
+}
+
+/// Normalisation layers of a backbone (`model.backbone.norm`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// FrozenBatchNorm2d: torchvision's choice for pretrained detection backbones.
+    #[default]
+    FrozenBn,
+    /// Trainable BatchNorm (training from scratch).
+    Bn,
+    /// GroupNorm with 32 groups (Wu & He 2018).
+    Gn,
 }
 
 /// A normalisation layer over channels.

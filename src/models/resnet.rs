@@ -6,12 +6,11 @@
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::NormKind;
 use crate::ops::conv::ConvImpl;
 use crate::ops::pool::{max_pool2d, PoolParams};
 use crate::ops::relu::relu;
 
-use super::layers::{Conv2d, ConvSpec, Norm};
+use super::layers::{Conv2d, ConvSpec, Norm, NormKind};
 
 /// Architecture of a ResNet.
 #[derive(Debug, Clone, Copy)]

@@ -8,8 +8,83 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::config::KeyRules;
-use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Check, Error, Result};
+
+/// How to rename a checkpoint's keys onto kdet's names, which are torchvision's
+/// (`backbone.body.layer1.0.conv1.weight`, `backbone.fpn.inner_blocks.0.0.weight`, …).
+/// Every key is first stripped of each of `strip_prefixes` it starts with (in order), then
+/// the first `rename` rule whose `from` it starts with replaces that prefix by `to`.
+///
+/// Typical recipes:
+/// - torchvision detection checkpoints (also its older names such as
+///   `backbone.fpn.inner_blocks.0.weight`, upgraded on load): none.
+/// - a checkpoint saved from `nn.DataParallel` / `DistributedDataParallel`:
+///   `"strip_prefixes": ["module."]`.
+/// - backbone weights (`model.backbone.weights_keys`) from torchvision's or timm's plain
+///   ResNets (`conv1.weight`, `bn1.*`, `layer1.0.downsample.0.weight`, `fc.*`): none.
+/// - the backbone and neck of an mmdetection Faster R-CNN (pytorch-style ResNet, `FPN` neck):
+///   `{"from": "backbone.", "to": "backbone.body."}` (its ResNet uses torchvision's names),
+///   and per FPN level N, `{"from": "neck.lateral_convs.N.conv.", "to":
+///   "backbone.fpn.inner_blocks.N.0."}` and `{"from": "neck.fpn_convs.N.conv.", "to":
+///   "backbone.fpn.layer_blocks.N.0."}` (mmcv's `ConvModule` keeps its conv in `.conv`).
+///   mmdetection's heads are not a matter of names (its background class is the last
+///   logit, torchvision's the first), so renames alone do not load them.
+///
+/// A rule with an empty `from` matches every key: put last, it adds a prefix.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRules {
+    /// Prefixes removed from the start of every key that has them, in this order.
+    #[serde(default)]
+    pub strip_prefixes: Vec<String>,
+    /// Prefix renames, tried in order after stripping; the first match wins.
+    #[serde(default)]
+    pub rename: Vec<KeyRename>,
+}
+
+/// One prefix rename: a key starting with `from` gets `to` instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRename {
+    pub from: String,
+    pub to: String,
+}
+
+impl KeyRules {
+    /// Whether no rule is set (keys stay as they are).
+    pub fn is_empty(&self) -> bool {
+        self.strip_prefixes.is_empty() && self.rename.is_empty()
+    }
+
+    /// The kdet name for a checkpoint key.
+    pub fn apply(&self, key: &str) -> String {
+        let mut k = key;
+        for p in &self.strip_prefixes {
+            if let Some(rest) = k.strip_prefix(p.as_str()) {
+                k = rest;
+            }
+        }
+        for r in &self.rename {
+            if let Some(rest) = k.strip_prefix(r.from.as_str()) {
+                return format!("{}{rest}", r.to);
+            }
+        }
+        k.to_string()
+    }
+
+    /// An empty prefix to strip is a mistake (it strips nothing); `p` is the section's path.
+    pub fn validate(&self, p: &str) -> Check {
+        if let Some(i) = self.strip_prefixes.iter().position(|s| s.is_empty()) {
+            return Err(invalid(
+                format!("{p}.strip_prefixes[{i}]"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What a load found.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -273,27 +348,33 @@ fn copy_into(
 }
 
 /// Load ImageNet-style backbone weights (a torchvision/timm ResNet state_dict: `conv1.weight`,
-/// `layer1.0.…`, optionally prefixed `backbone.body.`; a local path or `hf://…`, safetensors
-/// or PyTorch), keys first renamed by `rules`, into the `backbone.body.` variables. Every
-/// backbone variable must be found; the classifier (`fc.*`) is ignored.
-pub fn load_backbone(varmap: &VarMap, path: &Path, rules: &KeyRules) -> Result<LoadReport> {
+/// `layer1.0.…`, optionally already under `prefix`; a local path or `hf://…`, safetensors or
+/// PyTorch), keys first renamed by `rules`, into the model's trunk variables, which are named
+/// `prefix` + the ResNet name (`backbone.body.` in Faster R-CNN). Every trunk variable must be
+/// found; the classifier (`fc.*`) is ignored.
+pub fn load_backbone(
+    varmap: &VarMap,
+    path: &Path,
+    prefix: &str,
+    rules: &KeyRules,
+) -> Result<LoadReport> {
     let file = locate(path)?;
     let tensors: HashMap<String, Tensor> = read_state_dict(&file, rules)?
         .into_iter()
         .filter(|(k, _)| !k.starts_with("fc.") && !ignorable(k))
         .map(|(k, t)| {
             (
-                if k.starts_with("backbone.body.") {
+                if k.starts_with(prefix) {
                     k
                 } else {
-                    format!("backbone.body.{k}")
+                    format!("{prefix}{k}")
                 },
                 t,
             )
         })
         .collect();
     let data = varmap.data().lock().expect("varmap lock");
-    let r = copy_into(&data, &tensors, |k| k.starts_with("backbone.body."))?;
+    let r = copy_into(&data, &tensors, |k| k.starts_with(prefix))?;
     if !r.is_clean() {
         return Err(Error::msg(format!(
             "{}: backbone weights do not fit model.backbone: {} (rename the file's keys with \
@@ -305,13 +386,9 @@ pub fn load_backbone(varmap: &VarMap, path: &Path, rules: &KeyRules) -> Result<L
     Ok(r)
 }
 
-/// Save the model's variables as safetensors, atomically — without the distillation-only
-/// adaptation layers (`distill.*`), which belong to the checkpoint, not to the model.
+/// Save the variables of `varmap` as safetensors, atomically.
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
-    let map: HashMap<String, Tensor> = named_tensors(varmap)
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with(crate::distill::PARAM_PREFIX))
-        .collect();
+    let map: HashMap<String, Tensor> = named_tensors(varmap).into_iter().collect();
     write_safetensors(&map, path)
 }
 
@@ -337,6 +414,39 @@ pub fn named_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_rules_strip_then_rename() {
+        let r: KeyRules = serde_json::from_str(
+            r#"{"strip_prefixes": ["module.", "model."],
+                "rename": [{"from": "backbone.", "to": "backbone.body."},
+                           {"from": "neck.lateral_convs.0.conv.", "to": "backbone.fpn.inner_blocks.0.0."},
+                           {"from": "back", "to": "never"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.apply("module.model.backbone.conv1.weight"),
+            "backbone.body.conv1.weight"
+        );
+        assert_eq!(
+            r.apply("neck.lateral_convs.0.conv.bias"),
+            "backbone.fpn.inner_blocks.0.0.bias"
+        );
+        // Prefixes strip only at the start, in order; unmatched keys stay.
+        assert_eq!(r.apply("model.module.x"), "module.x");
+        assert_eq!(r.apply("rpn.module.x"), "rpn.module.x");
+        assert!(KeyRules::default().is_empty());
+        assert_eq!(KeyRules::default().apply("a.b"), "a.b");
+        // An empty `from` adds a prefix to every key it reaches.
+        let add = KeyRules {
+            strip_prefixes: vec![],
+            rename: vec![KeyRename {
+                from: String::new(),
+                to: "backbone.body.".into(),
+            }],
+        };
+        assert_eq!(add.apply("conv1.weight"), "backbone.body.conv1.weight");
+    }
     use candle_core::DType;
 
     #[test]
@@ -382,7 +492,7 @@ mod tests {
         ]);
         let p = d.path().join("r.safetensors");
         candle_core::safetensors::save(&file, &p).unwrap();
-        let r = load_backbone(&vm, &p, &KeyRules::default()).unwrap();
+        let r = load_backbone(&vm, &p, "backbone.body.", &KeyRules::default()).unwrap();
         assert_eq!(r.loaded, 2);
         assert_eq!(
             vm.data().lock().unwrap()["backbone.body.bn1.weight"]
@@ -393,7 +503,7 @@ mod tests {
         // A file without one of the body's tensors is an error naming it.
         let partial = HashMap::from([("conv1.weight".to_string(), t(3.0))]);
         candle_core::safetensors::save(&partial, &p).unwrap();
-        let e = load_backbone(&vm, &p, &KeyRules::default())
+        let e = load_backbone(&vm, &p, "backbone.body.", &KeyRules::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing keys: backbone.body.bn1.weight"), "{e}");
@@ -410,7 +520,7 @@ mod tests {
             strip_prefixes: strip.iter().map(|s| s.to_string()).collect(),
             rename: rename
                 .iter()
-                .map(|(f, t)| crate::config::KeyRename {
+                .map(|(f, t)| KeyRename {
                     from: f.to_string(),
                     to: t.to_string(),
                 })
@@ -513,6 +623,7 @@ mod tests {
         let r = load_backbone(
             &vm,
             &fixture("tiny_state_dict.pth"),
+            "backbone.body.",
             &rules(&["module.", "backbone."], &[]),
         )
         .unwrap();
@@ -522,9 +633,14 @@ mod tests {
             [0.5, -0.5]
         );
         // Without the rules the names do not fit, and the error says so.
-        let e = load_backbone(&vm, &fixture("tiny_state_dict.pth"), &KeyRules::default())
-            .unwrap_err()
-            .to_string();
+        let e = load_backbone(
+            &vm,
+            &fixture("tiny_state_dict.pth"),
+            "backbone.body.",
+            &KeyRules::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("missing keys: backbone.body.bn1.bias"), "{e}");
     }
 

@@ -5,15 +5,14 @@
 //! 512 RoIs per image (a quarter positive at most); inference decodes every class, drops
 //! background, low scores (≤ 0.05) and tiny boxes, runs per-class NMS (0.5) and keeps 100.
 
-use std::collections::BTreeMap;
-
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use rand::Rng;
 
+use super::config::RoiHeadsConfig;
 use super::losses::{cross_entropy_mean, smooth_l1_sum};
-use crate::config::RoiHeadsConfig;
 use crate::data::loader::Target;
+use crate::models::contract::Detections;
 use crate::ops::boxes::{clip_to_image, iou_matrix, is_large_enough, Box4, BoxCoder};
 use crate::ops::matcher::{sample_balanced, Match, Matcher};
 use crate::ops::nms::batched_nms;
@@ -24,14 +23,6 @@ use crate::ops::roi_align::multi_scale_roi_align;
 const MIN_SIZE: f32 = 1e-2;
 /// Smooth-L1 β of torchvision's box head loss.
 const BETA: f64 = 1.0 / 9.0;
-
-/// Detections of one image: boxes in the network's input coordinates, scores, 1-based labels.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Detections {
-    pub boxes: Vec<Box4>,
-    pub scores: Vec<f32>,
-    pub labels: Vec<u32>,
-}
 
 fn linear(vb: VarBuilder, cin: usize, cout: usize) -> candle_core::Result<Linear> {
     // nn.Linear's default init: U(±1/sqrt(fan_in)).
@@ -61,8 +52,8 @@ pub struct RoiHeads {
     pub num_classes: usize,
 }
 
-/// Head outputs for a set of RoIs: class logits `K × C` and deltas `K × 4C`.
-pub struct HeadOutput {
+/// Box head outputs for a set of RoIs: class logits `K × C` and deltas `K × 4C`.
+pub struct BoxHeadOutput {
     pub class_logits: Tensor,
     pub box_regression: Tensor,
 }
@@ -99,7 +90,7 @@ impl RoiHeads {
         features: &[Tensor],
         scales: &[f32],
         rois: &[Vec<Box4>],
-    ) -> candle_core::Result<HeadOutput> {
+    ) -> candle_core::Result<BoxHeadOutput> {
         let pooled = multi_scale_roi_align(
             &features[..4],
             &scales[..4],
@@ -110,7 +101,7 @@ impl RoiHeads {
         let x = pooled.flatten_from(1)?;
         let x = relu(&self.fc6.forward(&x)?)?;
         let x = relu(&self.fc7.forward(&x)?)?;
-        Ok(HeadOutput {
+        Ok(BoxHeadOutput {
             class_logits: self.cls_score.forward(&x)?,
             box_regression: self.bbox_pred.forward(&x)?,
         })
@@ -162,12 +153,12 @@ impl RoiHeads {
         out
     }
 
-    /// `loss_classifier` and `loss_box_reg` (torchvision's `fastrcnn_loss`).
+    /// Classification and box losses (torchvision's `fastrcnn_loss`).
     pub fn losses(
         &self,
-        out: &HeadOutput,
+        out: &BoxHeadOutput,
         s: &SampledRois,
-    ) -> candle_core::Result<BTreeMap<String, Tensor>> {
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let dev = out.class_logits.device();
         let k = s.labels.len();
         let labels = Tensor::from_vec(s.labels.clone(), k, dev)?;
@@ -191,16 +182,13 @@ impl RoiHeads {
             let tgt = Tensor::from_vec(tgt, pos.len() * 4, dev)?.to_dtype(pred.dtype())?;
             (smooth_l1_sum(&pred, &tgt, BETA)? / k as f64)?
         };
-        Ok(BTreeMap::from([
-            ("loss_classifier".to_string(), cls),
-            ("loss_box_reg".to_string(), box_loss),
-        ]))
+        Ok((cls, box_loss))
     }
 
     /// torchvision's `postprocess_detections`.
     pub fn postprocess(
         &self,
-        out: &HeadOutput,
+        out: &BoxHeadOutput,
         rois: &[Vec<Box4>],
         image_sizes: &[(usize, usize)],
     ) -> candle_core::Result<Vec<Detections>> {

@@ -4,14 +4,12 @@
 //! NMS'd per level; training samples 256 anchors (half positive at most) against the ground
 //! truth matched at IoU 0.7 / 0.3 with low-quality matches allowed.
 
-use std::collections::BTreeMap;
-
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
+use super::config::RpnConfig;
 use super::losses::{bce_with_logits_mean, smooth_l1_sum};
-use crate::config::RpnConfig;
 use crate::data::loader::Target;
 use crate::models::layers::{Conv2d, ConvSpec};
 use crate::ops::anchors::AnchorGenerator;
@@ -96,22 +94,6 @@ pub struct RpnSamples {
     pub targets: Vec<f32>,
 }
 
-/// What the RPN produced for a batch.
-pub struct RpnOutput {
-    /// Proposals per image, by decreasing objectness.
-    pub proposals: Vec<Vec<Box4>>,
-    /// `loss_objectness`, `loss_rpn_box_reg` in training.
-    pub losses: BTreeMap<String, Tensor>,
-    /// The anchors the losses sampled (training only).
-    pub samples: Option<RpnSamples>,
-    /// Objectness logits (`N × anchors`) and deltas (`N × anchors × 4`), all levels: a tap for
-    /// distillation.
-    pub logits: Tensor,
-    pub deltas: Tensor,
-    /// The anchors of one image (the same for every image of the batch).
-    pub anchors: Vec<Box4>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Rpn {
     pub head: RpnHead,
@@ -144,25 +126,33 @@ impl Rpn {
         })
     }
 
-    /// Proposals (and losses when `targets` is given). `padded` is the batch tensor's size,
-    /// `image_sizes` each image's size inside it.
-    pub fn forward(
+    /// The anchors of one image over all levels (the same for every image of a batch padded to
+    /// `padded`), and how many each level has.
+    pub fn anchors(
         &self,
         features: &[Tensor],
         padded: (usize, usize),
-        image_sizes: &[(usize, usize)],
-        targets: Option<&[Target]>,
-        rng: &mut impl Rng,
-    ) -> candle_core::Result<RpnOutput> {
-        let (logits, deltas) = self.head_outputs(features)?;
+    ) -> candle_core::Result<(Vec<Box4>, Vec<usize>)> {
         let sizes: Vec<(usize, usize)> = features
             .iter()
             .map(|f| Ok((f.dim(2)?, f.dim(3)?)))
             .collect::<candle_core::Result<_>>()?;
         let per_level = self.anchor_gen.anchors(padded, &sizes);
         let counts: Vec<usize> = per_level.iter().map(|a| a.len()).collect();
-        let anchors: Vec<Box4> = per_level.into_iter().flatten().collect();
-        let training = targets.is_some();
+        Ok((per_level.into_iter().flatten().collect(), counts))
+    }
+
+    /// Proposals per image, by decreasing objectness, from the head's outputs (detached):
+    /// training or test top-n.
+    pub fn proposals(
+        &self,
+        logits: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        counts: &[usize],
+        image_sizes: &[(usize, usize)],
+        training: bool,
+    ) -> candle_core::Result<Vec<Vec<Box4>>> {
         let (pre, post) = if training {
             (self.cfg.pre_nms_top_n_train, self.cfg.post_nms_top_n_train)
         } else {
@@ -176,24 +166,9 @@ impl Rpn {
             .detach()
             .to_dtype(candle_core::DType::F32)?
             .to_vec3::<f32>()?;
-        let proposals = (0..image_sizes.len())
-            .map(|i| self.filter(&lv[i], &dv[i], &anchors, &counts, image_sizes[i], pre, post))
-            .collect();
-        let (losses, samples) = match targets {
-            Some(t) => {
-                let (l, s) = self.losses(&logits, &deltas, &anchors, t, rng)?;
-                (l, Some(s))
-            }
-            None => (BTreeMap::new(), None),
-        };
-        Ok(RpnOutput {
-            proposals,
-            losses,
-            samples,
-            logits,
-            deltas,
-            anchors,
-        })
+        Ok((0..image_sizes.len())
+            .map(|i| self.filter(&lv[i], &dv[i], anchors, counts, image_sizes[i], pre, post))
+            .collect())
     }
 
     /// torchvision's `filter_proposals` for one image.
@@ -244,22 +219,16 @@ impl Rpn {
         Ok((logits, deltas))
     }
 
-    fn losses(
-        &self,
-        logits: &Tensor,
-        deltas: &Tensor,
-        anchors: &[Box4],
-        targets: &[Target],
-        rng: &mut impl Rng,
-    ) -> candle_core::Result<(BTreeMap<String, Tensor>, RpnSamples)> {
+    /// The anchors the loss uses: matched at IoU 0.7 / 0.3 (low-quality matches allowed) and
+    /// sampled, 256 per image, at most half positive.
+    pub fn sample(&self, anchors: &[Box4], targets: &[Target], rng: &mut impl Rng) -> RpnSamples {
         let a = anchors.len();
         let matcher = Matcher {
             high: self.cfg.fg_iou_thresh,
             low: self.cfg.bg_iou_thresh,
             allow_low_quality: true,
         };
-        let (mut sampled, mut sampled_labels) = (vec![], vec![]);
-        let (mut pos_idx, mut pos_targets) = (vec![], vec![]);
+        let mut s = RpnSamples::default();
         for (i, t) in targets.iter().enumerate() {
             let m = matcher.matches(&iou_matrix(&t.boxes, anchors), t.boxes.len(), a);
             let (pos, neg) = sample_balanced(
@@ -272,48 +241,51 @@ impl Rpn {
                 let Match::Gt(g) = m[p] else {
                     unreachable!("positives are matched")
                 };
-                pos_idx.push((i * a + p) as u32);
-                pos_targets.extend(self.coder.encode(&t.boxes[g], &anchors[p]));
+                s.positives.push((i * a + p) as u32);
+                s.targets
+                    .extend(self.coder.encode(&t.boxes[g], &anchors[p]));
             }
             for (idx, lab) in pos
                 .iter()
                 .map(|&p| (p, 1f32))
                 .chain(neg.iter().map(|&n| (n, 0f32)))
             {
-                sampled.push((i * a + idx) as u32);
-                sampled_labels.push(lab);
+                s.sampled.push((i * a + idx) as u32);
+                s.labels.push(lab);
             }
         }
+        s
+    }
+
+    /// torchvision's RPN losses on the sampled anchors: objectness (BCE, mean over the samples)
+    /// and box regression (smooth-L1 over the positives / number of samples).
+    pub fn losses(
+        &self,
+        logits: &Tensor,
+        deltas: &Tensor,
+        s: &RpnSamples,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let dev = logits.device();
-        let n_sampled = sampled.len().max(1) as f64;
+        let n_sampled = s.sampled.len().max(1) as f64;
         let flat_logits = logits.flatten_all()?;
-        let sel =
-            flat_logits.index_select(&Tensor::from_vec(sampled.clone(), sampled.len(), dev)?, 0)?;
+        let sel = flat_logits.index_select(
+            &Tensor::from_vec(s.sampled.clone(), s.sampled.len(), dev)?,
+            0,
+        )?;
         let objectness = bce_with_logits_mean(
             &sel,
-            &Tensor::from_vec(sampled_labels.clone(), sampled.len(), dev)?.to_dtype(sel.dtype())?,
+            &Tensor::from_vec(s.labels.clone(), s.sampled.len(), dev)?.to_dtype(sel.dtype())?,
         )?;
-        let box_loss = if pos_idx.is_empty() {
+        let box_loss = if s.positives.is_empty() {
             (deltas.sum_all()? * 0.0)?
         } else {
-            let np = pos_idx.len();
+            let np = s.positives.len();
             let pred = deltas
                 .reshape(((), 4))?
-                .index_select(&Tensor::from_vec(pos_idx.clone(), np, dev)?, 0)?;
-            let tgt =
-                Tensor::from_vec(pos_targets.clone(), (np, 4), dev)?.to_dtype(pred.dtype())?;
+                .index_select(&Tensor::from_vec(s.positives.clone(), np, dev)?, 0)?;
+            let tgt = Tensor::from_vec(s.targets.clone(), (np, 4), dev)?.to_dtype(pred.dtype())?;
             (smooth_l1_sum(&pred, &tgt, BETA)? / n_sampled)?
         };
-        let losses = BTreeMap::from([
-            ("loss_objectness".to_string(), objectness),
-            ("loss_rpn_box_reg".to_string(), box_loss),
-        ]);
-        let samples = RpnSamples {
-            sampled,
-            labels: sampled_labels,
-            positives: pos_idx,
-            targets: pos_targets,
-        };
-        Ok((losses, samples))
+        Ok((objectness, box_loss))
     }
 }

@@ -1,0 +1,313 @@
+//! The `teachers` and `distill` sections: the frozen teachers a student learns from and the
+//! loss terms that say how (Chen et al. 2017, Hinton et al. 2015). Formulas, defaults and their
+//! sources: docs/methods.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Precision;
+use crate::error::{invalid, nonneg, positive, unit, Check};
+use crate::models::config::ModelConfig;
+use crate::models::contract::TapSpec;
+use crate::models::weights::KeyRules;
+
+/// A frozen teacher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// Architecture. Omitted: the `model` of the sidecar beside the weights (`<stem>.json`
+    /// written by `kdet export`, or `model.json` of a `kdet train` run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
+    /// Local path or `hf://owner/repo/path@rev`.
+    pub weights: String,
+    /// Teacher precision; f32 by default (no precision loss).
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Missing/unexpected keys are fatal unless false.
+    #[serde(default = "strict_load")]
+    pub strict: bool,
+    /// Before training, evaluate the teacher on this many validation images and stop when its AP
+    /// is below `min_ap` — a teacher that silently did not load is the most common way a
+    /// "distilled" run ends up equal to the baseline. 0 skips the check.
+    #[serde(default = "teacher_check_images")]
+    pub check_images: usize,
+    /// Smallest acceptable teacher AP (COCO AP@[.5:.95]) on the check images.
+    #[serde(default = "teacher_min_ap")]
+    pub min_ap: f64,
+    /// How to rename the checkpoint's keys onto kdet's (torchvision's) names.
+    #[serde(default)]
+    pub keys: KeyRules,
+}
+
+/// Missing or unexpected keys are the usual sign of a teacher that did not load.
+fn strict_load() -> bool {
+    true
+}
+/// Enough images for a stable AP of a trained detector, in seconds on a CPU.
+fn teacher_check_images() -> usize {
+    64
+}
+/// Far below any trained detector, far above an untrained one (≈ 0).
+fn teacher_min_ap() -> f64 {
+    0.01
+}
+
+/// Where a distillation term applies.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Region proposal network (2-class objectness, anchor deltas).
+    Rpn,
+    /// Region classification network (Fast R-CNN box head).
+    Rcn,
+}
+
+/// Hint loss distance.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HintDistance {
+    /// Chen et al. 2017 Eq. 5.
+    #[default]
+    L2,
+    /// Chen et al. 2017 Eq. 6.
+    L1,
+}
+
+/// How a student tap is brought to the teacher tap's spatial size.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpatialMatch {
+    /// Zero-pad the smaller map at the bottom/right (Chen et al. 2017).
+    #[default]
+    Pad,
+    /// Bilinear resize of the teacher map to the student's size (the teacher side needs no
+    /// gradient, so this costs nothing in the backward pass).
+    Resize,
+}
+
+/// One distillation loss term. Formulas and sources: docs/methods.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DistillTerm {
+    /// Hint learning with an adaptation layer (Chen et al. 2017 §3.3, FitNets).
+    Hint {
+        /// Student tap (`backbone.c4`, `fpn.p3`, …).
+        student: String,
+        /// Teacher tap.
+        teacher: String,
+        /// γ. Chen et al. 2017: 0.5.
+        #[serde(default = "chen_gamma")]
+        weight: f32,
+        #[serde(default)]
+        distance: HintDistance,
+        #[serde(default)]
+        spatial: SpatialMatch,
+        /// The 1×1 adaptation conv (Chen et al. 2017's "Hints-A"); `false` compares the student
+        /// tap to the teacher's directly ("Hints"), which needs equal channel counts.
+        #[serde(default = "adaptation_layer")]
+        adaptation: bool,
+    },
+    /// Weighted soft cross-entropy with background weight (Chen et al. 2017 Eq. 2–3).
+    WeightedKd {
+        stage: Stage,
+        /// Temperature. Chen et al. 2017: T = 1 works best.
+        #[serde(default = "chen_temperature")]
+        temperature: f32,
+        /// w0, weight of the background class. Chen et al. 2017 (PASCAL): 1.5.
+        #[serde(default = "chen_background_weight")]
+        background_weight: f32,
+        /// μ balancing hard and soft loss. Not given by the paper; 0.5.
+        #[serde(default = "chen_mu")]
+        mu: f32,
+    },
+    /// Teacher-bounded L2 regression (Chen et al. 2017 Eq. 4).
+    BoundedRegression {
+        stage: Stage,
+        /// Margin m. Not given by the paper; 0.
+        #[serde(default)]
+        margin: f32,
+        /// ν. Chen et al. 2017: 0.5.
+        #[serde(default = "chen_nu")]
+        weight: f32,
+        /// `false`: plain L2 between student and teacher deltas, `‖R_s − R_t‖²` (the "L2" row of
+        /// Chen et al. 2017 Table 4, which the bound was introduced to fix).
+        #[serde(default = "bounded_by_teacher")]
+        bounded: bool,
+    },
+    /// Temperature KD (Hinton et al. 2015) on classifier logits.
+    Kd {
+        /// Hinton et al. 2015 use T in 2–20; 4 is the common default (torchdistill).
+        #[serde(default = "hinton_temperature")]
+        temperature: f32,
+        /// Weight of the term. torchdistill: 1.
+        #[serde(default = "kd_weight")]
+        weight: f32,
+    },
+}
+
+/// Chen et al. 2017 §3: γ = 0.5 (hint weight).
+fn chen_gamma() -> f32 {
+    0.5
+}
+/// Chen et al. 2017 Table 4's "Hints-A": with the adaptation layer.
+fn adaptation_layer() -> bool {
+    true
+}
+/// Chen et al. 2017: "using no temperature … works the best".
+fn chen_temperature() -> f32 {
+    1.0
+}
+/// Chen et al. 2017 (PASCAL): w0 = 1.5.
+fn chen_background_weight() -> f32 {
+    1.5
+}
+/// Not given by the paper: hard and soft loss weighed equally.
+fn chen_mu() -> f32 {
+    0.5
+}
+/// Chen et al. 2017 Eq. 4: ν = 0.5.
+fn chen_nu() -> f32 {
+    0.5
+}
+/// Chen et al. 2017 Table 4's "L2-B".
+fn bounded_by_teacher() -> bool {
+    true
+}
+/// torchdistill's KD default.
+fn hinton_temperature() -> f32 {
+    4.0
+}
+/// torchdistill's KD default.
+fn kd_weight() -> f32 {
+    1.0
+}
+
+impl TeacherConfig {
+    /// `p` is `teachers[i]`. Its `model.input` is checked against the student's when the
+    /// teacher loads, which also sees architectures taken from a sidecar.
+    pub fn validate(&self, p: &str) -> Check {
+        if let Some(m) = &self.model {
+            m.validate(&format!("{p}.model"))?;
+        }
+        if self.weights.trim().is_empty() {
+            return Err(invalid(
+                format!("{p}.weights"),
+                "must name a file or hf:// path",
+            ));
+        }
+        unit(&format!("{p}.min_ap"), self.min_ap)?;
+        crate::hub::validate_spec(&self.weights).map_err(|m| invalid(format!("{p}.weights"), m))?;
+        self.keys.validate(&format!("{p}.keys"))
+    }
+}
+
+/// The `distill` terms against the student's model and the teachers.
+pub fn validate_terms(
+    terms: &[DistillTerm],
+    teachers: &[TeacherConfig],
+    student: &ModelConfig,
+) -> Check {
+    for (i, d) in terms.iter().enumerate() {
+        let p = format!("distill[{i}]");
+        if teachers.is_empty() {
+            return Err(invalid(
+                &p,
+                "distillation terms need at least one entry in `teachers`",
+            ));
+        }
+        match d {
+            DistillTerm::Hint {
+                weight,
+                student: st,
+                teacher: tt,
+                ..
+            } => {
+                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                let student_taps = student.taps();
+                check_tap(&format!("{p}.student"), st, &student_taps)?;
+                // A teacher without `model` takes it from its sidecar at load time, where its
+                // taps are checked; here, any family's tap names are accepted.
+                for t in teachers {
+                    let taps = match &t.model {
+                        Some(m) => m.taps(),
+                        None => any_family_taps(),
+                    };
+                    check_tap(&format!("{p}.teacher"), tt, &taps)?;
+                }
+            }
+            DistillTerm::WeightedKd {
+                temperature,
+                background_weight,
+                mu,
+                ..
+            } => {
+                positive(&format!("{p}.temperature"), *temperature as f64)?;
+                nonneg(&format!("{p}.background_weight"), *background_weight as f64)?;
+                unit(&format!("{p}.mu"), *mu as f64)?;
+            }
+            DistillTerm::BoundedRegression { margin, weight, .. } => {
+                nonneg(&format!("{p}.margin"), *margin as f64)?;
+                nonneg(&format!("{p}.weight"), *weight as f64)?;
+            }
+            DistillTerm::Kd {
+                temperature,
+                weight,
+            } => {
+                positive(&format!("{p}.temperature"), *temperature as f64)?;
+                nonneg(&format!("{p}.weight"), *weight as f64)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tap names of every family at its default settings.
+fn any_family_taps() -> Vec<TapSpec> {
+    let mut v: Vec<TapSpec> = vec![];
+    for arch in ModelConfig::ARCHS {
+        let m: ModelConfig = serde_json::from_value(serde_json::json!({ "arch": arch }))
+            .expect("every family has defaults");
+        for t in m.taps() {
+            if !v.iter().any(|x| x.name == t.name) {
+                v.push(t);
+            }
+        }
+    }
+    v
+}
+
+fn check_tap(path: &str, tap: &str, taps: &[TapSpec]) -> Check {
+    if taps.iter().any(|t| t.name == tap) {
+        return Ok(());
+    }
+    Err(invalid(
+        path,
+        format!("`{tap}` is not a tap; use {}", describe_taps(taps)),
+    ))
+}
+
+/// `backbone.c2..c5 or fpn.p2..p6`: runs of numbered taps shortened.
+pub fn describe_taps(taps: &[TapSpec]) -> String {
+    let mut groups: Vec<(String, Vec<String>)> = vec![];
+    for t in taps {
+        let stem = t.name.trim_end_matches(|c: char| c.is_ascii_digit());
+        let num = &t.name[stem.len()..];
+        match groups.iter_mut().find(|(s, _)| s == stem) {
+            Some((_, v)) => v.push(num.to_string()),
+            None => groups.push((stem.to_string(), vec![num.to_string()])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(stem, nums)| match (nums.first(), nums.last()) {
+            (Some(a), Some(b)) if nums.len() > 1 => format!("{stem}{a}..{b}"),
+            (Some(a), _) => format!("{stem}{a}"),
+            _ => stem,
+        })
+        .collect();
+    match parts.len() {
+        0 => "none (the model has no taps)".into(),
+        1 => parts[0].clone(),
+        n => format!("{} or {}", parts[..n - 1].join(", "), parts[n - 1]),
+    }
+}

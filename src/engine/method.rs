@@ -1,0 +1,218 @@
+//! The training-method seam: the loop ([`super::trainer`]) drives a [`Method`], which owns the
+//! networks it trains (and any variables of its own) and turns one batch into the step's named
+//! losses — detectron2's `TrainerBase.run_step` with the loop's hooks around it. The loop does
+//! the rest: data order, learning-rate schedule, backward, clipping, optimizer steps, the NaN
+//! guard, checkpoints and `--resume`, metrics, evaluation and progress; it never names a model
+//! family, a teacher or a loss term.
+//!
+//! [`Plain`] (a network trained alone) lives here; the distillation methods live in
+//! `src/distill/`, one file each, and `distill::build_method` picks one from the config.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use super::checkpoint::FrozenInput;
+use crate::config::LoadedConfig;
+use crate::data::coco::{load_split, DetectionData, Purpose};
+use crate::data::loader::Batch;
+use crate::data::transforms::InputConfig;
+use crate::error::Result;
+use crate::models::build::Network;
+use crate::models::contract::{Loss, Model, StepRng, Want};
+
+/// What a run trains on, loaded once before the method is built (a method checks its teachers
+/// on the validation split, and sizes its networks by the classes).
+pub struct RunData {
+    pub device: Device,
+    pub train: DetectionData,
+    pub val: Option<DetectionData>,
+}
+
+impl RunData {
+    /// The config's device and splits (a synthetic dataset is generated on first use).
+    pub fn load(cfg: &LoadedConfig) -> Result<Self> {
+        let device = cfg.device()?;
+        let (train_split, val_split) = cfg.data_splits()?;
+        let train = load_split(
+            &train_split.0,
+            &train_split.1,
+            Purpose::Train {
+                min_box_size: cfg.config.data.min_box_size,
+            },
+        )?;
+        let val = match &val_split {
+            Some((a, i)) => Some(load_split(a, i, Purpose::Eval)?),
+            None => None,
+        };
+        Ok(Self { device, train, val })
+    }
+
+    /// Foreground classes of the training data.
+    pub fn num_classes(&self) -> usize {
+        self.train.categories.len()
+    }
+}
+
+/// One step's result: the losses the loop sums and backpropagates, and other numbers the method
+/// wants logged (e.g. Co-LAD's teacher choices).
+#[derive(Default)]
+pub struct StepOutput {
+    pub losses: BTreeMap<String, Tensor>,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl StepOutput {
+    /// A model's own losses, by name.
+    pub fn from_losses(losses: BTreeMap<String, Loss>) -> Self {
+        Self {
+            losses: losses.into_iter().map(|(k, l)| (k, l.value)).collect(),
+            metrics: BTreeMap::new(),
+        }
+    }
+}
+
+/// A network a method trains, under the name its checkpoint keys carry (`""` for a method's only
+/// network, so its keys are the model's own parameter names).
+pub struct NamedNetwork<'a> {
+    pub name: &'a str,
+    pub net: &'a Network,
+}
+
+impl NamedNetwork<'_> {
+    /// The checkpoint name of one of its parameters.
+    pub fn state_name(&self, param: &str) -> String {
+        if self.name.is_empty() {
+            param.to_string()
+        } else {
+            format!("{}.{param}", self.name)
+        }
+    }
+}
+
+/// A frozen model evaluated beside the trained network at the end of a run (a teacher), so the
+/// user sees what the method was measured against.
+pub struct Reference<'a> {
+    /// Prefix of its metrics (`teacher0/AP`).
+    pub key: String,
+    /// How the summary names it (`teacher 0`).
+    pub label: String,
+    pub model: &'a dyn Model,
+    pub input: &'a InputConfig,
+}
+
+/// A way of training: which networks, and how a batch becomes their losses.
+pub trait Method {
+    /// The networks it trains. Their parameters are checkpointed and optimized (those the
+    /// model calls trainable).
+    fn networks(&self) -> Vec<NamedNetwork<'_>>;
+
+    /// The network that periodic evaluation, `model.safetensors` and its sidecar describe.
+    fn eval_network(&self) -> usize {
+        0
+    }
+
+    /// Variables of the method itself (Chen et al.'s adaptation layers): trained and
+    /// checkpointed, never part of the model file or an export.
+    fn own_vars(&self) -> Option<&VarMap> {
+        None
+    }
+
+    /// One step: forward, assignment and losses of every network it trains.
+    fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput>;
+
+    /// Files the run depends on besides its config (teachers' weights): recorded in
+    /// checkpoints, and `--resume` refuses different contents.
+    fn frozen_inputs(&self) -> Vec<FrozenInput> {
+        vec![]
+    }
+
+    /// Frozen models to evaluate at the end of the run, beside the trained network.
+    fn references(&self) -> Vec<Reference<'_>> {
+        vec![]
+    }
+
+    /// Parameter groups, one optimizer each (same solver settings): by default one group of
+    /// every trainable network parameter and every variable of the method's own, by name.
+    fn param_groups(&self) -> Vec<Vec<(String, Var)>> {
+        let mut v: Vec<(String, Var)> = vec![];
+        for n in self.networks() {
+            let data = n.net.vars.varmap.data().lock().expect("varmap lock");
+            v.extend(
+                data.iter()
+                    .filter(|(k, _)| n.net.model.is_trainable(k))
+                    .map(|(k, var)| (n.state_name(k), var.clone())),
+            );
+        }
+        if let Some(own) = self.own_vars() {
+            let data = own.data().lock().expect("varmap lock");
+            v.extend(data.iter().map(|(k, var)| (k.clone(), var.clone())));
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        vec![v]
+    }
+}
+
+/// Training a network alone, on its own losses and assignment.
+pub struct Plain {
+    pub student: Network,
+}
+
+impl Plain {
+    pub fn new(cfg: &LoadedConfig, run: &RunData) -> Result<Self> {
+        Ok(Self {
+            student: student_network(cfg, run)?,
+        })
+    }
+}
+
+impl Method for Plain {
+    fn networks(&self) -> Vec<NamedNetwork<'_>> {
+        vec![NamedNetwork {
+            name: "",
+            net: &self.student,
+        }]
+    }
+
+    fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
+        let m = &self.student.model;
+        let fwd = m.forward(&batch.images, true)?;
+        let a = m.assign(&fwd, batch, rng)?;
+        let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
+        Ok(StepOutput::from_losses(out.losses))
+    }
+}
+
+/// The network `model` describes, initialised from the config's seed, with its backbone weights
+/// (`model.backbone.weights`, strictly) when the config names them.
+pub fn student_network(cfg: &LoadedConfig, run: &RunData) -> Result<Network> {
+    let c = &cfg.config;
+    let net = Network::new(&c.model, run.num_classes(), c.seed, &run.device)?;
+    let b = c.model.backbone();
+    if let Some(w) = &b.weights {
+        let path = cfg.resolve_weights("model.backbone.weights", w)?;
+        let r = crate::models::weights::load_backbone(
+            &net.vars.varmap,
+            &path,
+            net.model.backbone_prefix(),
+            &b.weights_keys,
+        )?;
+        eprintln!(
+            "loaded {} backbone tensors from {}",
+            r.loaded,
+            shown(w, &path)
+        );
+    }
+    Ok(net)
+}
+
+/// A weights spec as the user wrote it when it is a hub file, else the resolved path.
+fn shown(spec: &str, path: &Path) -> String {
+    if crate::hub::is_hub(spec) {
+        spec.to_string()
+    } else {
+        path.display().to_string()
+    }
+}

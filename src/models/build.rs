@@ -1,0 +1,57 @@
+//! From a config's model section to a model: trainable (variables drawn from the run's seed),
+//! or loaded from a weights file. The family is picked by [`ModelConfig`]'s table; nothing here
+//! names one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+
+use super::config::ModelConfig;
+use super::contract::Model;
+use super::init::SeededVarMap;
+use super::weights::{load_weights, named_tensors, KeyRules};
+use crate::error::Result;
+
+/// A model with its variables, as a training method owns it.
+pub struct Network {
+    pub model: Box<dyn Model>,
+    pub vars: Arc<SeededVarMap>,
+    pub config: ModelConfig,
+    /// Where its variables live.
+    pub device: Device,
+}
+
+impl Network {
+    /// A model for `num_classes` foreground classes with fresh variables drawn from `seed`.
+    pub fn new(cfg: &ModelConfig, num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
+        let vars = Arc::new(SeededVarMap::new(seed));
+        let model = cfg
+            .family()
+            .build(vars.builder(DType::F32, device), num_classes)?;
+        Ok(Self {
+            model,
+            vars,
+            config: cfg.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// A model whose weights come from `weights` (safetensors or PyTorch, local or `hf://`),
+    /// loaded strictly: every tensor present with its shape, nothing left over.
+    pub fn load(
+        cfg: &ModelConfig,
+        num_classes: usize,
+        weights: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = Self::new(cfg, num_classes, 0, device)?;
+        load_weights(&n.vars.varmap, weights, &KeyRules::default(), true)?;
+        Ok(n)
+    }
+
+    /// The model's parameters and buffers by name (sorted): what `model.safetensors` holds.
+    pub fn named_tensors(&self) -> Vec<(String, candle_core::Tensor)> {
+        named_tensors(&self.vars.varmap)
+    }
+}
