@@ -4,21 +4,24 @@
 //!
 //! | Module | What lives there |
 //! |---|---|
-//! | [`bench`] | `kdet bench ops`: kdet's ops against candle's built-ins, medians and ratios. |
-//! | [`config`] | JSON run configs: serde types, `base` inheritance, located validation errors. |
-//! | [`data`] | COCO parsing and checks ([`data::coco`]), transforms, threaded loader and samplers, the synthetic shapes dataset. |
+//! | [`config`] | JSON run configs: top-level sections, `base` inheritance, located validation errors; the `solver`, `teachers` and `distill` schemas. |
+//! | [`models`] | The model contract ([`models::contract`]: forward → assignment → losses/head outputs, taps, predictions), the `arch`-tagged model section and family table ([`models::config`]), the builder, Faster R-CNN (RPN, RoI heads), ResNet + FPN, seeded init, weight loading with key rules and reports, sidecars. |
+//! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
+//! | [`distill`] | Distillation methods, one file each (Chen et al. 2017), their loss terms (hints with adaptation, weighted soft CE, teacher-bounded regression, temperature KD), frozen teachers, and `build_method`. |
+//! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), transforms and the `model.input` section, threaded loader and samplers, the synthetic shapes dataset. |
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
-//! | [`hub`] | `hf://owner/repo/file@rev` weight specs: found in the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`), downloaded unless `HF_HUB_OFFLINE`. |
-//! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign) and box machinery (coder, IoU, NMS, anchors, matcher). |
-//! | [`models`] | Layers with torchvision names, seeded init, ResNet 18–101 with width multiplier, FPN, Faster R-CNN (RPN, RoI heads), weight loading (safetensors, PyTorch `.pth`, key renames) with key reports. |
+//! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign), box machinery (coder, IoU, NMS, anchors, matcher) and the 1-D GMM of PAA. |
 //! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
-//! | [`engine`] | Training: the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
-//! | [`distill`] | Teachers and the Distiller; loss terms: weighted soft CE, teacher-bounded regression, hints with adaptation, temperature KD. |
 //! | [`export`] | `kdet export`: torchvision- or kdet-format safetensors + sidecar JSON. |
-//! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing. |
+//! | [`hub`] | `hf://owner/repo/file@rev` weight specs: found in the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`), downloaded unless `HF_HUB_OFFLINE`. |
+//! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing; the precision of frozen models. |
+//! | [`bench`] | `kdet bench ops`: kdet's ops against candle's built-ins, medians and ratios. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
-//! | [`error`] | The library error type; every user-input error names file, JSON path and index. |
+//! | [`error`] | The library error type (every user-input error names file, JSON path and index) and validation helpers. |
 //! | [`util`] | Atomic file writes. |
+//!
+//! How one training step flows through these, and how to add a model family or a training
+//! method: docs/architecture.md.
 //!
 //! Conventions: boxes are `x1,y1,x2,y2` in absolute pixels inside the library (COCO `x,y,w,h`
 //! only at I/O); label 0 is background (torchvision); every config default cites its source.
