@@ -9,6 +9,7 @@
 pub mod anchors;
 pub mod boxes;
 pub mod conv;
+pub mod gmm;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 pub mod matcher;
