@@ -22,19 +22,26 @@ use crate::config::LoadedConfig;
 use crate::engine::checkpoint;
 use crate::error::{Error, Result};
 use crate::models::build::Network;
+use crate::models::config::ModelConfig;
 use crate::models::layers::NormKind;
 use crate::models::weights::{load_tensors, write_safetensors};
 
 /// Output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
+    /// The PyTorch reference's state_dict: torchvision's for Faster R-CNN, mmdetection's for
+    /// PAA (kdet's names are theirs; BatchNorm gains `num_batches_tracked`).
+    #[value(alias = "pytorch")]
     Torchvision,
+    /// kdet's tensors only.
     Kdet,
 }
 
 /// What `export` writes.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
+    /// Of a checkpoint holding several networks, this one (`net1`, `net2`).
+    pub network: Option<String>,
     pub format: ExportFormat,
     pub backbone_only: bool,
     /// Floating-point tensors are stored in this type (f32, f16 or bf16).
@@ -52,25 +59,50 @@ pub struct ExportReport {
     pub dropped: usize,
 }
 
-/// Read a model file or a training checkpoint (its networks' tensors, without the method's own
-/// variables and the optimizer state) as a name → tensor map. Returns the map and how many
-/// tensors were not model weights.
-pub fn read_model_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, usize)> {
+/// Read a model file or a training checkpoint (its network's tensors, without the method's own
+/// variables and the optimizer state) as a name → tensor map. A checkpoint of several networks
+/// (Co-LAD's `net1`, `net2`) needs `network`. Returns the map and how many tensors were not
+/// this model's weights.
+pub fn read_model_tensors(
+    path: &Path,
+    network: Option<&str>,
+) -> Result<(HashMap<String, Tensor>, usize)> {
     let all = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
     let total = all.len();
     let model = if checkpoint::is_checkpoint(&all) {
-        checkpoint::from_tensors(path, all)?.model
+        let model = checkpoint::from_tensors(path, all)?.model;
+        match network {
+            None => model,
+            Some(n) => {
+                let prefix = format!("{n}.");
+                let picked: HashMap<String, Tensor> = model
+                    .into_iter()
+                    .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t)))
+                    .collect();
+                if picked.is_empty() {
+                    return Err(Error::msg(format!(
+                        "{}: the checkpoint has no network `{n}`",
+                        path.display()
+                    )));
+                }
+                picked
+            }
+        }
     } else {
+        // A model file holds one network (`net1.safetensors`); `network` only chose its section.
         all
     };
     let dropped = total - model.len();
     Ok((model, dropped))
 }
 
-/// Export `weights` (trained for the model of `cfg`, with `classes`/`category_ids`) to `out`.
+/// Export `weights` (trained for `model_cfg`, with `classes`/`category_ids`) to `out`; `cfg` is
+/// the config the user named (its path must not be overwritten by the sidecar).
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     cfg: &LoadedConfig,
+    model_cfg: &ModelConfig,
     weights: &Path,
     classes: &[String],
     category_ids: &[u64],
@@ -95,8 +127,7 @@ pub fn export(
             sidecar.display()
         )));
     }
-    let (tensors, dropped) = read_model_tensors(weights)?;
-    let model_cfg = &cfg.config.model;
+    let (tensors, dropped) = read_model_tensors(weights, opts.network.as_deref())?;
     // Strict: every tensor of the architecture present with its shape, nothing left over.
     let net = Network::new(model_cfg, classes.len(), 0, &Device::Cpu)?;
     let report = load_tensors(&net.vars.varmap, &tensors)?;
@@ -121,7 +152,9 @@ pub fn export(
         map.insert(name, t.detach().to_dtype(opts.dtype)?);
     }
     let parameters = map.values().map(|t| t.elem_count()).sum();
-    if opts.format == ExportFormat::Torchvision && model_cfg.backbone().norm == NormKind::Bn {
+    if opts.format == ExportFormat::Torchvision
+        && matches!(model_cfg.backbone().norm, NormKind::Bn | NormKind::BnEval)
+    {
         let bns: Vec<String> = map
             .keys()
             .filter_map(|k| k.strip_suffix(".running_mean").map(str::to_string))

@@ -87,6 +87,10 @@ enum Cmd {
         /// … and its weights (safetensors).
         #[arg(long, requires = "config")]
         weights: Option<PathBuf>,
+        /// With a config training several networks (Co-LAD): which one the weights are, `net1`
+        /// (the config's `model`) or `net2` (`method.partner`).
+        #[arg(long, requires = "config")]
+        network: Option<String>,
         /// `text`: pycocotools' 12 summary lines (+ per-class table with --per-class);
         /// `json`: {"stats": [12 numbers], "per_class": [{category_id, name, ap, ap50}]}.
         #[arg(long, value_enum, default_value = "text")]
@@ -138,6 +142,10 @@ enum Cmd {
         /// Draw and keep detections scoring at least this.
         #[arg(long, default_value_t = 0.5)]
         score_thr: f32,
+        /// With a config training several networks (Co-LAD): which one the weights are, `net1`
+        /// or `net2`.
+        #[arg(long)]
+        network: Option<String>,
     },
     /// Export student weights as safetensors (+ sidecar JSON) that PyTorch can load.
     Export {
@@ -160,6 +168,9 @@ enum Cmd {
         /// Storage type of floating-point tensors.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: kdet::device::Precision,
+        /// Of a checkpoint holding several networks (Co-LAD), this one: `net1` or `net2`.
+        #[arg(long)]
+        network: Option<String>,
     },
     /// Write a deterministic synthetic COCO-style detection dataset (same seed ⇒ same bytes).
     Synth {
@@ -255,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fresh,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            if baseline && cfg.config.teachers.is_empty() {
+            if baseline && cfg.config.teachers.is_empty() && cfg.config.method.is_none() {
                 bail!(
                     "{}: --baseline trains the student once more without distillation, but this config has no `teachers`",
                     config.display()
@@ -302,9 +313,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             per_class,
             config,
             weights,
+            network,
         } => {
             let s = match (config, weights) {
-                (Some(c), Some(w)) => eval_model(&c, &w, &cli.device)?,
+                (Some(c), Some(w)) => eval_model(&c, &w, network.as_deref(), &cli.device)?,
                 _ => {
                     let gt = gt.context("give --gt and --dt, or --config and --weights")?;
                     let dt = dt.context("--dt is required")?;
@@ -366,13 +378,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inputs,
             out,
             score_thr,
+            network,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            let (net, names, ids) = load_model(&cfg, &weights)?;
+            let (net, names, ids) = load_model(&cfg, &weights, network.as_deref())?;
             let images = kdet::infer::collect_images(&inputs)?;
             let recs = kdet::infer::infer(
                 &*net.model,
-                cfg.config.model.input(),
+                net.config.input(),
                 &names,
                 &ids,
                 &images,
@@ -395,15 +408,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             backbone_only,
             dtype,
+            network,
         } => {
             let cfg = load_config(&config, &cli.device)?;
             let (names, ids) = read_classes(&cfg, &weights)?;
+            let model = model_section(&cfg, network.as_deref())?;
             let opts = kdet::export::ExportOptions {
+                network,
                 format,
                 backbone_only,
                 dtype: dtype.to_candle(),
             };
-            let r = kdet::export::export(&cfg, &weights, &names, &ids, &out, &opts)?;
+            let r = kdet::export::export(&cfg, &model, &weights, &names, &ids, &out, &opts)?;
             println!(
                 "wrote {} ({} tensors, {} parameters; {} training-only tensors left out) and {}",
                 r.weights.display(),
@@ -510,36 +526,46 @@ fn read_classes(
     })?)
 }
 
-/// The config's model with trained weights, and its class names / category ids.
+/// Trained weights as a model of the config's `model` section (or, with `network`, of the
+/// section of that network of a multi-network method), with its class names / category ids.
 fn load_model(
     cfg: &LoadedConfig,
     weights: &std::path::Path,
+    network: Option<&str>,
 ) -> anyhow::Result<(kdet::models::build::Network, Vec<String>, Vec<u64>)> {
     let (names, ids) = read_classes(cfg, weights)?;
-    let net = kdet::models::build::Network::load(
-        &cfg.config.model,
-        names.len(),
-        weights,
-        &cfg.device()?,
-    )?;
+    let model = model_section(cfg, network)?;
+    let net = kdet::models::build::Network::load(&model, names.len(), weights, &cfg.device()?)?;
     Ok((net, names, ids))
+}
+
+/// The config's `model`, or the section of `network` (`net1`, `net2` of Co-LAD).
+fn model_section(
+    cfg: &LoadedConfig,
+    network: Option<&str>,
+) -> anyhow::Result<kdet::models::config::ModelConfig> {
+    Ok(match network {
+        Some(n) => cfg.network_model(n)?,
+        None => cfg.config.model.clone(),
+    })
 }
 
 /// `kdet eval --config --weights`: the model over the config's val split.
 fn eval_model(
     config: &std::path::Path,
     weights: &std::path::Path,
+    network: Option<&str>,
     device: &Option<String>,
 ) -> anyhow::Result<kdet::eval::EvalSummary> {
     let cfg = load_config(config, device)?;
-    let (net, _, _) = load_model(&cfg, weights)?;
+    let (net, _, _) = load_model(&cfg, weights, network)?;
     let (_, val) = cfg.data_splits()?;
     let (ann, images) = val.context("the config has no val split to evaluate on")?;
     let data = kdet::data::coco::load_split(&ann, &images, kdet::data::coco::Purpose::Eval)?;
     let (s, _) = kdet::engine::evaluator::evaluate(
         &*net.model,
         &data,
-        cfg.config.model.input(),
+        net.config.input(),
         cfg.config.solver.batch_size,
         &net.device,
         None,

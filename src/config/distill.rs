@@ -52,6 +52,105 @@ fn teacher_min_ap() -> f64 {
     0.01
 }
 
+/// How the networks train (`method`). Absent: the student alone, or with Chen et al. 2017's
+/// terms when `teachers` are given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodConfig {
+    /// Label assignment distillation (Nguyen et al., WACV 2022): the student trains on the
+    /// label assignment its teacher's predictions make (mmdetection's `LAD`), plus any `distill`
+    /// terms.
+    Lad {
+        /// The teacher whose predictions assign (its index in `teachers`).
+        #[serde(default)]
+        teacher: usize,
+    },
+    /// Co-LAD (Nguyen et al. 2022 §4): `model` (network 1) and `partner` (network 2) train
+    /// together from scratch on one assignment, built per image × box × level from the costs of
+    /// whichever network the criterion picks (the authors' `PAA_CoLAD_StdMean_Head`).
+    Colad {
+        /// Network 2's model section (its input must equal `model.input`).
+        partner: Box<ModelConfig>,
+        #[serde(default)]
+        criterion: ColadCriterion,
+        /// The network that evaluation, `model.safetensors` and export describe. The released
+        /// config evaluates network 2 (`test_cfg=dict(use_teacher=True)`).
+        #[serde(default = "colad_evaluated")]
+        evaluate: ColadNetwork,
+        /// Seed of network 2's initialisation; null = `seed`, as network 1 (so each network
+        /// starts exactly as the same config trained alone would).
+        #[serde(default)]
+        partner_seed: Option<u64>,
+    },
+}
+
+/// Which network's costs decide a box's assignment on a level.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColadCriterion {
+    /// The larger std/mean of the candidates' costs (the released code); ties to network 2, a
+    /// single candidate to the lower cost.
+    #[default]
+    StdMean,
+    /// The larger Fisher ratio `(μ₁ − μ₀)² / (σ₀² + σ₁²)` of a two-component GMM on the costs
+    /// (a secondary source's reading of the paper; not in the released code).
+    Fisher,
+}
+
+/// One of Co-LAD's networks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColadNetwork {
+    Net1,
+    Net2,
+}
+
+/// The released Co-LAD config evaluates network 2.
+fn colad_evaluated() -> ColadNetwork {
+    ColadNetwork::Net2
+}
+
+impl MethodConfig {
+    /// `p` is `method`.
+    pub fn validate(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
+        match self {
+            MethodConfig::Lad { teacher } => {
+                if teachers.is_empty() {
+                    return Err(invalid(
+                        "method",
+                        "lad needs a teacher in `teachers` (its predictions assign the labels)",
+                    ));
+                }
+                if *teacher >= teachers.len() {
+                    return Err(invalid(
+                        "method.teacher",
+                        format!(
+                            "{teacher} is not an index of `teachers` ({} given)",
+                            teachers.len()
+                        ),
+                    ));
+                }
+            }
+            MethodConfig::Colad { partner, .. } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "colad trains its two networks from each other; give no `teachers`",
+                    ));
+                }
+                partner.validate("method.partner")?;
+                if partner.input() != model.input() {
+                    return Err(invalid(
+                        "method.partner.input",
+                        "must equal model.input: both networks see the same batch",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a distillation term applies.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -22,7 +22,7 @@ use crate::data::config::DataConfig;
 use crate::data::SplitPaths;
 use crate::error::{split_nested, Error, Invalid, Result};
 use crate::models::config::ModelConfig;
-use distill::{DistillTerm, TeacherConfig};
+use distill::{DistillTerm, MethodConfig, TeacherConfig};
 use solver::SolverConfig;
 
 /// A whole run: what to train, from what data, how, and where to write.
@@ -38,6 +38,9 @@ pub struct Config {
     /// Distillation loss terms, summed with the student's own losses.
     #[serde(default)]
     pub distill: Vec<DistillTerm>,
+    /// How the networks train (LAD, Co-LAD); absent: alone, or with `distill` terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<MethodConfig>,
     /// Datasets and augmentation.
     #[serde(default)]
     pub data: DataConfig,
@@ -87,6 +90,7 @@ impl LoadedConfig {
         let mut b = self.clone();
         b.config.teachers.clear();
         b.config.distill.clear();
+        b.config.method = None;
         let mut name = self
             .config
             .output_dir
@@ -134,6 +138,19 @@ impl LoadedConfig {
             crate::hub::resolve(spec)
         } else {
             Ok(self.resolve(json_path, Path::new(spec)))
+        }
+    }
+
+    /// The model section of a network a method names (`net1` is `model`, `net2` Co-LAD's
+    /// `method.partner`).
+    pub fn network_model(&self, name: &str) -> Result<ModelConfig> {
+        match (name, &self.config.method) {
+            ("net1", Some(MethodConfig::Colad { .. })) => Ok(self.config.model.clone()),
+            ("net2", Some(MethodConfig::Colad { partner, .. })) => Ok((**partner).clone()),
+            _ => Err(Error::msg(format!(
+                "{}: no network `{name}` (only a colad method trains net1 and net2)",
+                self.path.display()
+            ))),
         }
     }
 
@@ -323,6 +340,9 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
         &cfg.teachers,
         &cfg.model,
     ))?;
+    if let Some(m) = &cfg.method {
+        check(m.validate(&cfg.teachers, &cfg.model))?;
+    }
     check(cfg.data.validate())?;
     check(cfg.solver.validate())?;
     crate::device::parse_device(&cfg.device).map_err(|m| c.error("device", m))?;
@@ -344,7 +364,9 @@ mod tests {
     fn defaults_follow_references() {
         let c = Config::default();
         assert_eq!(c.model.input().min_size, 800);
-        let ModelConfig::FasterRcnn(m) = &c.model;
+        let ModelConfig::FasterRcnn(m) = &c.model else {
+            panic!("the default model is Faster R-CNN")
+        };
         assert_eq!(m.roi_heads.bbox_reg_weights, [10., 10., 5., 5.]);
         assert_eq!(c.solver.lr, 0.02);
         assert_eq!(c.solver.length(), (26, true));

@@ -1,244 +1,53 @@
 //! Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge Distillation"
-//! (NeurIPS), as a training method: the student trains on its own losses and assignment, and
-//! frozen teachers add the loss terms the config lists (`distill`), each read through the model
-//! contract — taps for hints (§3.3), the RPN's and box head's outputs on the student's samples
-//! for the weighted soft cross-entropy (Eq. 2–3) and the teacher-bounded regression (Eq. 4),
-//! plus Hinton et al. 2015's temperature KD. The teachers run their heads on the student's
-//! assignment, so both score the same anchors and RoIs. With several teachers each term is
-//! averaged over them. A weighted-KD term scales its head's hard classification loss by μ
-//! (Eq. 2). Formulas and defaults: docs/methods.md.
+//! (NeurIPS), as a training method: the student trains on its own losses and its own label
+//! assignment, and frozen teachers add the loss terms the config lists ([`super::terms`]) —
+//! hints with adaptation layers, the weighted soft cross-entropy, the teacher-bounded regression
+//! (and Hinton et al. 2015's KD). The teachers run their heads on the student's assignment, so
+//! both score the same anchors and RoIs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor};
 use candle_nn::VarMap;
 
-use super::hint::{self, Adaptation};
-use super::teacher::{Teacher, TeacherOutput};
-use super::{bounded_reg, kd, weighted_kd};
-use crate::config::distill::{DistillTerm, SpatialMatch, Stage};
+use super::teacher::Teacher;
+use super::terms::{load_teachers, Terms};
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
 use crate::engine::checkpoint::FrozenInput;
 use crate::engine::method::{
     student_network, Method, NamedNetwork, Reference, RunData, StepOutput,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::build::Network;
-use crate::models::contract::{
-    find_tap, ClassScores, Head, LossKind, StepRng, Taps, TrainOutput, Want,
-};
-use crate::models::init::SeededVarMap;
-
-struct Term {
-    cfg: DistillTerm,
-    /// One adaptation layer per teacher (hint terms with `adaptation: true`).
-    adapt: Vec<Option<Adaptation>>,
-    name: String,
-}
+use crate::models::contract::{StepRng, Want};
 
 /// The student, its teachers and the configured terms.
 pub struct ChenDistillation {
     student: Network,
-    /// The adaptation layers (`distill.<term>.teacher<j>.adaptation.*`): trained and
-    /// checkpointed with the student, left out of its model file and exports.
-    adaptation: Arc<SeededVarMap>,
     pub teachers: Vec<Teacher>,
-    terms: Vec<Term>,
-    /// The heads the teachers must score for the terms.
-    heads: Vec<Head>,
-}
-
-fn head_of(stage: Stage) -> Head {
-    match stage {
-        Stage::Rpn => Head::Rpn,
-        Stage::Rcn => Head::Rcn,
-    }
-}
-
-/// The head a term reads (`kd` works on the RCN's class logits; hints on features only).
-fn term_head(t: &DistillTerm) -> Option<Head> {
-    match t {
-        DistillTerm::WeightedKd { stage, .. } | DistillTerm::BoundedRegression { stage, .. } => {
-            Some(head_of(*stage))
-        }
-        DistillTerm::Kd { .. } => Some(Head::Rcn),
-        DistillTerm::Hint { .. } => None,
-    }
-}
-
-/// μ of a weighted-KD term on `head`: the weight of that head's hard classification loss (Eq. 2).
-fn mu_of(t: &DistillTerm, head: Head) -> Option<f32> {
-    match t {
-        DistillTerm::WeightedKd { stage, mu, .. } if head_of(*stage) == head => Some(*mu),
-        _ => None,
-    }
-}
-
-fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Rpn => "rpn",
-        Stage::Rcn => "rcn",
-    }
+    terms: Terms,
 }
 
 impl ChenDistillation {
-    /// The student of `model`, the teachers of `teachers` (each checked on the validation split
-    /// unless `check_images` is 0) and the terms of `distill`.
+    /// The student of `model`, the teachers of `teachers` and the terms of `distill`.
     pub fn new(cfg: &LoadedConfig, run: &RunData) -> Result<Self> {
-        let c = &cfg.config;
         let student = student_network(cfg, run)?;
-        let mut teachers = vec![];
-        for (i, tc) in c.teachers.iter().enumerate() {
-            let t = Teacher::load(cfg, i, run.num_classes(), &run.device)?;
-            if tc.check_images > 0 {
-                match &run.val {
-                    Some(v) => {
-                        t.check(tc, v, c.solver.batch_size, &run.device)?;
-                    }
-                    None => eprintln!(
-                        "warning: no validation split, so teachers[{i}] could not be checked"
-                    ),
-                }
-            }
-            teachers.push(t);
-        }
+        let teachers = load_teachers(cfg, run)?;
         Self::with_teachers(cfg, student, teachers)
     }
 
-    /// Check each term of `cfg` against the student and teachers and create the adaptation
-    /// layers (drawn from the student's seed stream, after its own variables).
+    /// The terms of `cfg` between `student` and `teachers`.
     pub fn with_teachers(
         cfg: &LoadedConfig,
         student: Network,
         teachers: Vec<Teacher>,
     ) -> Result<Self> {
-        let adaptation = student.vars.sibling();
-        let vb = adaptation.builder(DType::F32, &student.device);
-        let student_taps = student.model.taps();
-        let mut terms: Vec<Term> = vec![];
-        let mut names: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, d) in cfg.config.distill.iter().enumerate() {
-            let p = format!("distill[{i}]");
-            let mut adapt = vec![];
-            let base = match d {
-                DistillTerm::Hint {
-                    student: st,
-                    teacher: tt,
-                    adaptation: with_adaptation,
-                    ..
-                } => {
-                    let sc = find_tap(&student_taps, st, student.model.family())
-                        .map_err(|e| cfg.error(&format!("{p}.student"), e.to_string()))?
-                        .channels;
-                    for (j, t) in teachers.iter().enumerate() {
-                        let tc = find_tap(&t.model.taps(), tt, t.model.family())
-                            .map_err(|e| cfg.error(&format!("{p}.teacher"), e.to_string()))?
-                            .channels;
-                        if *with_adaptation {
-                            adapt.push(Some(Adaptation::new(
-                                vb.pp(format!("distill.{i}.teacher{j}.adaptation")),
-                                sc,
-                                tc,
-                            )?));
-                        } else if sc != tc {
-                            return Err(cfg.error(
-                                &format!("{p}.adaptation"),
-                                format!(
-                                    "false needs equal channels, but student `{st}` has {sc} and teachers[{j}] `{tt}` has {tc}; keep the adaptation layer"
-                                ),
-                            ));
-                        } else {
-                            adapt.push(None);
-                        }
-                    }
-                    format!("distill.hint.{st}")
-                }
-                DistillTerm::WeightedKd { stage, .. } => {
-                    let head = head_of(*stage);
-                    if terms.iter().any(|t| mu_of(&t.cfg, head).is_some()) {
-                        return Err(cfg.error(
-                            &p,
-                            "a second weighted_kd term on the same stage; μ balances one soft loss with the hard loss",
-                        ));
-                    }
-                    check_teachers(cfg, &student, &teachers, head, false)?;
-                    format!("distill.{}.soft_cls", stage_name(*stage))
-                }
-                DistillTerm::BoundedRegression { stage, bounded, .. } => {
-                    check_teachers(cfg, &student, &teachers, head_of(*stage), true)?;
-                    let kind = if *bounded { "bounded_reg" } else { "l2_reg" };
-                    format!("distill.{}.{kind}", stage_name(*stage))
-                }
-                DistillTerm::Kd { .. } => "distill.rcn.kd".to_string(),
-            };
-            // Two terms of the same kind (hints on two taps of the same name cannot happen, but
-            // e.g. two kd terms can) get the term index appended.
-            let n = names.entry(base.clone()).or_insert(0);
-            *n += 1;
-            let name = if *n == 1 { base } else { format!("{base}#{i}") };
-            terms.push(Term {
-                cfg: d.clone(),
-                adapt,
-                name,
-            });
-        }
-        let mut heads: Vec<Head> = terms.iter().filter_map(|t| term_head(&t.cfg)).collect();
-        heads.sort();
-        heads.dedup();
+        let terms = Terms::new(cfg, &student, &teachers)?;
         Ok(Self {
             student,
-            adaptation,
             teachers,
             terms,
-            heads,
         })
-    }
-
-    /// Run the teachers on `batch` and the student's assignment, and add the terms to the
-    /// student's own `out` (its hard classification losses scaled by μ where a weighted-KD term
-    /// asks for it).
-    fn losses(
-        &self,
-        batch: &Batch,
-        taps: &Taps,
-        out: TrainOutput,
-        assignment: &crate::models::contract::Assignment,
-    ) -> Result<BTreeMap<String, Tensor>> {
-        let touts = self
-            .teachers
-            .iter()
-            .map(|t| t.forward(batch, assignment, &self.heads))
-            .collect::<Result<Vec<_>>>()?;
-        let n = self.teachers.len() as f64;
-        let mut losses = BTreeMap::new();
-        for term in &self.terms {
-            let mut sum: Option<Tensor> = None;
-            for (j, to) in touts.iter().enumerate() {
-                let l = term_loss(term, j, taps, &out, to)?;
-                sum = Some(match sum {
-                    None => l,
-                    Some(s) => (s + l)?,
-                });
-            }
-            let l = (sum.expect("at least one teacher") / n)?;
-            losses.insert(term.name.clone(), l);
-        }
-        for (name, loss) in out.losses {
-            let mu = match loss.kind {
-                LossKind::Classification => {
-                    self.terms.iter().find_map(|t| mu_of(&t.cfg, loss.head))
-                }
-                LossKind::Regression => None,
-            };
-            let value = match mu {
-                Some(mu) => (&loss.value * mu as f64)?,
-                None => loss.value,
-            };
-            losses.insert(name, value);
-        }
-        Ok(losses)
     }
 }
 
@@ -251,7 +60,7 @@ impl Method for ChenDistillation {
     }
 
     fn own_vars(&self) -> Option<&VarMap> {
-        Some(&self.adaptation.varmap)
+        Some(self.terms.own_vars())
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
@@ -259,8 +68,13 @@ impl Method for ChenDistillation {
         let fwd = m.forward(&batch.images, true)?;
         let a = m.assign(&fwd, batch, rng)?;
         let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
+        let touts = self
+            .teachers
+            .iter()
+            .map(|t| t.forward(batch, &a, self.terms.heads()))
+            .collect::<Result<Vec<_>>>()?;
         Ok(StepOutput {
-            losses: self.losses(batch, &fwd.taps, out, &a)?,
+            losses: self.terms.losses(&fwd.taps, out, &touts)?,
             metrics: BTreeMap::new(),
         })
     }
@@ -270,125 +84,8 @@ impl Method for ChenDistillation {
     }
 
     fn references(&self) -> Vec<Reference<'_>> {
-        self.teachers
-            .iter()
-            .map(|t| Reference {
-                key: format!("teacher{}", t.index),
-                label: format!("teacher {}", t.index),
-                model: &*t.model,
-                input: t.config.input(),
-            })
-            .collect()
+        self.teachers.iter().map(Teacher::reference).collect()
     }
-}
-
-/// Every teacher must predict for the same candidates (RPN anchors) or with the same box coding
-/// (RCN regression) as the student, else its outputs do not line up with the student's.
-fn check_teachers(
-    cfg: &LoadedConfig,
-    student: &Network,
-    teachers: &[Teacher],
-    head: Head,
-    regression: bool,
-) -> Result<()> {
-    for t in teachers {
-        student
-            .config
-            .family()
-            .check_teacher(&t.config, head, regression)
-            .map_err(|e| cfg.error(&format!("teachers[{}].model.{}", t.index, e.path), e.msg))?;
-    }
-    Ok(())
-}
-
-/// One term against teacher `j`.
-fn term_loss(
-    term: &Term,
-    j: usize,
-    taps: &Taps,
-    out: &TrainOutput,
-    to: &TeacherOutput,
-) -> Result<Tensor> {
-    let missing = |what: &str| Error::msg(format!("internal: the teacher did not compute {what}"));
-    let teacher_head = |h: Head| {
-        to.heads
-            .get(&h)
-            .ok_or_else(|| missing(&format!("its {h:?} head")))
-    };
-    Ok(match &term.cfg {
-        DistillTerm::Hint {
-            student,
-            teacher,
-            weight,
-            distance,
-            spatial,
-            ..
-        } => {
-            let s = taps.get(student).ok_or_else(|| missing(student))?;
-            let t = to.taps.get(teacher).ok_or_else(|| missing(teacher))?;
-            let v = match &term.adapt[j] {
-                Some(a) => a.forward(s)?,
-                None => s.clone(),
-            };
-            let (_, _, h, w) = v.dims4()?;
-            let z = match spatial {
-                SpatialMatch::Resize if t.dims4()?.2 != h || t.dims4()?.3 != w => {
-                    t.upsample_bilinear2d(h, w, false)?
-                }
-                _ => t.clone(),
-            };
-            (hint::hint_loss(&v, &z, *distance)? * *weight as f64)?
-        }
-        DistillTerm::WeightedKd {
-            stage,
-            temperature,
-            background_weight,
-            mu,
-        } => {
-            let head = head_of(*stage);
-            let (t, b) = (*temperature as f64, *background_weight as f64);
-            let (sh, th) = (out.head(head)?, teacher_head(head)?);
-            sh.check_aligned(th, head)?;
-            let soft = match sh.scores {
-                ClassScores::Sigmoid => {
-                    weighted_kd::weighted_soft_bce(&sh.logits()?, &th.logits()?, t, b)?
-                }
-                ClassScores::Softmax => {
-                    weighted_kd::weighted_soft_ce(&sh.logits()?, &th.logits()?, t, b)?
-                }
-            };
-            (soft * (1.0 - *mu as f64))?
-        }
-        DistillTerm::BoundedRegression {
-            stage,
-            margin,
-            weight,
-            bounded,
-        } => {
-            let head = head_of(*stage);
-            let (sh, th) = (out.head(head)?, teacher_head(head)?);
-            sh.check_aligned(th, head)?;
-            let (s, t, y) = (
-                sh.positive_deltas()?,
-                th.positive_deltas()?,
-                sh.positive_targets()?,
-            );
-            let n = sh.num_samples as f64;
-            let l = if *bounded {
-                bounded_reg::bounded_l2(&s, &t, &y, *margin as f64, n)?
-            } else {
-                bounded_reg::plain_l2(&s, &t, n)?
-            };
-            (l * *weight as f64)?
-        }
-        DistillTerm::Kd {
-            temperature,
-            weight,
-        } => {
-            let (sh, th) = (out.head(Head::Rcn)?, teacher_head(Head::Rcn)?);
-            (kd::kd_loss(&sh.logits()?, &th.logits()?, *temperature as f64)? * *weight as f64)?
-        }
-    })
 }
 
 #[cfg(test)]
@@ -396,7 +93,9 @@ mod tests {
     use super::*;
     use crate::data::loader::Target;
     use crate::models::config::ModelConfig;
+    use crate::models::contract::Head;
     use candle_core::Device;
+    use candle_core::{DType, Tensor};
     use candle_nn::VarBuilder;
     use rand::SeedableRng;
     use std::collections::HashMap;
@@ -491,7 +190,7 @@ mod tests {
             .unwrap();
         let grads = total.backward().unwrap();
         let student_vars = d.student.vars.varmap.data().lock().unwrap();
-        let own_vars = d.adaptation.varmap.data().lock().unwrap();
+        let own_vars = d.terms.own_vars().data().lock().unwrap();
         for name in [
             "distill.0.teacher0.adaptation.weight",
             "backbone.body.layer1.0.conv1.weight",
@@ -548,7 +247,9 @@ mod tests {
         )
         .unwrap();
         let mut other = tiny();
-        let ModelConfig::FasterRcnn(f) = &mut other;
+        let ModelConfig::FasterRcnn(f) = &mut other else {
+            unreachable!("tiny() is a Faster R-CNN")
+        };
         f.rpn.anchor_sizes = vec![9., 16., 24., 32., 48.];
         let mut t = plain_teacher(1);
         t.config = other;

@@ -4,7 +4,10 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`chen`] | Chen et al. 2017: frozen teachers, terms read through the model contract |
+//! | [`chen`] | Chen et al. 2017: the student's own assignment, frozen teachers' terms |
+//! | [`lad`] | LAD (Nguyen et al. 2022): the student trains on its teacher's label assignment |
+//! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
+//! | [`terms`] | the `distill` terms, read through the model contract; μ on the hard losses |
 //! | [`teacher`] | a frozen teacher: strict loading, sanity check, eval-mode forward |
 //! | [`hint`] | adaptation layer + L2/L1 hint loss (Chen et al. 2017 §3.3, FitNets) |
 //! | [`weighted_kd`] | soft cross-entropy with a background weight, softmax (RCN) and sigmoid (RPN) |
@@ -15,21 +18,27 @@
 
 pub mod bounded_reg;
 pub mod chen;
+pub mod colad;
 pub mod hint;
 pub mod kd;
+pub mod lad;
 pub mod teacher;
+pub mod terms;
 pub mod weighted_kd;
 
+use crate::config::distill::MethodConfig;
 use crate::config::LoadedConfig;
 use crate::engine::method::{Method, Plain, RunData};
 use crate::error::Result;
 
-/// The training method a config asks for: the student alone without `teachers`, Chen et al.
-/// 2017's distillation with them. (`engine::trainer::MethodBuilder`.)
+/// The training method a config asks for (`engine::trainer::MethodBuilder`): its `method`, or
+/// without one the student alone (no `teachers`) or Chen et al. 2017's distillation.
 pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>> {
-    Ok(if cfg.config.teachers.is_empty() {
-        Box::new(Plain::new(cfg, run)?)
-    } else {
-        Box::new(chen::ChenDistillation::new(cfg, run)?)
+    let c = &cfg.config;
+    Ok(match &c.method {
+        None if c.teachers.is_empty() => Box::new(Plain::new(cfg, run)?),
+        None => Box::new(chen::ChenDistillation::new(cfg, run)?),
+        Some(MethodConfig::Lad { .. }) => Box::new(lad::Lad::new(cfg, run)?),
+        Some(MethodConfig::Colad { .. }) => Box::new(colad::Colad::new(cfg, run)?),
     })
 }

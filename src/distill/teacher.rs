@@ -23,7 +23,7 @@ use crate::engine::checkpoint::FrozenInput;
 use crate::engine::evaluator::evaluate;
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
-use crate::models::contract::{Assignment, Head, HeadOutput, Model, Taps, Want};
+use crate::models::contract::{Assignment, Forward, Head, HeadOutput, Model, Taps, Want};
 use crate::models::init::SeededVarMap;
 use crate::models::sidecar::Sidecar;
 use crate::models::weights::{load_tensors, named_tensors, read_state_dict};
@@ -151,6 +151,16 @@ impl Teacher {
         }
     }
 
+    /// How the end-of-run evaluation names it.
+    pub fn reference(&self) -> crate::engine::method::Reference<'_> {
+        crate::engine::method::Reference {
+            key: format!("teacher{}", self.index),
+            label: format!("teacher {}", self.index),
+            model: &*self.model,
+            input: self.config.input(),
+        }
+    }
+
     /// Evaluate on the first `images` of `val`; an AP below `min_ap` means the weights did not
     /// really load (or belong to another dataset): stop before spending a training run on it.
     pub fn check(
@@ -187,15 +197,20 @@ impl Teacher {
         Ok(ap)
     }
 
-    /// Run the teacher on the student's batch: its taps, and the outputs of `heads` on the
-    /// student's `assignment` (Chen et al. 2017: both score the same anchors and RoIs).
-    pub fn forward(
+    /// The teacher's forward pass on the student's batch (eval mode, no graph).
+    pub fn run(&self, batch: &Batch) -> Result<Forward> {
+        self.model.forward(&batch.images.detach(), false)
+    }
+
+    /// Its taps and the outputs of `heads` on `assignment` (the student's: Chen et al. 2017 —
+    /// both score the same anchors and RoIs), from its forward pass `fwd`, all in f32.
+    pub fn outputs(
         &self,
+        fwd: Forward,
         batch: &Batch,
         assignment: &Assignment,
         heads: &[Head],
     ) -> Result<TeacherOutput> {
-        let fwd = self.model.forward(&batch.images.detach(), false)?;
         let out = if heads.is_empty() {
             BTreeMap::new()
         } else {
@@ -216,6 +231,16 @@ impl Teacher {
                 .collect::<Result<_>>()?
         };
         Ok(TeacherOutput { taps, heads })
+    }
+
+    /// [`run`](Self::run), then [`outputs`](Self::outputs).
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        assignment: &Assignment,
+        heads: &[Head],
+    ) -> Result<TeacherOutput> {
+        self.outputs(self.run(batch)?, batch, assignment, heads)
     }
 }
 

@@ -189,10 +189,22 @@ impl Method for Plain {
 /// (`model.backbone.weights`, strictly) when the config names them.
 pub fn student_network(cfg: &LoadedConfig, run: &RunData) -> Result<Network> {
     let c = &cfg.config;
-    let net = Network::new(&c.model, run.num_classes(), c.seed, &run.device)?;
-    let b = c.model.backbone();
+    network(cfg, &c.model, "model", c.seed, run)
+}
+
+/// A network of the model section at `json_path` of the config, initialised from `seed`, with
+/// its backbone weights when the section names them.
+pub fn network(
+    cfg: &LoadedConfig,
+    model: &crate::models::config::ModelConfig,
+    json_path: &str,
+    seed: u64,
+    run: &RunData,
+) -> Result<Network> {
+    let net = Network::new(model, run.num_classes(), seed, &run.device)?;
+    let b = model.backbone();
     if let Some(w) = &b.weights {
-        let path = cfg.resolve_weights("model.backbone.weights", w)?;
+        let path = cfg.resolve_weights(&format!("{json_path}.backbone.weights"), w)?;
         let r = crate::models::weights::load_backbone(
             &net.vars.varmap,
             &path,

@@ -306,9 +306,25 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     }
     let mut references = vec![];
     if it == total {
-        let net = &method.networks()[eval_net];
-        let model: HashMap<String, Tensor> = net.net.named_tensors().into_iter().collect();
-        write_safetensors(&model, &out.join("model.safetensors"))?;
+        // The evaluated network is `model.safetensors`; a method with several networks also
+        // writes each under its name, with its sidecar, so any of them can be evaluated,
+        // inferred with or exported.
+        let nets = method.networks();
+        for (i, n) in nets.iter().enumerate() {
+            let model: HashMap<String, Tensor> = n.net.named_tensors().into_iter().collect();
+            if i == eval_net {
+                write_safetensors(&model, &out.join("model.safetensors"))?;
+            }
+            if nets.len() > 1 {
+                write_safetensors(&model, &out.join(format!("{}.safetensors", n.name)))?;
+                Sidecar::write(
+                    &out.join(format!("{}.json", n.name)),
+                    &n.net.config,
+                    &run.train.categories.names,
+                    &run.train.categories.ids,
+                )?;
+            }
+        }
         // The reference models on the same validation set, for the comparison the user came
         // for.
         let refs = method.references();

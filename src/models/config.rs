@@ -82,6 +82,7 @@ macro_rules! model_families {
 
 model_families! {
     FasterRcnn("faster_rcnn") => super::faster_rcnn::config::FasterRcnnConfig,
+    Paa("paa") => super::paa::config::PaaConfig,
 }
 
 impl Default for ModelConfig {

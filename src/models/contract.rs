@@ -46,6 +46,8 @@ pub enum Head {
     Rpn,
     /// Region classification network (Fast R-CNN box head) of a two-stage detector.
     Rcn,
+    /// The dense head of a one-stage detector (PAA): class logits per anchor.
+    Dense,
 }
 
 impl Head {
@@ -54,6 +56,7 @@ impl Head {
         match self {
             Head::Rpn => "RPN objectness",
             Head::Rcn => "RCN class logits",
+            Head::Dense => "dense class logits",
         }
     }
 
@@ -62,6 +65,16 @@ impl Head {
         match self {
             Head::Rpn => "RPN deltas",
             Head::Rcn => "RCN deltas",
+            Head::Dense => "dense deltas",
+        }
+    }
+
+    /// The head's name in loss-term names (`distill.rcn.kd`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Head::Rpn => "rpn",
+            Head::Rcn => "rcn",
+            Head::Dense => "dense",
         }
     }
 }
@@ -72,6 +85,8 @@ impl Head {
 pub enum LossKind {
     Classification,
     Regression,
+    /// A localisation-quality branch (PAA's IoU prediction).
+    Quality,
 }
 
 /// One of a model's own losses.
@@ -136,6 +151,27 @@ impl HeadOutput {
             scores,
             logits,
             samples: Some(samples),
+            deltas,
+            positives: Gather::Rows(positive_rows),
+            targets,
+            num_samples,
+        }
+    }
+
+    /// Logits and deltas with a row per candidate, every row a sample (a dense head's anchors),
+    /// and the positives' delta rows.
+    pub fn dense(
+        scores: ClassScores,
+        logits: Tensor,
+        deltas: Tensor,
+        positive_rows: Vec<u32>,
+        targets: Vec<f32>,
+    ) -> Self {
+        let num_samples = logits.dims().first().copied().unwrap_or(0);
+        Self {
+            scores,
+            logits,
+            samples: None,
             deltas,
             positives: Gather::Rows(positive_rows),
             targets,
@@ -269,6 +305,7 @@ impl Forward {
 pub struct Assignment {
     family: &'static str,
     value: Box<dyn Any + Send + Sync>,
+    handed_over: bool,
 }
 
 impl Assignment {
@@ -276,7 +313,20 @@ impl Assignment {
         Self {
             family,
             value: Box::new(value),
+            handed_over: false,
         }
+    }
+
+    /// The same assignment, marked as made by another network than the one it trains (LAD's
+    /// teacher, Co-LAD's shared choice). A family may train on such an assignment differently
+    /// (PAA takes LADHead's box loss).
+    pub fn handed_over(mut self) -> Self {
+        self.handed_over = true;
+        self
+    }
+
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over
     }
 
     /// The family that made it.
@@ -436,6 +486,45 @@ pub trait Model: Send + Sync {
 
     /// Predictions for a batch, in the images' original coordinates.
     fn predict(&self, batch: &Batch) -> Result<Predictions>;
+
+    /// The head whose logits classify the final detections (two-stage: the box head; one-stage:
+    /// the dense head) — what logit distillation (`kd`) reads.
+    fn class_head(&self) -> Head;
+
+    /// The steps of a cost-based assignment, for methods that mix networks' costs (Co-LAD);
+    /// `None` for families that do not assign that way.
+    fn cost_assignment(&self) -> Option<&dyn CostAssignment> {
+        None
+    }
+}
+
+/// One image's candidates of a cost-based assignment: candidate anchors (ascending), the box
+/// each was matched to and its pyramid level, and which anchors are valid at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageCandidates {
+    pub anchor: Vec<usize>,
+    pub gt: Vec<usize>,
+    pub level: Vec<usize>,
+    pub valid: Vec<bool>,
+}
+
+/// A label assignment that picks, among geometric candidates, by a per-candidate cost of the
+/// network's current predictions (PAA: focal + GIoU, then per box and level top-k and a GMM).
+/// Split in three so that Co-LAD can compute two networks' costs on the same candidates and
+/// choose, per box and level, whose costs decide.
+pub trait CostAssignment {
+    /// The candidates (geometry only; the same for every network with the same anchors).
+    fn candidates(&self, fwd: &Forward, batch: &Batch) -> Result<Vec<ImageCandidates>>;
+    /// This network's cost of each candidate, per image.
+    fn costs(&self, fwd: &Forward, batch: &Batch, c: &[ImageCandidates]) -> Result<Vec<Vec<f32>>>;
+    /// The assignment those costs select.
+    fn assign_from_costs(
+        &self,
+        fwd: &Forward,
+        batch: &Batch,
+        c: &[ImageCandidates],
+        costs: &[Vec<f32>],
+    ) -> Result<Assignment>;
 }
 
 /// The tap of this name among `taps`, or an error listing those there are.

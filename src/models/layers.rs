@@ -96,6 +96,19 @@ impl BnParams {
         let shift = (self.bias.detach() - (self.mean.detach() * &scale)?)?;
         channel_affine(x, &scale, &shift)
     }
+
+    /// The same map from the running statistics, with gradients to the affine `weight` and
+    /// `bias` (mmdetection's `norm_eval`).
+    fn eval_affine(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c = self.weight.elem_count();
+        let inv_std = (self.var.detach() + self.eps)?.sqrt()?.recip()?;
+        let scale = (&self.weight * inv_std)?;
+        let shift = (&self.bias - (self.mean.detach() * &scale)?)?;
+        // Broadcast ops rather than the fused `channel_affine`, which has no gradient for its
+        // per-channel coefficients.
+        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+    }
 }
 
 /// Normalisation layers of a backbone (`model.backbone.norm`).
@@ -107,6 +120,10 @@ pub enum NormKind {
     FrozenBn,
     /// Trainable BatchNorm (training from scratch).
     Bn,
+    /// BatchNorm on its running statistics (never updated) with a trainable affine:
+    /// mmdetection's `norm_eval=True` with `requires_grad=True`, its choice for pretrained
+    /// backbones.
+    BnEval,
     /// GroupNorm with 32 groups (Wu & He 2018).
     Gn,
 }
@@ -119,6 +136,8 @@ pub enum Norm {
     Frozen(BnParams),
     /// Trainable BatchNorm2d (momentum 0.1, PyTorch's default).
     Batch(BnParams),
+    /// BatchNorm2d held in eval mode, its affine parameters trained.
+    EvalBatch(BnParams),
     /// GroupNorm (Wu & He 2018), 32 groups or fewer when channels are few.
     Group(candle_nn::GroupNorm),
 }
@@ -129,6 +148,7 @@ impl Norm {
         Ok(match kind {
             NormKind::FrozenBn => Norm::Frozen(BnParams::new(&vb, c, eps)?),
             NormKind::Bn => Norm::Batch(BnParams::new(&vb, c, eps)?),
+            NormKind::BnEval => Norm::EvalBatch(BnParams::new(&vb, c, eps)?),
             NormKind::Gn => Norm::Group(candle_nn::group_norm(group_count(c), c, 1e-5, vb)?),
         })
     }
@@ -202,6 +222,7 @@ impl ModuleT for Norm {
             }
             // Eval mode: the same affine map as FrozenBatchNorm2d, from the running statistics.
             Norm::Batch(p) => p.frozen(x),
+            Norm::EvalBatch(p) => p.eval_affine(x),
             Norm::Group(gn) => gn.forward(x),
         }
     }

@@ -13,6 +13,7 @@ pub mod faster_rcnn;
 pub mod fpn;
 pub mod init;
 pub mod layers;
+pub mod paa;
 pub mod resnet;
 pub mod sidecar;
 pub mod weights;

@@ -164,6 +164,10 @@ impl Model for FasterRcnn {
         "backbone.body."
     }
 
+    fn class_head(&self) -> Head {
+        Head::Rcn
+    }
+
     fn forward(&self, images: &Tensor, train: bool) -> Result<Forward> {
         let f = self.forward_pass(images, train)?;
         Ok(Forward::new(f.features.taps(), f))
@@ -299,7 +303,12 @@ impl Family for FasterRcnnConfig {
     }
 
     fn check_teacher(&self, teacher: &ModelConfig, head: Head, regression: bool) -> Check {
-        let ModelConfig::FasterRcnn(t) = teacher;
+        let ModelConfig::FasterRcnn(t) = teacher else {
+            return Err(invalid(
+                "arch",
+                format!("must be faster_rcnn to distil a faster_rcnn student's {head:?} head"),
+            ));
+        };
         match head {
             Head::Rpn => {
                 if t.rpn.anchor_sizes != self.rpn.anchor_sizes
@@ -310,6 +319,9 @@ impl Family for FasterRcnnConfig {
                         "anchor_sizes and aspect_ratios must equal the student's for RPN distillation (both score the same anchors)",
                     ));
                 }
+            }
+            Head::Dense => {
+                return Err(invalid(".", "a faster_rcnn model has no dense head"));
             }
             Head::Rcn => {
                 if regression && t.roi_heads.bbox_reg_weights != self.roi_heads.bbox_reg_weights {
