@@ -244,10 +244,12 @@ fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool)
         );
     }
     if let Some(e) = &s.eval {
-        let who = if distilled {
-            "distilled student"
+        let who = if !s.evaluated.is_empty() {
+            format!("{} (evaluated)", s.evaluated)
+        } else if distilled {
+            "distilled student".to_string()
         } else {
-            "student"
+            "student".to_string()
         };
         println!(
             "{who}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
@@ -281,7 +283,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
             };
             let s = train(&cfg, opts)?;
-            print_train_summary(&s, !cfg.config.teachers.is_empty());
+            print_train_summary(
+                &s,
+                !cfg.config.teachers.is_empty() || cfg.config.method.is_some(),
+            );
             if baseline {
                 eprintln!("training the same student without distillation (--baseline)");
                 let bcfg = cfg.without_distillation();

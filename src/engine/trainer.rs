@@ -47,9 +47,11 @@ pub struct TrainSummary {
     pub start: u64,
     pub seconds: f64,
     pub eval: Option<EvalSummary>,
-    /// The method's reference models (teachers) on the full validation set, by label, when the
-    /// run finished.
+    /// The method's reference models (teachers) and other networks on the full validation set,
+    /// by label, when the run finished.
     pub references: Vec<(String, EvalSummary)>,
+    /// The name of the evaluated network when the method trains several (empty otherwise).
+    pub evaluated: String,
 }
 
 /// How to run a training.
@@ -325,6 +327,20 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 )?;
             }
         }
+        // A method's other networks on the validation set too (Co-LAD's network 1 when
+        // network 2 is the evaluated one): `<name>_detections.json` and `<name>/val/*`.
+        if let (true, Some(v)) = (nets.len() > 1, &run.val) {
+            let mut rec = json!({"iter": it});
+            for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
+                let (e, recs) = evaluate(&*n.net.model, v, &input, s.batch_size, &device, None)?;
+                write_results(&out.join(format!("{}_detections.json", n.name)), &recs)?;
+                for (k, x) in e.named() {
+                    rec[format!("{}/val/{k}", n.name)] = json!(x);
+                }
+                references.push((format!("{} (network {})", n.name, i + 1), e));
+            }
+            log.write(&rec)?;
+        }
         // The reference models on the same validation set, for the comparison the user came
         // for.
         let refs = method.references();
@@ -348,6 +364,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         seconds: t0.elapsed().as_secs_f64(),
         eval: last_eval,
         references,
+        evaluated: method.networks()[eval_net].name.to_string(),
     })
 }
 
