@@ -202,16 +202,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
-    /// Speed benchmarks (kdet's ops against candle's built-ins, in one process).
+    /// Speed benchmarks: `ops` (kdet's ops against candle's built-ins, in one process), `row
+    /// NAME` (one row of docs/benchmarks.md: a training, distillation or inference step or a
+    /// kernel, median and peak RSS), `list` (the rows). tools/bench.sh runs every row against
+    /// PyTorch.
     Bench {
-        /// What to benchmark: `ops` (conv 3×3 forward, forward+backward, ResNet-18 SGD step).
+        /// `ops`, `row` or `list`.
         what: String,
-        /// Timed repetitions per row (after warm-up).
+        /// The row, for `row`.
+        name: Option<String>,
+        /// Timed repetitions (after warm-up).
         #[arg(long, default_value_t = 20)]
         runs: usize,
-        /// JSON written by tools/bench_ops_torch.py --json: adds PyTorch's times and ratios.
+        /// Untimed warm-up repetitions (`row`).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// JSON written by tools/bench_ops_torch.py --json: adds PyTorch's times and ratios
+        /// (`ops`).
         #[arg(long)]
         torch: Option<PathBuf>,
+        /// Weights for the inference rows (the PyTorch side's, so both score the same boxes).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Print the row as JSON (`row`).
+        #[arg(long)]
+        json: bool,
     },
     /// Draw a run's loss / lr / mAP curves to PNG.
     Plot {
@@ -488,7 +503,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Bench { what, runs, torch } => match what.as_str() {
+        Cmd::Bench {
+            what,
+            name,
+            runs,
+            warmup,
+            torch,
+            weights,
+            json,
+        } => match what.as_str() {
+            "list" => {
+                for (n, d) in kdet::bench::rows::ROWS {
+                    println!("{n}\t{d}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            "row" => {
+                let name = name.context("bench row needs a row NAME (see `kdet bench list`)")?;
+                if runs == 0 {
+                    bail!("--runs must be >= 1");
+                }
+                let timing = kdet::bench::rows::Timing { warmup, runs };
+                let r = kdet::bench::rows::run(&name, timing, weights.as_deref())?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{}: median {:.2} ms over {} runs, peak RSS {:.0} MiB",
+                        r.name, r.median_ms, r.runs, r.peak_rss_mb
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             "ops" => {
                 let mut reference = std::collections::BTreeMap::new();
                 if let Some(t) = &torch {
@@ -509,7 +555,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", kdet::bench::table(&rows, &reference));
                 Ok(ExitCode::SUCCESS)
             }
-            other => bail!("unknown benchmark `{other}`; available: ops"),
+            other => bail!("unknown benchmark `{other}`; available: ops, row, list"),
         },
         Cmd::Plot { run } => {
             for p in kdet::engine::metrics::plot_run(&run)? {

@@ -107,8 +107,14 @@ impl Features {
     }
 }
 
-/// The taps of a ResNet + FPN backbone with `levels` pyramid outputs from P2 (stride 4).
-pub fn tap_specs(stage_channels: [usize; 4], fpn_channels: usize, levels: usize) -> Vec<TapSpec> {
+/// The taps of a ResNet + FPN backbone: C2–C5 and `levels` pyramid outputs from P`first`
+/// (stride `2^first`).
+pub fn tap_specs(
+    stage_channels: [usize; 4],
+    fpn_channels: usize,
+    first: usize,
+    levels: usize,
+) -> Vec<TapSpec> {
     let mut v: Vec<TapSpec> = stage_channels
         .iter()
         .enumerate()
@@ -118,10 +124,10 @@ pub fn tap_specs(stage_channels: [usize; 4], fpn_channels: usize, levels: usize)
             stride: 4 << i,
         })
         .collect();
-    v.extend((0..levels).map(|i| TapSpec {
-        name: format!("fpn.p{}", i + 2),
+    v.extend((first..first + levels).map(|l| TapSpec {
+        name: format!("fpn.p{l}"),
         channels: fpn_channels,
-        stride: 4 << i,
+        stride: 1 << l,
     }));
     v
 }
@@ -166,17 +172,7 @@ impl Backbone {
 
     /// Names of parameters in frozen stages (to leave out of the optimizer).
     pub fn is_frozen_param(&self, name: &str) -> bool {
-        let stage =
-            if name.starts_with("backbone.body.conv1") || name.starts_with("backbone.body.bn1") {
-                0
-            } else if let Some(rest) = name.strip_prefix("backbone.body.layer") {
-                rest.chars()
-                    .next()
-                    .and_then(|c| c.to_digit(10))
-                    .unwrap_or(9) as usize
-            } else {
-                return false;
-            };
-        stage < self.frozen_stages
+        name.strip_prefix("backbone.body.")
+            .is_some_and(|n| super::resnet::in_frozen_stage(n, self.frozen_stages))
     }
 }

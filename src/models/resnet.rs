@@ -12,6 +12,22 @@ use crate::ops::relu::relu;
 
 use super::layers::{Conv2d, ConvSpec, Norm, NormKind};
 
+/// Whether the ResNet parameter `name` (torchvision's names: `conv1.*`, `bn1.*` are stage 0,
+/// `layerN.*` stage N) lies in the first `frozen` stages.
+pub fn in_frozen_stage(name: &str, frozen: usize) -> bool {
+    let stage = if name.starts_with("conv1") || name.starts_with("bn1") {
+        0
+    } else if let Some(rest) = name.strip_prefix("layer") {
+        rest.chars()
+            .next()
+            .and_then(|c| c.to_digit(10))
+            .unwrap_or(9) as usize
+    } else {
+        return false;
+    };
+    stage < frozen
+}
+
 /// Architecture of a ResNet.
 #[derive(Debug, Clone, Copy)]
 pub struct ResNetConfig {

@@ -290,7 +290,7 @@ impl Family for FasterRcnnConfig {
 
     fn taps(&self) -> Vec<TapSpec> {
         let stages = self.backbone.resnet(ConvImpl::Kdet).out_channels();
-        tap_specs(stages, self.fpn.out_channels, LEVELS)
+        tap_specs(stages, self.fpn.out_channels, 2, LEVELS)
     }
 
     fn build(&self, vb: VarBuilder, num_classes: usize) -> candle_core::Result<Box<dyn Model>> {

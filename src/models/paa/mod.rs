@@ -30,13 +30,13 @@ use crate::ops::boxes::Box4;
 use crate::ops::conv::ConvImpl;
 use crate::ops::nms::batched_nms;
 
-use super::backbone::BackboneConfig;
+use super::backbone::{tap_specs, BackboneConfig};
 use super::config::{Family, ModelConfig};
 use super::contract::{
     Assignment, ClassScores, CostAssignment, Detections, Forward, Head, HeadOutput,
     ImageCandidates, Loss, LossKind, Model, Predictions, StepRng, TapSpec, TrainOutput, Want,
 };
-use super::resnet::ResNet;
+use super::resnet::{in_frozen_stage, ResNet};
 use assign::{CostWeights, STDS};
 pub use config::PaaConfig;
 use head::{DenseOutputs, PaaHead};
@@ -270,6 +270,13 @@ impl Paa {
                 positives,
             });
         }
+        if skipped > 0 {
+            // sklearn raises here (mmdetection's training would stop); kdet goes on without
+            // those boxes' positives for this step, and says so.
+            eprintln!(
+                "warning: PAA assignment: the GMM of {skipped} box(es) could not be fitted (ill-defined variance, as sklearn reports it); they get no positive this step"
+            );
+        }
         PaaAssignment { images, skipped }
     }
 
@@ -440,21 +447,10 @@ impl Model for Paa {
     }
 
     fn is_trainable(&self, param: &str) -> bool {
-        let frozen = || {
-            let stage = if param.starts_with("backbone.conv1") || param.starts_with("backbone.bn1")
-            {
-                0
-            } else if let Some(rest) = param.strip_prefix("backbone.layer") {
-                rest.chars()
-                    .next()
-                    .and_then(|c| c.to_digit(10))
-                    .unwrap_or(9) as usize
-            } else {
-                return false;
-            };
-            stage < self.frozen_stages
-        };
-        !param.ends_with("running_mean") && !param.ends_with("running_var") && !frozen()
+        let frozen = param
+            .strip_prefix("backbone.")
+            .is_some_and(|n| in_frozen_stage(n, self.frozen_stages));
+        !param.ends_with("running_mean") && !param.ends_with("running_var") && !frozen
     }
 
     fn backbone_prefix(&self) -> &'static str {
@@ -669,21 +665,7 @@ impl PaaConfig {
     /// Taps: the trunk's C2–C5 and the pyramid's P3–P7.
     pub fn taps(&self) -> Vec<TapSpec> {
         let stages = self.backbone.resnet(ConvImpl::Kdet).out_channels();
-        let mut v: Vec<TapSpec> = stages
-            .iter()
-            .enumerate()
-            .map(|(i, &channels)| TapSpec {
-                name: format!("backbone.c{}", i + 2),
-                channels,
-                stride: 4 << i,
-            })
-            .collect();
-        v.extend(STRIDES.iter().enumerate().map(|(i, &stride)| TapSpec {
-            name: format!("fpn.p{}", i + 3),
-            channels: self.neck.out_channels,
-            stride,
-        }));
-        v
+        tap_specs(stages, self.neck.out_channels, 3, STRIDES.len())
     }
 }
 

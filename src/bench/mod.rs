@@ -1,3 +1,6 @@
+//! Benchmarks. [`rows`]: `kdet bench row NAME`, each row of docs/benchmarks.md (training,
+//! distillation and inference steps, kernels) against PyTorch through tools/bench.sh.
+//!
 //! `kdet bench ops`: kdet's CPU ops against candle's built-ins in the same process — a 3×3
 //! 64→64 conv on 2×64×80×80 (forward, forward + backward) and a ResNet-18 training step (SGD
 //! with momentum, BatchNorm in train mode) at 2×3×224×224. Medians after warm-up. With a JSON
@@ -17,6 +20,8 @@ use crate::models::layers::NormKind;
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::ops::conv::{conv2d, ConvImpl, ConvParams};
 
+pub mod rows;
+
 /// One benchmark row: median milliseconds of kdet and of candle's built-in.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
@@ -26,7 +31,7 @@ pub struct Row {
     pub gflop: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -44,7 +49,7 @@ fn time<F: FnMut() -> Result<()>>(warmup: usize, runs: usize, mut f: F) -> Resul
     Ok(median(t))
 }
 
-fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
+pub(crate) fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     let m = Arc::new(SeededVarMap::new(seed));
     Ok(m.builder(DType::F32, &Device::Cpu).get_with_hints(
         shape,
@@ -96,10 +101,26 @@ pub fn ops(runs: usize) -> Result<Vec<Row>> {
         candle_ms: fb(ConvImpl::Candle)?,
         gflop: Some(3.0 * flop),
     });
-    let step = |imp| -> Result<f64> {
+    rows.push(Row {
+        name: "ResNet-18 SGD step 2×3×224×224".into(),
+        kdet_ms: resnet_step_with(18, ConvImpl::Kdet, 3, runs)?,
+        candle_ms: resnet_step_with(18, ConvImpl::Candle, 3, runs)?,
+        gflop: None,
+    });
+    Ok(rows)
+}
+
+/// A ResNet SGD step (momentum 0.9, weight decay 1e-4, BatchNorm in train mode) on 2 × 3 × 224 ×
+/// 224 with kdet's convolution, median ms.
+pub fn resnet_step(depth: u32, warmup: usize, runs: usize) -> Result<f64> {
+    resnet_step_with(depth, ConvImpl::Kdet, warmup, runs)
+}
+
+fn resnet_step_with(depth: u32, imp: ConvImpl, warmup: usize, runs: usize) -> Result<f64> {
+    {
         let m = Arc::new(SeededVarMap::new(0));
         let cfg = ResNetConfig {
-            depth: 18,
+            depth,
             width: 1.0,
             norm: NormKind::Bn,
             conv: imp,
@@ -123,20 +144,13 @@ pub fn ops(runs: usize) -> Result<Vec<Row>> {
         let mut opt = Optimizer::new(params_with_decay(vars, &solver), &solver);
         let input = randn(&[2, 3, 224, 224], 5)?;
         let labels = Tensor::new(&[3u32, 917], &Device::Cpu)?;
-        time(3, runs, || {
+        time(warmup, runs, || {
             let logits = net.classify_t(&input, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             let grads = loss.backward()?;
             opt.step(&grads, 0.01)
         })
-    };
-    rows.push(Row {
-        name: "ResNet-18 SGD step 2×3×224×224".into(),
-        kdet_ms: step(ConvImpl::Kdet)?,
-        candle_ms: step(ConvImpl::Candle)?,
-        gflop: None,
-    });
-    Ok(rows)
+    }
 }
 
 /// Markdown table; `torch` maps row index → PyTorch median ms (from tools/bench_ops_torch.py).

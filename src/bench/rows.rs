@@ -1,0 +1,398 @@
+//! `kdet bench row NAME`: one benchmark row — a training step, a distillation step, an
+//! inference, or a kernel — timed as the median of `runs` repetitions after warm-up, with the
+//! process's peak RSS. `tools/bench.sh` runs every row here and in `tools/bench_torch.py` (the
+//! same architectures, image sizes, batches, threads and dtype in PyTorch), each row in its own
+//! process so that peak RSS is the row's, and prints the ratios (docs/benchmarks.md).
+//!
+//! Shapes: the synthetic rows use the shipped synthetic configs (`configs/synth/*.json`: 128-px
+//! images, batch 4); the R50 rows torchvision's `fasterrcnn_resnet50_fpn` settings at 800 px
+//! (batch 2 for training, 1 for inference, an 800 × 1067 image padded to 800 × 1088); the
+//! kernels the shapes of that R50 model at that size.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::{median, randn};
+use crate::config::LoadedConfig;
+use crate::data::loader::{Batch, Target};
+use crate::distill::chen::ChenDistillation;
+use crate::distill::teacher::Teacher;
+use crate::engine::method::Method;
+use crate::engine::optim::{params_with_decay, Optimizer};
+use crate::error::{Error, Result};
+use crate::models::build::Network;
+use crate::models::config::ModelConfig;
+use crate::models::contract::{StepRng, Want};
+use crate::ops::anchors::AnchorGenerator;
+use crate::ops::boxes::{Box4, BoxCoder};
+use crate::ops::nms::batched_nms;
+use crate::ops::roi_align::multi_scale_roi_align;
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowResult {
+    pub name: String,
+    pub median_ms: f64,
+    pub runs: usize,
+    /// Peak resident set of the process, MiB.
+    pub peak_rss_mb: f64,
+}
+
+/// Every row, in table order, with what it measures.
+pub const ROWS: &[(&str, &str)] = &[
+    ("resnet18_step", "ResNet-18 SGD step, 2×3×224×224"),
+    ("resnet50_step", "ResNet-50 SGD step, 2×3×224×224"),
+    (
+        "frcnn_step_synth_student",
+        "Faster R-CNN training step, synth student (R18 ×0.25), 4×128²",
+    ),
+    (
+        "frcnn_step_synth_teacher",
+        "Faster R-CNN training step, synth teacher (R18 ×0.5), 4×128²",
+    ),
+    (
+        "frcnn_step_r50_800",
+        "Faster R-CNN training step, R50-FPN, 2×800×1088",
+    ),
+    (
+        "distill_step_synth",
+        "Chen et al. distillation step (all terms), synth student + teacher, 4×128²",
+    ),
+    (
+        "paa_step_synth_student",
+        "PAA training step, synth student (R18 ×0.25), 4×128²",
+    ),
+    (
+        "infer_synth_student",
+        "Faster R-CNN inference per image, synth student, 128²",
+    ),
+    (
+        "infer_r50_800",
+        "Faster R-CNN inference per image, R50-FPN, 800×1067",
+    ),
+    (
+        "roi_align_fwd",
+        "MultiScaleRoIAlign forward, R50 FPN at 800×1088, 2×512 RoIs, 7×7",
+    ),
+    (
+        "roi_align_fwd_bwd",
+        "MultiScaleRoIAlign forward + backward, same shapes",
+    ),
+    (
+        "nms_batched",
+        "batched NMS, 4000 boxes, 80 classes, IoU 0.5",
+    ),
+    (
+        "anchors_decode",
+        "anchors (5 levels × 3) + decoding, 800×1088: 217,413 boxes",
+    ),
+];
+
+fn config(rel: &str) -> Result<LoadedConfig> {
+    crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+}
+
+/// A batch of `n` random images `h × w` (already normalised) with two boxes each.
+fn batch(n: usize, h: usize, w: usize, seed: u64) -> Result<Batch> {
+    let images = randn(&[n, 3, h, w], seed)?;
+    let (sx, sy) = (w as f32 / 128.0, h as f32 / 128.0);
+    let targets = (0..n)
+        .map(|i| Target {
+            boxes: vec![
+                [10.0 * sx, 12.0 * sy, 50.0 * sx, 60.0 * sy],
+                [70.0 * sx, (20 + i) as f32 * sy, 110.0 * sx, 90.0 * sy],
+            ],
+            labels: vec![1, 2],
+            crowd: vec![],
+        })
+        .collect();
+    Ok(Batch {
+        images,
+        image_sizes: vec![(h, w); n],
+        original_sizes: vec![(h, w); n],
+        image_ids: (1..=n as u64).collect(),
+        targets,
+    })
+}
+
+/// The model's trainable variables under an SGD with momentum 0.9 and weight decay 1e-4 (the
+/// references' settings, as the PyTorch side).
+fn sgd(net: &Network) -> Optimizer {
+    let vars: Vec<(String, Var)> = net
+        .vars
+        .varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .filter(|(k, _)| net.model.is_trainable(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let solver = crate::config::solver::SolverConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..Default::default()
+    };
+    Optimizer::new(params_with_decay(vars, &solver), &solver)
+}
+
+/// A training step of the plain method: forward, assignment, losses, backward, SGD.
+fn detector_step(model: &ModelConfig, classes: usize, b: &Batch, timing: Timing) -> Result<f64> {
+    let net = Network::new(model, classes, 0, &Device::Cpu)?;
+    let mut opt = sgd(&net);
+    let mut it = 0u64;
+    timing.run(|| {
+        it += 1;
+        let m = &net.model;
+        let mut rng = StepRng::seed_from_u64(it);
+        let fwd = m.forward(&b.images, true)?;
+        let a = m.assign(&fwd, b, &mut rng)?;
+        let out = m.outputs(&fwd, &a, b, Want::Losses)?;
+        let loss = sum(out.losses.into_values().map(|l| l.value))?;
+        opt.step(&loss.backward()?, 0.01)
+    })
+}
+
+fn sum(ts: impl Iterator<Item = Tensor>) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for t in ts {
+        total = Some(match total {
+            None => t,
+            Some(s) => (s + t)?,
+        });
+    }
+    total.ok_or_else(|| Error::msg("no losses"))
+}
+
+/// Warm-up and timed repetitions of a row.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub warmup: usize,
+    pub runs: usize,
+}
+
+impl Timing {
+    fn run(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        for _ in 0..self.warmup {
+            f()?;
+        }
+        let mut t = Vec::with_capacity(self.runs);
+        for _ in 0..self.runs {
+            let s = std::time::Instant::now();
+            f()?;
+            t.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(t))
+    }
+}
+
+/// The model of an R50 Faster R-CNN as torchvision's `fasterrcnn_resnet50_fpn` (91 classes).
+fn r50() -> ModelConfig {
+    ModelConfig::default()
+}
+
+/// Random boxes inside `h × w`, `n` of them.
+fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
+    (0..n)
+        .map(|_| {
+            let (x, y) = (
+                rng.random_range(0.0..w * 0.8),
+                rng.random_range(0.0..h * 0.8),
+            );
+            let (bw, bh) = (
+                rng.random_range(8.0..w * 0.4),
+                rng.random_range(8.0..h * 0.4),
+            );
+            [x, y, (x + bw).min(w), (y + bh).min(h)]
+        })
+        .collect()
+}
+
+/// R50-FPN feature maps of an 800 × 1088 batch of 2 (P2–P5, 256 channels) and their scales.
+fn fpn_features(grad: bool) -> Result<(Vec<Tensor>, Vec<f32>)> {
+    let mut f = vec![];
+    for (i, (h, w)) in [(200, 272), (100, 136), (50, 68), (25, 34)]
+        .iter()
+        .enumerate()
+    {
+        let t = randn(&[2, 256, *h, *w], 40 + i as u64)?;
+        f.push(if grad {
+            Var::from_tensor(&t)?.as_tensor().clone()
+        } else {
+            t
+        });
+    }
+    Ok((f, vec![0.25, 0.125, 0.0625, 0.03125]))
+}
+
+/// Run row `name`.
+pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResult> {
+    let ms = match name {
+        "resnet18_step" | "resnet50_step" => {
+            let depth = if name == "resnet18_step" { 18 } else { 50 };
+            super::resnet_step(depth, timing.warmup, timing.runs)?
+        }
+        "frcnn_step_synth_student" | "frcnn_step_synth_teacher" | "paa_step_synth_student" => {
+            let file = match name {
+                "frcnn_step_synth_student" => "configs/synth/frcnn_student.json",
+                "frcnn_step_synth_teacher" => "configs/synth/frcnn_r18_teacher.json",
+                _ => "configs/synth/paa_student.json",
+            };
+            let c = config(file)?;
+            detector_step(&c.config.model, 5, &batch(4, 128, 128, 1)?, timing)?
+        }
+        "frcnn_step_r50_800" => detector_step(&r50(), 90, &batch(2, 800, 1088, 1)?, timing)?,
+        "distill_step_synth" => {
+            let cfg = config("configs/synth/frcnn_distill.json")?;
+            let dev = Device::Cpu;
+            let student = Network::new(&cfg.config.model, 5, 0, &dev)?;
+            let teacher = Teacher::load(&cfg, 0, 5, &dev)?;
+            let mut method = ChenDistillation::with_teachers(&cfg, student, vec![teacher])?;
+            let groups = method.param_groups();
+            let solver = crate::config::solver::SolverConfig {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                ..Default::default()
+            };
+            let mut opt = Optimizer::new(
+                params_with_decay(groups.into_iter().flatten().collect(), &solver),
+                &solver,
+            );
+            let b = batch(4, 128, 128, 1)?;
+            let mut it = 0u64;
+            timing.run(|| {
+                it += 1;
+                let step = method.step(&b, &mut StepRng::seed_from_u64(it))?;
+                let loss = sum(step.losses.into_values())?;
+                opt.step(&loss.backward()?, 0.01)
+            })?
+        }
+        "infer_synth_student" | "infer_r50_800" => {
+            let (model, classes, b) = if name == "infer_synth_student" {
+                let c = config("configs/synth/frcnn_student.json")?;
+                (c.config.model, 5, batch(1, 128, 128, 2)?)
+            } else {
+                let mut b = batch(1, 800, 1088, 2)?;
+                b.image_sizes = vec![(800, 1067)];
+                b.original_sizes = vec![(800, 1067)];
+                (r50(), 90, b)
+            };
+            // The same weights as the PyTorch side when given (inference cost depends on how many
+            // boxes pass the score threshold).
+            let net = match weights {
+                Some(w) => Network::load(&model, classes, w, &Device::Cpu)?,
+                None => Network::new(&model, classes, 0, &Device::Cpu)?,
+            };
+            timing.run(|| {
+                net.model.predict(&b)?;
+                Ok(())
+            })?
+        }
+        "roi_align_fwd" | "roi_align_fwd_bwd" => {
+            let backward = name == "roi_align_fwd_bwd";
+            let (f, scales) = fpn_features(backward)?;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let rois: Vec<Vec<Box4>> = (0..2)
+                .map(|_| random_boxes(512, 800.0, 1088.0, &mut rng))
+                .collect();
+            timing.run(|| {
+                let y = multi_scale_roi_align(&f, &scales, &rois, 7, 2)?;
+                if backward {
+                    y.sum_all()?.backward()?;
+                }
+                Ok(())
+            })?
+        }
+        "nms_batched" => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+            let boxes = random_boxes(4000, 800.0, 1088.0, &mut rng);
+            let scores: Vec<f32> = (0..4000).map(|_| rng.random::<f32>()).collect();
+            let classes: Vec<usize> = (0..4000).map(|_| rng.random_range(0..80)).collect();
+            timing.run(|| {
+                batched_nms(&boxes, &scores, &classes, 0.5);
+                Ok(())
+            })?
+        }
+        "anchors_decode" => {
+            let g = AnchorGenerator {
+                sizes: vec![32., 64., 128., 256., 512.],
+                aspect_ratios: vec![0.5, 1.0, 2.0],
+            };
+            let sizes = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)];
+            let n: usize = sizes.iter().map(|(h, w)| h * w * 3).sum();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+            let deltas: Vec<[f32; 4]> = (0..n)
+                .map(|_| std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)))
+                .collect();
+            let coder = BoxCoder::new([1.0, 1.0, 1.0, 1.0]);
+            timing.run(|| {
+                let anchors: Vec<Box4> = g
+                    .anchors((800, 1088), &sizes)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let decoded: Vec<Box4> = anchors
+                    .iter()
+                    .zip(&deltas)
+                    .map(|(a, d)| coder.decode(d, a))
+                    .collect();
+                std::hint::black_box(decoded);
+                Ok(())
+            })?
+        }
+        other => {
+            return Err(Error::msg(format!(
+                "unknown benchmark row `{other}`; rows: {}",
+                ROWS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    Ok(RowResult {
+        name: name.to_string(),
+        median_ms: ms,
+        runs: timing.runs,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Peak resident set size of this process in MiB (`getrusage`).
+pub fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0 {
+            u.ru_maxrss as f64 / 1024.0
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cheap_row_runs() {
+        let t = Timing { warmup: 0, runs: 1 };
+        for name in [
+            "nms_batched",
+            "anchors_decode",
+            "frcnn_step_synth_student",
+            "paa_step_synth_student",
+            "infer_synth_student",
+        ] {
+            let r = run(name, t, None).unwrap();
+            assert!(r.median_ms > 0.0 && r.peak_rss_mb > 0.0, "{r:?}");
+        }
+        assert!(run("nope", t, None)
+            .unwrap_err()
+            .to_string()
+            .contains("nms_batched"));
+    }
+}
