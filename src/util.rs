@@ -61,10 +61,25 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
             .map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     });
-    if done.is_err() {
+    done.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-    }
-    done
+        // Said from the file's point of view: the temporary name means nothing to a user.
+        Error::msg(format!(
+            "{}: not written ({e}); the file there before, if any, is unchanged",
+            path.display()
+        ))
+    })
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything): a temporary file
+/// named after a live process may still be being written.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Hex SHA-256 of a file's contents.
@@ -155,7 +170,11 @@ mod tests {
             std::fs::write(tmp, b"part").unwrap();
             Err(crate::Error::msg("disk full"))
         });
-        assert!(e.is_err());
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not written (disk full)", p.display())),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }

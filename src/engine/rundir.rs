@@ -49,7 +49,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
         let Some(pid) = crate::util::temporary_of(&name, is_output) else {
             continue;
         };
-        if pid != me && alive(pid) {
+        if pid != me && crate::util::process_alive(pid) {
             continue;
         }
         std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -119,16 +119,6 @@ fn entries(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
         }
     }
     Ok(v)
-}
-
-/// Whether process `pid` exists (signal 0 checks without sending anything).
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
