@@ -39,39 +39,63 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn kills_inside_writes_and_before_evaluations_resume_bit_exact() {
+/// The uninterrupted run of [`SOLVER`], trained once per test process for the tests of this file
+/// that compare with it, in cargo's scratch folder for tests (`target/tmp`, so nothing stays in
+/// the system's temporary folder).
+fn reference() -> &'static Path {
+    static RUN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-reference");
+        std::fs::create_dir_all(&d).unwrap();
+        let a = config(&d, "a", SOLVER);
+        ok(&kdet(&["train", &a, "--fresh"]));
+        d.join("a")
+    })
+}
+
+/// Train with `KDET_FAULT=fault` until killed, resume, and compare with the uninterrupted run;
+/// the resume says `says`, and no temporary file is left.
+fn killed_then_resumed(fault: &str, says: &str) {
     let d = tempfile::tempdir().unwrap();
-    let a = config(d.path(), "a", SOLVER);
-    ok(&kdet(&["train", &a]));
-    let a = d.path().join("a");
-    // (fault, what the resume must say)
-    let cases = [
-        // Half of the 4th metrics record written (iteration 3's), then killed.
-        ("metrics.torn:4", "incomplete record"),
-        // Killed with the second checkpoint half written: its temporary file stays behind.
-        ("torn:checkpoint.safetensors:2", "removed 1 temporary file"),
-        // Killed after the first checkpoint, before the evaluation due there.
-        ("eval:1", "resuming from"),
-        // Killed after the final checkpoint, before the final evaluation.
-        ("eval:2", "resuming from"),
-    ];
-    for (i, (fault, says)) in cases.iter().enumerate() {
-        let name = format!("b{i}");
-        let b = config(d.path(), &name, SOLVER);
-        let o = train_with_fault(&b, &[], fault);
-        assert!(killed(&o), "{fault}: not killed: {}", text(&o));
-        let r = ok(&kdet(&["train", &b, "--resume"]));
-        assert!(r.contains(says), "{fault}: {r}");
-        let run = d.path().join(&name);
-        assert_same_run(&a, &run);
-        let left: Vec<String> = std::fs::read_dir(&run)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect();
-        assert!(left.is_empty(), "{fault}: {left:?}");
-    }
+    let b = config(d.path(), "b", SOLVER);
+    let o = train_with_fault(&b, &[], fault);
+    assert!(killed(&o), "{fault}: not killed: {}", text(&o));
+    let r = ok(&kdet(&["train", &b, "--resume"]));
+    assert!(r.contains(says), "{fault}: {r}");
+    let run = d.path().join("b");
+    assert_same_run(reference(), &run);
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{fault}: {left:?}");
+}
+
+/// Half of the 4th metrics record written (iteration 3's), then killed.
+#[test]
+fn kill_inside_a_metrics_record_resumes_bit_exact() {
+    killed_then_resumed("metrics.torn:4", "incomplete record");
+}
+
+/// Killed with the second checkpoint half written: its temporary file stays behind until the
+/// resume removes it.
+#[test]
+fn kill_inside_a_checkpoint_write_resumes_bit_exact() {
+    killed_then_resumed("torn:checkpoint.safetensors:2", "removed 1 temporary file");
+}
+
+/// Killed after the first checkpoint, before the evaluation due there: the resume does it.
+#[test]
+fn kill_before_an_evaluation_resumes_bit_exact() {
+    killed_then_resumed("eval:1", "resuming from");
+}
+
+/// Killed after the final checkpoint, before the final evaluation: the resume completes the
+/// `val/*` record, eval.json, detections.json and the model.
+#[test]
+fn kill_before_the_final_evaluation_resumes_bit_exact() {
+    killed_then_resumed("eval:2", "resuming from");
 }
 
 /// `kill -9` at random moments of a run (checkpoints every iteration, so many land inside a
@@ -147,9 +171,7 @@ fn with_file_size_limit(c: &mut std::process::Command, bytes: u64) {
 #[test]
 fn disk_full_at_the_first_and_a_later_checkpoint_keeps_the_last_one() {
     let d = tempfile::tempdir().unwrap();
-    let a = config(d.path(), "a", SOLVER);
-    ok(&kdet(&["train", &a]));
-    let ckpt_size = std::fs::metadata(d.path().join("a/checkpoint.safetensors"))
+    let ckpt_size = std::fs::metadata(reference().join("checkpoint.safetensors"))
         .unwrap()
         .len();
     let limit = ckpt_size / 2;
@@ -182,7 +204,7 @@ fn disk_full_at_the_first_and_a_later_checkpoint_keeps_the_last_one() {
         .to_string_lossy()
         .ends_with(".tmp")));
     ok(&kdet(&["train", &b, "--resume"]));
-    assert_same_run(&d.path().join("a"), &run);
+    assert_same_run(reference(), &run);
 }
 
 #[test]
