@@ -2,7 +2,7 @@
 //! loader (ground truth and detections), the config loader with `base` chains, image decoding,
 //! and the weights readers (safetensors headers, checkpoints, PyTorch zips) with their sidecar
 //! JSON. Each target feeds both structure-aware inputs (documents built from the schema, with
-//! hostile values) and mutations of real files (bit flips, splices, truncations, odd numbers).
+//! hostile values) and mutations of real files (bit flips, splices, truncations, odd numbers; for JSON mostly edits that keep it JSON).
 //! The property: kdet answers with a value or an error naming the file — never a panic — and
 //! what it accepts satisfies the checks it promises.
 //!
@@ -22,6 +22,16 @@ use kdet::data::coco::{self, ImageCheck, Purpose};
 
 // ---------------------------------------------------------------- runner
 
+thread_local! {
+    /// Inputs of the running target that kdet accepted (each target runs on its own thread).
+    static ACCEPTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Count an input kdet accepted, to show how much of a run reached past the first error.
+fn accepted() {
+    ACCEPTED.with(|c| c.set(c.get() + 1));
+}
+
 /// Run `check` on inputs from `strategy`: a few cases from a fixed seed, or rounds of
 /// `KDET_FUZZ_CASES` until `KDET_FUZZ_SECS` have passed. A failure (or a panic inside
 /// `check`) fails the test with the shrunk input.
@@ -38,6 +48,7 @@ fn fuzz<S: Strategy>(
     let cases = env("KDET_FUZZ_CASES").map_or(default_cases, |c| c as u32);
     let seed0 = env("KDET_FUZZ_SEED").unwrap_or(0x6b64_6574);
     let t0 = Instant::now();
+    ACCEPTED.with(|c| c.set(0));
     let (mut total, mut round) = (0u64, 0u64);
     loop {
         let seed = seed0.wrapping_add(round);
@@ -61,7 +72,8 @@ fn fuzz<S: Strategy>(
         }
     }
     eprintln!(
-        "fuzz target {name}: {total} cases in {:.1} s (seeds {seed0}..{}), no failure",
+        "fuzz target {name}: {total} cases ({} accepted) in {:.1} s (seeds {seed0}..{}), no failure",
+        ACCEPTED.with(|c| c.get()),
         t0.elapsed().as_secs_f64(),
         seed0.wrapping_add(round)
     );
@@ -69,6 +81,20 @@ fn fuzz<S: Strategy>(
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run `check` on each unmutated file of a corpus: every one must be accepted, or the mutations
+/// of the target would only ever test the first error.
+fn corpus_is_accepted(corpus: &[Vec<u8>], check: impl Fn(&[u8]) -> Result<(), TestCaseError>) {
+    ACCEPTED.with(|c| c.set(0));
+    for (i, f) in corpus.iter().enumerate() {
+        check(f).unwrap_or_else(|e| panic!("corpus file {i}: {e}"));
+    }
+    assert_eq!(
+        ACCEPTED.with(|c| c.get()),
+        corpus.len() as u64,
+        "a corpus file is refused"
+    );
 }
 
 /// Fail the case unless `msg` names `file` (a located error).
@@ -119,6 +145,16 @@ enum Edit {
         at: u32,
         head: bool,
         text: &'static str,
+    },
+    /// Replace the first number at or after the position.
+    NextNumber {
+        at: u32,
+        text: &'static str,
+    },
+    /// Set the first digit at or after the position.
+    NextDigit {
+        at: u32,
+        digit: u8,
     },
 }
 
@@ -219,16 +255,51 @@ fn apply(mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
                 }
                 b.splice(s..t, text.bytes());
             }
+            Edit::NextNumber { at, text } => {
+                let num = |c: u8| c.is_ascii_digit() || b".-+eE".contains(&c);
+                let i = pos(*at, false, n);
+                if let Some(s) = (i..n).find(|&k| b[k].is_ascii_digit() || b[k] == b'-') {
+                    let mut t = s;
+                    while t < n && num(b[t]) {
+                        t += 1;
+                    }
+                    b.splice(s..t, text.bytes());
+                }
+            }
+            Edit::NextDigit { at, digit } => {
+                let i = pos(*at, false, n);
+                if let Some(k) = (i..n).find(|&k| b[k].is_ascii_digit()) {
+                    b[k] = *digit;
+                }
+            }
             _ => {}
         }
     }
     b
 }
 
-/// A file from `corpus` with 1–6 edits.
+/// A file from `corpus` with 1–5 edits.
 fn mutated(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let n = corpus.len();
     (0..n, prop::collection::vec(edit(), 1..6))
+        .prop_map(move |(i, edits)| apply(corpus[i].clone(), &edits))
+}
+
+/// Edits of a JSON text that mostly keep it JSON, so the input reaches the checks behind the
+/// parser: numbers swapped for hostile ones, digits changed, and now and then any edit.
+fn json_edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (any::<u32>(), prop::sample::select(NUMBERS))
+            .prop_map(|(at, text)| Edit::NextNumber { at, text }),
+        3 => (any::<u32>(), 0u8..10).prop_map(|(at, d)| Edit::NextDigit { at, digit: b'0' + d }),
+        1 => edit(),
+    ]
+}
+
+/// A JSON file from `corpus` with 1–5 mostly JSON-keeping edits.
+fn json_mutated(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    let n = corpus.len();
+    (0..n, prop::collection::vec(json_edit(), 1..6))
         .prop_map(move |(i, edits)| apply(corpus[i].clone(), &edits))
 }
 
@@ -369,6 +440,9 @@ fn check_gt(file: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
         match coco::ground_truth_from_slice(file, bytes, purpose) {
             Err(e) => names_file(&e.to_string(), file)?,
             Ok(g) => {
+                if purpose == Purpose::Eval {
+                    accepted();
+                }
                 let ds = &g.dataset;
                 let images: std::collections::HashMap<u64, (u32, u32)> = ds
                     .images
@@ -431,7 +505,8 @@ fn fuzz_coco_ground_truth_structured() {
 #[test]
 fn fuzz_coco_ground_truth_mutated() {
     let file = Path::new("fuzz_gt.json");
-    fuzz("coco_gt_mutated", 48, mutated(gt_corpus()), |bytes| {
+    corpus_is_accepted(&gt_corpus(), |b| check_gt(file, b));
+    fuzz("coco_gt_mutated", 48, json_mutated(gt_corpus()), |bytes| {
         check_gt(file, &bytes)
     });
 }
@@ -485,6 +560,7 @@ fn check_detections(
     match coco::detections_from_slice(file, bytes, &g.dataset, gt_file) {
         Err(e) => names_file(&e.to_string(), file)?,
         Ok(dets) => {
+            accepted();
             for d in &dets {
                 prop_assert!(g.dataset.images.iter().any(|i| i.id == d.image_id));
                 prop_assert!(g.dataset.categories.iter().any(|c| c.id == d.category_id));
@@ -520,7 +596,15 @@ fn fuzz_coco_detections_mutated() {
         std::fs::read(d.join("basic.dt.json")).unwrap(),
         br#"[{"image_id":1,"category_id":1,"bbox":[1,1,3,3],"score":0.9}]"#.to_vec(),
     ];
-    fuzz("coco_dt_mutated", 48, mutated(corpus), |bytes| {
+    corpus_is_accepted(&corpus, |b| {
+        check_detections(
+            Path::new("basic.gt.json"),
+            &gt,
+            Path::new("fuzz_dt.json"),
+            b,
+        )
+    });
+    fuzz("coco_dt_mutated", 48, json_mutated(corpus), |bytes| {
         check_detections(
             Path::new("basic.gt.json"),
             &gt,
@@ -674,6 +758,7 @@ fn check_config(dir: &Path, child: &Path) -> Result<(), TestCaseError> {
             );
         }
         Ok(c) => {
+            accepted();
             let s = &c.config.solver;
             prop_assert!(s.lr > 0.0 && s.lr.is_finite() && s.batch_size >= 1);
             prop_assert!(!c.config.output_dir.as_os_str().is_empty());
@@ -707,16 +792,27 @@ fn fuzz_config_base_chain_structured() {
 
 #[test]
 fn fuzz_config_base_chain_mutated() {
-    // The shipped chain frcnn_distill.json → frcnn_student.json → base.json, one of its files
-    // mutated, in a copy of the folder so `base` resolves.
+    // The shipped chain frcnn_distill.json → distill_teacher.json → frcnn_student.json →
+    // frcnn_base.json → base.json, one of its files mutated, in a copy of the folder so `base`
+    // resolves.
     let src = root().join("configs/synth");
-    let names = ["frcnn_distill.json", "frcnn_student.json", "base.json"];
+    let names = [
+        "frcnn_distill.json",
+        "distill_teacher.json",
+        "frcnn_student.json",
+        "frcnn_base.json",
+        "base.json",
+    ];
     let corpus: Vec<Vec<u8>> = names
         .iter()
         .map(|n| std::fs::read(src.join(n)).unwrap())
         .collect();
     let d = tempfile::tempdir().unwrap();
-    let strategy = (0..names.len(), prop::collection::vec(edit(), 1..6));
+    for (n, b) in names.iter().zip(&corpus) {
+        std::fs::write(d.path().join(n), b).unwrap();
+    }
+    kdet::config::load(&d.path().join(names[0])).expect("the unmutated chain loads");
+    let strategy = (0..names.len(), prop::collection::vec(json_edit(), 1..6));
     fuzz("config_mutated", 64, strategy, |(which, edits)| {
         for (i, n) in names.iter().enumerate() {
             let bytes = if i == which {
@@ -786,6 +882,7 @@ fn check_image(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert!(msg.contains("images[0]"), "not located: {msg}");
     }
     if full.is_empty() {
+        accepted();
         prop_assert!(header.is_empty(), "decodes in full but its header fails");
         let ds = kdet::data::loader::DetectionDataset {
             records: vec![coco::ImageRecord {
@@ -817,6 +914,7 @@ fn check_image(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
 #[test]
 fn fuzz_image_decoding_mutated() {
     let d = tempfile::tempdir().unwrap();
+    corpus_is_accepted(&image_corpus(), |b| check_image(d.path(), b));
     fuzz("image_mutated", 40, mutated(image_corpus()), |bytes| {
         check_image(d.path(), &bytes)
     });
@@ -848,15 +946,22 @@ fn safetensors_file() -> impl Strategy<Value = Vec<u8>> {
     );
     (
         prop::collection::vec(entry, 0..6),
-        prop::option::of(value()),
+        prop_oneof![
+            3 => Just(None),
+            1 => Just(Some(json!({"format": "pt"}))),
+            1 => value().prop_map(Some),
+        ],
         prop::collection::vec(any::<u8>(), 0..96),
         prop_oneof![4 => Just(None), 1 => any::<u64>().prop_map(Some)],
         any::<bool>(),
     )
-        .prop_map(|(entries, meta, data, len_field, consistent)| {
+        .prop_map(|(entries, meta, mut data, len_field, consistent)| {
             let mut header = serde_json::Map::new();
             let mut offset = 0u64;
             for (name, dtype, shape, offsets) in entries {
+                if consistent && header.contains_key(name) {
+                    continue;
+                }
                 // Consistent entries: offsets follow the shape and dtype.
                 let offsets = if consistent {
                     let el: u64 = shape
@@ -882,6 +987,10 @@ fn safetensors_file() -> impl Strategy<Value = Vec<u8>> {
             }
             if let Some(m) = meta {
                 header.insert("__metadata__".into(), m);
+            }
+            if consistent {
+                // The data then holds exactly what the offsets describe.
+                data.resize(offset.min(1 << 16) as usize, 0);
             }
             let h = Value::Object(header).to_string().into_bytes();
             let mut out = len_field.unwrap_or(h.len() as u64).to_le_bytes().to_vec();
@@ -929,8 +1038,9 @@ fn check_weights(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
     let p = dir.join("w.safetensors");
     std::fs::write(&p, bytes).unwrap();
     let rules = kdet::models::weights::KeyRules::default();
-    if let Err(e) = kdet::models::weights::read_state_dict(&p, &rules) {
-        names_file(&e.to_string(), &p)?;
+    match kdet::models::weights::read_state_dict(&p, &rules) {
+        Ok(_) => accepted(),
+        Err(e) => names_file(&e.to_string(), &p)?,
     }
     if let Err(e) = kdet::engine::checkpoint::load(&p) {
         names_file(&e.to_string(), &p)?;
@@ -952,6 +1062,7 @@ fn fuzz_weights_structured() {
 #[test]
 fn fuzz_weights_mutated() {
     let d = tempfile::tempdir().unwrap();
+    corpus_is_accepted(&weights_corpus(), |b| check_weights(d.path(), b));
     fuzz("weights_mutated", 48, mutated(weights_corpus()), |bytes| {
         check_weights(d.path(), &bytes)
     });
@@ -1003,7 +1114,10 @@ fn check_sidecar(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
     }
     match Sidecar::model_of(&weights) {
         Err(e) => names_file(&e.to_string(), &side)?,
-        Ok(m) => prop_assert!(m.validate("model").is_ok(), "an invalid model was accepted"),
+        Ok(m) => {
+            accepted();
+            prop_assert!(m.validate("model").is_ok(), "an invalid model was accepted");
+        }
     }
     Ok(())
 }
@@ -1021,7 +1135,8 @@ fn fuzz_sidecar_mutated() {
     let d = tempfile::tempdir().unwrap();
     let corpus =
         vec![std::fs::read(root().join("tests/fixtures/main_v1/teacher/model.json")).unwrap()];
-    fuzz("sidecar_mutated", 64, mutated(corpus), |bytes| {
+    corpus_is_accepted(&corpus, |b| check_sidecar(d.path(), b));
+    fuzz("sidecar_mutated", 64, json_mutated(corpus), |bytes| {
         check_sidecar(d.path(), &bytes)
     });
 }
