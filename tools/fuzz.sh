@@ -8,7 +8,8 @@
 # so a failure can be replayed with the same seed). Targets (default: all) are the test names of
 # tests/fuzz.rs without the `fuzz_` prefix, e.g. `coco_ground_truth_mutated`. The test binary is
 # built once (-j 1) and copied aside, so editing the tree while it runs changes nothing; targets
-# run one after another, single-threaded. Logs go to target/fuzz-logs/. A failure prints the
+# run one after another, single-threaded. Logs go to $KDET_FUZZ_LOGS (default
+# target/fuzz-logs/). A failure prints the
 # shrunk input and makes the script exit non-zero: add it to the regression cases at the end of
 # tests/fuzz.rs.
 set -euo pipefail
@@ -28,7 +29,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "fuzz" and m.get("executable"):
         print(m["executable"])')
-logs=target/fuzz-logs
+logs=${KDET_FUZZ_LOGS:-target/fuzz-logs}
 mkdir -p "$logs"
 cp "$bin" "$logs/fuzz-bin"
 export KDET_FUZZ_SECS=$secs
