@@ -39,7 +39,8 @@ pub fn open(spec: DeviceSpec) -> crate::Result<Device> {
                 Ok(Device::new_cuda(i)?)
             } else {
                 Err(crate::Error::msg(
-                    "this kdet was built without CUDA support: rebuild with \
+                    "this kdet was built without CUDA support: run on the CPU with \
+                     `--device cpu` (or `\"device\": \"cpu\"` in the config), or rebuild with \
                      `cargo build --release --features cuda` (needs a CUDA toolkit)",
                 ))
             }
@@ -49,7 +50,8 @@ pub fn open(spec: DeviceSpec) -> crate::Result<Device> {
                 Ok(Device::new_metal(0)?)
             } else {
                 Err(crate::Error::msg(
-                    "this kdet was built without Metal support: rebuild with \
+                    "this kdet was built without Metal support: run on the CPU with \
+                     `--device cpu` (or `\"device\": \"cpu\"` in the config), or rebuild with \
                      `cargo build --release --features metal` (macOS only)",
                 ))
             }
@@ -110,6 +112,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     fn cuda_without_feature_names_the_feature() {
         let e = open(DeviceSpec::Cuda(0)).unwrap_err().to_string();
-        assert!(e.contains("--features cuda"), "{e}");
+        assert!(
+            e.contains("--features cuda") && e.contains("--device cpu"),
+            "{e}"
+        );
     }
 }

@@ -14,13 +14,10 @@ pub enum Error {
         path: String,
         msg: String,
     },
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The OS error is part of the message and is not
+    /// also reported as the error's source: `{:#}` (anyhow's chain) would print it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A tensor operation failed (shape mismatch, device error …).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -50,7 +47,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err: source,
         }
     }
 
@@ -60,32 +57,55 @@ impl Error {
     }
 }
 
-/// Parse JSON bytes into `T`. The fast path is plain serde_json; only when that fails is the
-/// document parsed again through `serde_path_to_error`, so the error names the JSON path
-/// (`annotations[17].bbox: invalid length 3, expected 4`) without slowing down good files.
+/// The UTF-8 byte-order mark some Windows editors put at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parse one JSON document from `bytes` into `T`. The fast path is plain serde_json; only when
+/// that fails is the document parsed again through `serde_path_to_error`, so the error names the
+/// JSON path (`annotations[17].bbox: invalid length 3, expected 4`) without slowing down good
+/// files.
+///
+/// Anything but whitespace after the document is an error with its line and column (a second
+/// document appended to the first would otherwise be ignored). A UTF-8 byte-order mark is refused
+/// with a message saying so: Python's `json` module (pycocotools, torchvision's scripts) refuses
+/// it too, so a file kdet accepts is one the rest of the toolchain reads.
 pub fn parse_json<T: serde::de::DeserializeOwned>(file: &Path, bytes: &[u8]) -> Result<T> {
-    match serde_json::from_slice::<T>(bytes) {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            match serde_path_to_error::deserialize::<_, T>(&mut de) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    // serde_path_to_error writes `?` for a position it cannot name (a syntax
-                    // error before the next key); the enclosing path is what to show.
-                    let raw = e.path().to_string();
-                    let path = match raw.trim_end_matches(".?") {
-                        "?" => ".".to_string(),
-                        p => p.to_string(),
-                    };
-                    // serde_json's message keeps "at line L column C": for syntax errors the
-                    // path alone is not enough.
-                    let (path, msg) = split_nested(&path, &e.into_inner().to_string());
-                    Err(Error::located(file, path, msg))
-                }
-            }
-        }
+    if bytes.starts_with(UTF8_BOM) {
+        return Err(Error::located(
+            file,
+            ".",
+            "UTF-8 byte-order mark at the start: save the file without BOM (plain UTF-8)",
+        ));
     }
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        return Ok(v);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => v,
+        Err(e) => {
+            // serde_path_to_error writes `?` for a position it cannot name (a syntax error
+            // before the next key); the enclosing path is what to show.
+            let raw = e.path().to_string();
+            let path = match raw.trim_end_matches(".?") {
+                "?" => ".".to_string(),
+                p => p.to_string(),
+            };
+            // serde_json's message keeps "at line L column C": for syntax errors the path
+            // alone is not enough.
+            let (path, msg) = split_nested(&path, &e.into_inner().to_string());
+            return Err(Error::located(file, path, msg));
+        }
+    };
+    // The document parsed, so what failed the fast path is what follows it.
+    de.end().map_err(|e| {
+        Error::located(
+            file,
+            ".",
+            format!("{e}: only one JSON document is allowed, with nothing after it"),
+        )
+    })?;
+    Ok(v)
 }
 
 /// Read a whole file, with the path in the error.
@@ -167,4 +187,48 @@ pub fn split_nested(outer_path: &str, msg: &str) -> (String, String) {
     };
     // A nested value inside a nested value: resolve recursively.
     split_nested(&path, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &[u8]) -> Result<serde_json::Value> {
+        parse_json(Path::new("x.json"), text)
+    }
+
+    #[test]
+    fn one_document_and_nothing_after_it() {
+        assert_eq!(parse(b" {\"a\": 1}\n\n ").unwrap()["a"], 1);
+        // Two documents (`cat a.json b.json`): refused at the start of the second.
+        let e = parse(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.json: .: trailing characters at line 2 column 1"),
+            "{e}"
+        );
+        let e = parse(b"{\"solver\": {}}} garbage").unwrap_err().to_string();
+        assert!(e.contains("trailing characters at line 1 column 15"), "{e}");
+        // The same through a typed target (the slow path re-parses with paths).
+        let e = parse_json::<Vec<u32>>(Path::new("d.json"), b"[1, 2] [3]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("d.json: .: trailing characters"), "{e}");
+    }
+
+    #[test]
+    fn byte_order_mark_is_named() {
+        let e = parse(b"\xEF\xBB\xBF{}").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.json: .: UTF-8 byte-order mark at the start: save the file without BOM (plain UTF-8)"
+        );
+    }
+
+    #[test]
+    fn os_error_is_printed_once_in_a_chain() {
+        let e = Error::io("d", std::io::Error::from_raw_os_error(libc::EISDIR));
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(chain.matches("os error 21").count(), 1, "{chain}");
+        assert!(chain.starts_with("d: Is a directory"), "{chain}");
+    }
 }

@@ -67,8 +67,7 @@ pub fn read_model_tensors(
     path: &Path,
     network: Option<&str>,
 ) -> Result<(HashMap<String, Tensor>, usize)> {
-    let all = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let all = crate::models::weights::read_safetensors(path)?;
     let total = all.len();
     let model = if checkpoint::is_checkpoint(&all) {
         let model = checkpoint::from_tensors(path, all)?.model;

@@ -51,6 +51,8 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub struct InferRecord {
     pub image_id: u64,
     pub file_name: String,
+    /// The drawing of its image in the output folder.
+    pub drawing: String,
     pub category_id: u64,
     pub category: String,
     pub bbox: [f64; 4],
@@ -94,7 +96,41 @@ pub fn draw(img: &mut RgbImage, d: &Detections, names: &[String], score_thr: f32
     Ok(())
 }
 
-/// Run the model on each image; write `DIR/<name>.png` drawings and `DIR/detections.json`.
+/// The drawing's file name of each image: `<stem>.png`, or `<stem>-<n>.png` (`n` the image's
+/// 1-based position, its detections' `image_id`) when several inputs share the stem
+/// (`d1/x.png d2/x.png`, `x.jpg x.png`), so no drawing overwrites another.
+pub fn drawing_names(images: &[PathBuf]) -> Vec<String> {
+    let stem = |p: &PathBuf| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("image")
+            .to_string()
+    };
+    let mut count = std::collections::HashMap::new();
+    for p in images {
+        *count.entry(stem(p)).or_insert(0usize) += 1;
+    }
+    let mut used = std::collections::HashSet::new();
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = stem(p);
+            let mut name = if count[&s] > 1 {
+                format!("{s}-{}", i + 1)
+            } else {
+                s
+            };
+            // An input may itself be called `x-2`: extend until unique.
+            while !used.insert(name.clone()) {
+                name.push('_');
+            }
+            format!("{name}.png")
+        })
+        .collect()
+}
+
+/// Run the model on each image; write `DIR/<name>.png` drawings (see [`drawing_names`]) and `DIR/detections.json`.
 /// `category_ids[l-1]` and `names[l-1]` describe label `l`.
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
@@ -115,11 +151,10 @@ pub fn infer(
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let drawings = drawing_names(images);
     let mut recs = vec![];
     for (i, path) in images.iter().enumerate() {
-        let rgb = image::open(path)
-            .map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display())))?
-            .to_rgb8();
+        let rgb = crate::data::decode_image(path)?.to_rgb8();
         let mut x = ImageF32::from_rgb(&rgb);
         let orig = (x.h, x.w);
         normalize(&mut x, &input.mean, &input.std);
@@ -152,8 +187,7 @@ pub fn infer(
             .iter_mut()
             .for_each(|b| b.iter_mut().for_each(|v| *v *= k as f32));
         draw(&mut canvas, &shown, names, score_thr)?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-        let dst = out.join(format!("{stem}.png"));
+        let dst = out.join(&drawings[i]);
         canvas
             .save(&dst)
             .map_err(|e| Error::msg(format!("{}: {e}", dst.display())))?;
@@ -161,6 +195,7 @@ pub fn infer(
             recs.push(InferRecord {
                 image_id: i as u64 + 1,
                 file_name: path.display().to_string(),
+                drawing: drawings[i].clone(),
                 category_id: b.category_id,
                 category: names[b.label as usize - 1].clone(),
                 bbox: b.bbox,
@@ -173,4 +208,23 @@ pub fn infer(
         &serde_json::to_vec_pretty(&recs).expect("json"),
     )?;
     Ok(recs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drawings_never_share_a_name() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            drawing_names(&[p("d1/x.png"), p("d2/x.png"), p("y.jpg")]),
+            ["x-1.png", "x-2.png", "y.png"]
+        );
+        // An input already named like a disambiguated drawing.
+        assert_eq!(
+            drawing_names(&[p("a/x.png"), p("b/x.jpg"), p("x-2.png")]),
+            ["x-1.png", "x-2.png", "x-2_.png"]
+        );
+    }
 }

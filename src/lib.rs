@@ -6,9 +6,9 @@
 //! |---|---|
 //! | [`config`] | JSON run configs: top-level sections, `base` inheritance, located validation errors; the `solver`, `teachers` and `distill` schemas. |
 //! | [`models`] | The model contract ([`models::contract`]: forward → assignment → losses/head outputs, taps, predictions), the `arch`-tagged model section and family table ([`models::config`]), the builder, Faster R-CNN (RPN, RoI heads), PAA (mmdetection's, with its probabilistic anchor assignment), ResNet + FPN, seeded init, weight loading with key rules and reports, sidecars. |
-//! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checkpoints and `--resume`, metrics JSONL and plots, evaluation over a val split. |
+//! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checksummed checkpoints and `--resume` (what it may change: [`engine::resume`]), the run folder's files ([`engine::rundir`]), metrics JSONL and plots, evaluation over a val split. |
 //! | [`distill`] | Distillation methods, one file each (Chen et al. 2017, LAD, Co-LAD), their loss terms (hints with adaptation, weighted soft CE, teacher-bounded regression, temperature KD), frozen teachers, and `build_method`. |
-//! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), transforms and the `model.input` section, threaded loader and samplers, the synthetic shapes dataset. |
+//! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), transforms and the `model.input` section, threaded loader and samplers, the synthetic shapes dataset, torchvision's COCO category list. |
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
 //! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign), box machinery (coder, IoU, NMS, anchors, matcher) and the 1-D GMM of PAA. |
 //! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
@@ -18,7 +18,7 @@
 //! | [`bench`] | `kdet bench ops`: kdet's ops against candle's built-ins, medians and ratios. |
 //! | [`plot`] | PNG charts (plotters, bundled font). |
 //! | [`error`] | The library error type (every user-input error names file, JSON path and index) and validation helpers. |
-//! | [`util`] | Atomic file writes. |
+//! | [`util`] | Atomic file writes, SHA-256 of files, the `KDET_FAULT` fault-injection hook of the reliability tests. |
 //!
 //! How one training step flows through these, and how to add a model family or a training
 //! method: docs/architecture.md.

@@ -34,6 +34,34 @@ fn load_config(path: &std::path::Path, device: &Option<String>) -> anyhow::Resul
     Ok(cfg)
 }
 
+/// A finite number: clap reads `NaN` and `inf` as floats, and no kdet flag means them.
+fn finite_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number, got {s}"))
+    }
+}
+
+/// A score threshold: finite and in [0, 1].
+fn score_threshold(s: &str) -> Result<f32, String> {
+    let v = finite_f64(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v as f32)
+    } else {
+        Err(format!("must be in [0, 1], got {s}"))
+    }
+}
+
+/// Class names to use when the weights carry none.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ClassList {
+    /// torchvision's COCO categories: 91 indices (background, 80 classes, 10 `N/A` gaps),
+    /// label = COCO category id, as torchvision's COCO-trained detectors predict.
+    Coco,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -47,7 +75,8 @@ enum DataCmd {
     Check {
         /// COCO instances JSON.
         annotations: PathBuf,
-        /// Image folder: also check that every image exists, decodes and has the stated size.
+        /// Image folder: also check that every image exists, decodes in full (in parallel) and
+        /// has the stated size; each bad file is reported with its index in `images`.
         #[arg(long)]
         images: Option<PathBuf>,
     },
@@ -67,7 +96,7 @@ enum Cmd {
         #[arg(long)]
         baseline: bool,
         /// Stop after this many iterations (checkpoint written); `--resume` continues.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         stop_after: Option<u64>,
         /// Start over although output_dir holds a checkpoint (it is replaced).
         #[arg(long, conflicts_with = "resume")]
@@ -84,9 +113,13 @@ enum Cmd {
         /// Evaluate a model instead: its config (val set) …
         #[arg(long, requires = "weights")]
         config: Option<PathBuf>,
-        /// … and its weights (safetensors).
+        /// … and its weights (safetensors or PyTorch, local or `hf://owner/repo/file@rev`).
         #[arg(long, requires = "config")]
         weights: Option<PathBuf>,
+        /// Class names when the weights have no sidecar and the config no training annotations
+        /// (see `kdet infer --help`).
+        #[arg(long, value_enum, requires = "config")]
+        classes: Option<ClassList>,
         /// With a config training several networks (Co-LAD): which one the weights are, `net1`
         /// (the config's `model`) or `net2` (`method.partner`).
         #[arg(long, requires = "config")]
@@ -112,7 +145,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         bootstrap: usize,
         /// Confidence level of the intervals.
-        #[arg(long, default_value_t = 0.95)]
+        #[arg(long, default_value_t = 0.95, value_parser = finite_f64)]
         confidence: f64,
         /// Seed of the bootstrap.
         #[arg(long, default_value_t = 0)]
@@ -130,18 +163,26 @@ enum Cmd {
         /// Model config.
         #[arg(long)]
         config: PathBuf,
-        /// Model weights (safetensors).
+        /// Model weights (safetensors or PyTorch, local or `hf://owner/repo/file@rev`).
         #[arg(long)]
         weights: PathBuf,
-        /// Image files or folders.
+        /// Image files or folders. Drawings are named after the image (`x.png`); images whose
+        /// names collide (`d1/x.png d2/x.png`) get their index too (`x-1.png`, `x-2.png`).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Draw and keep detections scoring at least this.
-        #[arg(long, default_value_t = 0.5)]
+        /// Draw and keep detections scoring at least this (in [0, 1]).
+        #[arg(long, default_value_t = 0.5, value_parser = score_threshold)]
         score_thr: f32,
+        /// Class names, when the weights have no sidecar (`<stem>.json` or `model.json`
+        /// beside them): `coco` is torchvision's COCO list. Without this flag and without a
+        /// sidecar, the names come from the config's training annotations; when those are
+        /// not there either and the weights have torchvision's 91 COCO outputs, the COCO list
+        /// is used (and said).
+        #[arg(long, value_enum)]
+        classes: Option<ClassList>,
         /// With a config training several networks (Co-LAD): which one the weights are, `net1`
         /// or `net2`.
         #[arg(long)]
@@ -152,7 +193,7 @@ enum Cmd {
         /// Model config.
         #[arg(long)]
         config: PathBuf,
-        /// Trained weights or checkpoint.
+        /// Trained weights or checkpoint (local or `hf://owner/repo/file@rev`).
         #[arg(long)]
         weights: PathBuf,
         /// Output .safetensors file (the sidecar JSON goes beside it, same stem).
@@ -171,6 +212,9 @@ enum Cmd {
         /// Of a checkpoint holding several networks (Co-LAD), this one: `net1` or `net2`.
         #[arg(long)]
         network: Option<String>,
+        /// Class names when the weights have no sidecar (see `kdet infer --help`).
+        #[arg(long, value_enum)]
+        classes: Option<ClassList>,
     },
     /// Write a deterministic synthetic COCO-style detection dataset (same seed ⇒ same bytes).
     Synth {
@@ -194,7 +238,7 @@ enum Cmd {
         classes: usize,
         /// Long-tail imbalance ratio: class frequencies decay geometrically from the first to
         /// the last class by this factor (1 = balanced).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = finite_f64)]
         long_tail: f64,
     },
     /// Dataset tools.
@@ -334,9 +378,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             weights,
             network,
+            classes,
         } => {
             let s = match (config, weights) {
-                (Some(c), Some(w)) => eval_model(&c, &w, network.as_deref(), &cli.device)?,
+                (Some(c), Some(w)) => eval_model(&c, &w, network.as_deref(), classes, &cli.device)?,
                 _ => {
                     let gt = gt.context("give --gt and --dt, or --config and --weights")?;
                     let dt = dt.context("--dt is required")?;
@@ -399,9 +444,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             score_thr,
             network,
+            classes,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            let (net, names, ids) = load_model(&cfg, &weights, network.as_deref())?;
+            let weights = local_weights(&weights)?;
+            let (net, names, ids) = load_model(&cfg, &weights, network.as_deref(), classes)?;
             let images = kdet::infer::collect_images(&inputs)?;
             let recs = kdet::infer::infer(
                 &*net.model,
@@ -429,10 +476,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backbone_only,
             dtype,
             network,
+            classes,
         } => {
             let cfg = load_config(&config, &cli.device)?;
-            let (names, ids) = read_classes(&cfg, &weights)?;
+            let weights = local_weights(&weights)?;
             let model = model_section(&cfg, network.as_deref())?;
+            let (names, ids, _) = read_classes(&cfg, &weights, classes, &model)?;
             let opts = kdet::export::ExportOptions {
                 network,
                 format,
@@ -497,7 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let r = kdet::eval::check::check_dataset(&annotations, images.as_deref())?;
             print!("{}", r.to_text());
-            Ok(if r.errors.is_empty() {
+            Ok(if r.errors.is_empty() && r.bad_images.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -538,9 +587,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             "ops" => {
                 let mut reference = std::collections::BTreeMap::new();
                 if let Some(t) = &torch {
-                    let bytes = std::fs::read(t).with_context(|| t.display().to_string())?;
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&bytes).with_context(|| t.display().to_string())?;
+                    let bytes = kdet::error::read_file(t)?;
+                    let v: serde_json::Value = kdet::error::parse_json(t, &bytes)?;
                     for (i, key) in ["conv3x3_fwd", "conv3x3_fwd_bwd", "resnet18_step"]
                         .iter()
                         .enumerate()
@@ -566,15 +614,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Class names and category ids of trained weights: from the sidecar beside them (written by
-/// `kdet train` and `kdet export`), else from the config's training annotations.
+/// A `--weights` argument as a local file: `hf://…` from the Hugging Face cache (downloaded
+/// unless offline), a folder refused as such.
+fn local_weights(w: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let p = match w.to_str() {
+        Some(s) if kdet::hub::is_hub(s) => kdet::hub::resolve(s)?,
+        _ => w.to_path_buf(),
+    };
+    if p.is_dir() {
+        bail!("--weights {}: is a folder, not a weights file", w.display());
+    }
+    if !p.exists() {
+        bail!("--weights {}: no such file", w.display());
+    }
+    Ok(p)
+}
+
+/// Class names and category ids of trained weights: `--classes`, else the sidecar beside them
+/// (written by `kdet train` and `kdet export`), else the config's training annotations. When
+/// none of these exists and the weights fit the model with torchvision's 91 COCO outputs, the
+/// built-in COCO list (said on stderr). Returns the network too when that check loaded it.
 fn read_classes(
     cfg: &LoadedConfig,
     weights: &std::path::Path,
-) -> anyhow::Result<(Vec<String>, Vec<u64>)> {
-    Ok(kdet::models::sidecar::read_classes(weights, || {
-        Ok(cfg.data_splits()?.0 .0)
-    })?)
+    classes: Option<ClassList>,
+    model: &kdet::models::config::ModelConfig,
+) -> anyhow::Result<(Vec<String>, Vec<u64>, Option<kdet::models::build::Network>)> {
+    if classes == Some(ClassList::Coco) {
+        let (n, i) = kdet::data::torchvision_coco::classes();
+        return Ok((n, i, None));
+    }
+    if let Some(s) = kdet::models::sidecar::Sidecar::find(weights)? {
+        return Ok((s.field("classes")?, s.field("category_ids")?, None));
+    }
+    let missing = match cfg.train_annotations() {
+        Ok(Some(ann)) => {
+            let (n, i) = kdet::models::sidecar::classes_of_annotations(&ann)?;
+            return Ok((n, i, None));
+        }
+        Ok(None) => "the config has no training annotations".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let (names, ids) = kdet::data::torchvision_coco::classes();
+    match kdet::models::build::Network::load(model, names.len(), weights, &cfg.device()?) {
+        Ok(net) => {
+            eprintln!(
+                "note: no class names beside {} and {missing}; the weights have torchvision's \
+                 91 COCO outputs, so torchvision's COCO category names are used",
+                weights.display()
+            );
+            Ok((names, ids, Some(net)))
+        }
+        Err(_) => {
+            let [a, b] = kdet::models::sidecar::Sidecar::candidates(weights);
+            bail!(
+                "no class names for {}: no sidecar ({} or {}), and {missing} \
+                 (for torchvision's COCO weights, pass --classes coco)",
+                weights.display(),
+                a.display(),
+                b.display()
+            )
+        }
+    }
 }
 
 /// Trained weights as a model of the config's `model` section (or, with `network`, of the
@@ -583,10 +684,14 @@ fn load_model(
     cfg: &LoadedConfig,
     weights: &std::path::Path,
     network: Option<&str>,
+    classes: Option<ClassList>,
 ) -> anyhow::Result<(kdet::models::build::Network, Vec<String>, Vec<u64>)> {
-    let (names, ids) = read_classes(cfg, weights)?;
     let model = model_section(cfg, network)?;
-    let net = kdet::models::build::Network::load(&model, names.len(), weights, &cfg.device()?)?;
+    let (names, ids, net) = read_classes(cfg, weights, classes, &model)?;
+    let net = match net {
+        Some(n) => n,
+        None => kdet::models::build::Network::load(&model, names.len(), weights, &cfg.device()?)?,
+    };
     Ok((net, names, ids))
 }
 
@@ -606,10 +711,12 @@ fn eval_model(
     config: &std::path::Path,
     weights: &std::path::Path,
     network: Option<&str>,
+    classes: Option<ClassList>,
     device: &Option<String>,
 ) -> anyhow::Result<kdet::eval::EvalSummary> {
     let cfg = load_config(config, device)?;
-    let (net, _, _) = load_model(&cfg, weights, network)?;
+    let weights = local_weights(weights)?;
+    let (net, _, _) = load_model(&cfg, &weights, network, classes)?;
     let (_, val) = cfg.data_splits()?;
     let (ann, images) = val.context("the config has no val split to evaluate on")?;
     let data = kdet::data::coco::load_split(&ann, &images, kdet::data::coco::Purpose::Eval)?;

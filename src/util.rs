@@ -1,7 +1,10 @@
-//! Small file helpers shared by the data, checkpoint and export code.
+//! Small file helpers shared by the data, checkpoint and export code, and the fault-injection
+//! hook of the reliability tests.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -13,9 +16,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// The temporary file [`write_atomic_with`] fills for `name`, in the same folder:
+/// `.<name>.<pid>.tmp`.
+pub fn temporary_name(name: &str, pid: u32) -> String {
+    format!(".{name}.{pid}.tmp")
+}
+
+/// Whether `file` is a temporary file of [`write_atomic_with`] for one of `names`, and of
+/// which process: `.<name>.<pid>.tmp`.
+pub fn temporary_of(file: &str, names: impl Fn(&str) -> bool) -> Option<u32> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, pid) = rest.rsplit_once('.')?;
+    let pid: u32 = pid.parse().ok()?;
+    names(name).then_some(pid)
+}
+
 /// Create `path` atomically: `write` fills a temporary file in the same folder (created if
 /// missing), which is fsynced and renamed into place. A crash leaves either the old file or the
-/// new one, never a torn one.
+/// new one, never a torn one; a failed write (disk full) removes its temporary file.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
@@ -26,12 +44,93 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    write(&tmp)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let tmp = dir.join(temporary_name(&name, std::process::id()));
+    let done = write(&tmp).and_then(|_| {
+        if fault_point(&format!("torn:{name}")) {
+            // Test hook: die with half the temporary file written, as a kill inside the
+            // write would.
+            let len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .and_then(|f| f.set_len(len / 2));
+            kill_self();
+        }
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    done.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        // Said from the file's point of view: the temporary name means nothing to a user.
+        Error::msg(format!(
+            "{}: not written ({e}); the file there before, if any, is unchanged",
+            path.display()
+        ))
+    })
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything): a temporary file
+/// named after a live process may still be being written.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Hex SHA-256 of a file's contents.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The environment variable naming the fault the reliability tests inject:
+/// `KDET_FAULT=<point>[:<n>]` fires at the `n`-th time (default 1) this process reaches
+/// `<point>`. The points (docs/reliability.md): `torn:<file>` (die with half of an atomic write
+/// of `<file>` done), `metrics.torn` (die half-way through a metrics record), `eval` (die before
+/// an evaluation), `nan-loss` (the step's loss becomes NaN).
+pub const FAULT_VAR: &str = "KDET_FAULT";
+
+/// Whether the fault named by [`FAULT_VAR`] fires here, now. Never true unless the variable is
+/// set.
+pub fn fault_point(point: &str) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let fault = FAULT.get_or_init(|| {
+        let v = std::env::var(FAULT_VAR).ok()?;
+        Some(match v.rsplit_once(':') {
+            Some((p, n)) if n.parse::<u64>().is_ok() => (p.to_string(), n.parse().ok()?),
+            _ => (v, 1),
+        })
+    });
+    match fault {
+        Some((p, n)) if p == point => HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n,
+        _ => false,
+    }
+}
+
+/// End this process at once, as `kill -9` does: no destructors, no flushing.
+pub fn kill_self() -> ! {
+    // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
 }
 
 /// Keep freed memory in the process instead of returning every large block to the kernel.
@@ -60,5 +159,37 @@ mod tests {
         super::write_atomic(&p, b"22").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"22");
         assert_eq!(std::fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.bin");
+        super::write_atomic(&p, b"old").unwrap();
+        let e = super::write_atomic_with(&p, |tmp| {
+            std::fs::write(tmp, b"part").unwrap();
+            Err(crate::Error::msg("disk full"))
+        });
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not written (disk full)", p.display())),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temporary_names_round_trip() {
+        let n = super::temporary_name("checkpoint.safetensors", 4242);
+        assert_eq!(n, ".checkpoint.safetensors.4242.tmp");
+        let ours = |f: &str| f == "checkpoint.safetensors";
+        assert_eq!(super::temporary_of(&n, ours), Some(4242));
+        assert_eq!(super::temporary_of(".other.json.12.tmp", ours), None);
+        assert_eq!(
+            super::temporary_of(".checkpoint.safetensors.x.tmp", ours),
+            None
+        );
+        assert_eq!(super::temporary_of("checkpoint.safetensors", ours), None);
     }
 }

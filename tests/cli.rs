@@ -232,7 +232,9 @@ fn device_flag_names_the_missing_cargo_feature() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
-        e.contains("built without CUDA support") && e.contains("--features cuda"),
+        e.contains("built without CUDA support")
+            && e.contains("--features cuda")
+            && e.contains("--device cpu"),
         "{e}"
     );
     let o = kdet(&["train", cfg.to_str().unwrap(), "--device", "gpu"]);
@@ -240,5 +242,215 @@ fn device_flag_names_the_missing_cargo_feature() {
         stderr(&o).contains("`gpu` is not a device"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// A synthetic dataset in `dir/s` (4 val images): its val annotations and image folder.
+fn synth(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join("s");
+    let o = kdet(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--train",
+        "8",
+        "--val",
+        "4",
+        "--size",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (out.join("annotations/val.json"), out.join("images"))
+}
+
+#[test]
+fn a_second_json_document_after_the_first_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (val, _) = synth(dir.path());
+    // `cat small.json full.json > m.json`
+    let text = std::fs::read_to_string(&val).unwrap();
+    let m = dir.path().join("m.json");
+    std::fs::write(&m, format!("{text}\n{text}")).unwrap();
+    let o = kdet(&["data", "check", m.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("m.json: .: trailing characters at line 2 column 1"),
+        "{e}"
+    );
+    // A config ending in `}} garbage`.
+    let c = dir.path().join("c.json");
+    std::fs::write(&c, "{\"solver\": {\"lr\": 0.1}}} garbage").unwrap();
+    let o = kdet(&["train", c.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("c.json: .: trailing characters at line 1 column 24"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn data_check_decodes_every_image_and_reports_each_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (val, images) = synth(dir.path());
+    for n in ["val_000002.png", "val_000004.png"] {
+        let p = images.join(n);
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+    }
+    let o = kdet(&[
+        "data",
+        "check",
+        val.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("error: ") && out.contains("val.json: images[1].file_name: "),
+        "{out}"
+    );
+    assert!(out.contains("val.json: images[3].file_name: "), "{out}");
+    assert_eq!(out.matches("cannot decode").count(), 2, "{out}");
+}
+
+#[test]
+fn non_finite_or_out_of_range_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "infer",
+                "--config",
+                "c",
+                "--weights",
+                "w",
+                "--out",
+                d,
+                "x.png",
+                "--score-thr",
+                "NaN",
+            ],
+            "must be a finite number, got NaN",
+        ),
+        (
+            vec![
+                "infer",
+                "--config",
+                "c",
+                "--weights",
+                "w",
+                "--out",
+                d,
+                "x.png",
+                "--score-thr",
+                "1.5",
+            ],
+            "must be in [0, 1], got 1.5",
+        ),
+        (
+            vec!["compare", "a", "b", "--confidence", "inf"],
+            "must be a finite number, got inf",
+        ),
+        (
+            vec!["synth", "--out", d, "--long-tail", "inf"],
+            "must be a finite number, got inf",
+        ),
+        (
+            vec!["train", "c.json", "--stop-after", "0"],
+            "0 is not in 1..",
+        ),
+    ] {
+        let o = kdet(&args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn absurd_boxes_are_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = dir.path().join("gt.json");
+    std::fs::write(&gt, r#"{"images": [{"id": 1, "file_name": "a.png", "width": 640, "height": 480}], "categories": [{"id": 1, "name": "x"}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 1e308, 5]}]}"#).unwrap();
+    let o = kdet(&["data", "check", gt.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains(
+            "gt.json: annotations[0].bbox: x + width = 1e308 lies far outside its 640×480 image"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn os_errors_are_printed_once_and_folders_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = kdet(&["data", "check", dir.path().to_str().unwrap()]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert_eq!(e.matches("Is a directory").count(), 1, "{e}");
+    // --weights a folder.
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_r18_teacher.json");
+    let o = kdet(&[
+        "infer",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--weights",
+        dir.path().to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+        "x.png",
+    ]);
+    assert!(
+        stderr(&o).contains("is a folder, not a weights file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn config_paths_that_are_wrong_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_base.json");
+    let c = dir.path().join("c.json");
+    let write = |extra: serde_json::Value| {
+        let mut v = serde_json::json!({"base": base, "output_dir": dir.path().join("run")});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        std::fs::write(&c, v.to_string()).unwrap();
+    };
+    let train = |c: &Path| stderr(&kdet(&["train", c.to_str().unwrap()]));
+    // frcnn_base.json names a synthetic dataset: replace it with files that do not exist.
+    write(serde_json::json!({"data": {"synthetic": null,
+        "train": {"annotations": "nope.json", "images": "."}}}));
+    let e = train(&c);
+    assert!(
+        e.contains("c.json: data.train.annotations: ") && e.contains("nope.json does not exist"),
+        "{e}"
+    );
+    // output_dir: empty, or a file.
+    write(serde_json::json!({"output_dir": ""}));
+    let e = train(&c);
+    assert!(e.contains("c.json: output_dir: must not be empty"), "{e}");
+    let f = dir.path().join("file");
+    std::fs::write(&f, "x").unwrap();
+    write(serde_json::json!({"output_dir": f}));
+    let e = train(&c);
+    assert!(
+        e.contains("c.json: output_dir: ") && e.contains("is a file, not a folder"),
+        "{e}"
+    );
+    // A teacher's weights that are a folder.
+    write(serde_json::json!({"teachers": [{"weights": dir.path()}],
+        "distill": [{"type": "hint", "student": "fpn.p3", "teacher": "fpn.p3"}],
+        "data": {"synthetic": {"seed": 3, "train": 8, "val": 4, "size": 64, "classes": 3,
+                               "cache_dir": dir.path().join("cache")}}}));
+    let e = train(&c);
+    assert!(
+        e.contains("c.json: teachers[0].weights: ")
+            && e.contains("is a folder, not a weights file"),
+        "{e}"
     );
 }

@@ -184,3 +184,54 @@ fn backbone_weights_load_strictly_or_fail_clearly() {
         "{e}"
     );
 }
+
+#[test]
+fn training_data_that_cannot_train_is_refused_with_its_key() {
+    let d = tempfile::tempdir().unwrap();
+    // More images per batch than the training set has.
+    let c = config(
+        d.path(),
+        "big",
+        r#"{"iterations": 2, "batch_size": 100000, "log_every": 1}"#,
+    );
+    let e = common::fails(&kdet(&["train", &c]));
+    assert!(
+        e.contains("big.json: solver.batch_size: 100000 is more than the 8 training images"),
+        "{e}"
+    );
+    // Every box of the training set lies outside its image: each is dropped, counted, and
+    // then there is nothing to train on.
+    let cache = std::fs::read_dir(d.path().join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut gt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("annotations/train.json")).unwrap())
+            .unwrap();
+    let n = gt["annotations"].as_array().unwrap().len();
+    for a in gt["annotations"].as_array_mut().unwrap() {
+        a["bbox"][0] = serde_json::json!(70.0); // the images are 64 wide
+    }
+    let ann = d.path().join("outside.json");
+    std::fs::write(&ann, gt.to_string()).unwrap();
+    let c = config(d.path(), "empty", r#"{"iterations": 2, "batch_size": 2}"#);
+    common::set(
+        &c,
+        "data",
+        serde_json::json!({"synthetic": null, "train": {"annotations": ann, "images": cache.join("images")}}),
+    );
+    let e = common::fails(&kdet(&["train", &c]));
+    assert!(
+        e.contains(&format!(
+            "dropped {n} box(es) lying entirely outside their image"
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("empty.json: data.train.annotations: ")
+            && e.contains(&format!("has no boxes to train on (8 images; 0 degenerate and {n} out-of-image boxes dropped")),
+        "{e}"
+    );
+}

@@ -180,14 +180,50 @@ impl LoadedConfig {
                 "needs `train` (annotations + images) or a `synthetic` spec",
             )
         })?;
-        let split = |name: &str, s: &crate::data::config::SplitConfig| {
-            (
-                self.resolve(&format!("data.{name}.annotations"), &s.annotations),
-                self.resolve(&format!("data.{name}.images"), &s.images),
-            )
+        let split = |name: &str, s: &crate::data::config::SplitConfig| -> Result<SplitPaths> {
+            let images_key = format!("data.{name}.images");
+            let images = self.resolve(&images_key, &s.images);
+            if !images.is_dir() {
+                let what = if images.exists() {
+                    "is not a folder"
+                } else {
+                    "does not exist"
+                };
+                return Err(self.error(&images_key, format!("{} {what}", images.display())));
+            }
+            Ok((self.annotations(name, s)?, images))
         };
-        let val = d.val.as_ref().map(|v| split("val", v));
-        Ok((split("train", train), val))
+        let val = d.val.as_ref().map(|v| split("val", v)).transpose()?;
+        Ok((split("train", train)?, val))
+    }
+
+    /// The training annotation file alone (class names need no images), or `None` when the
+    /// config has neither `data.train` nor a synthetic spec.
+    pub fn train_annotations(&self) -> Result<Option<PathBuf>> {
+        let d = &self.config.data;
+        if d.synthetic.is_some() {
+            return Ok(Some(self.data_splits()?.0 .0));
+        }
+        d.train
+            .as_ref()
+            .map(|t| self.annotations("train", t))
+            .transpose()
+    }
+
+    /// The annotation file of split `name`, which must exist: a missing one is reported
+    /// against the config key that names it.
+    fn annotations(&self, name: &str, s: &crate::data::config::SplitConfig) -> Result<PathBuf> {
+        let key = format!("data.{name}.annotations");
+        let p = self.resolve(&key, &s.annotations);
+        if !p.is_file() {
+            let what = if p.exists() {
+                "is not a file"
+            } else {
+                "does not exist"
+            };
+            return Err(self.error(&key, format!("{} {what}", p.display())));
+        }
+        Ok(p)
     }
 }
 
@@ -345,6 +381,12 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
     }
     check(cfg.data.validate())?;
     check(cfg.solver.validate())?;
+    if cfg.output_dir.as_os_str().is_empty() {
+        return Err(c.error(
+            "output_dir",
+            "must not be empty: name the folder the run writes to",
+        ));
+    }
     crate::device::parse_device(&cfg.device).map_err(|m| c.error("device", m))?;
     Ok(())
 }
@@ -486,6 +528,22 @@ mod tests {
                 r#"{"solver": {"lr": 0.1,}}"#,
                 "x.json: solver: trailing comma at line 1 column 23",
             ),
+            (
+                "{\"solver\": {\"lr\": 0.1}}} garbage",
+                "x.json: .: trailing characters at line 1 column 24",
+            ),
+            (
+                "{\"seed\": 1}\n{\"seed\": 2}\n",
+                "x.json: .: trailing characters at line 2 column 1",
+            ),
+            (
+                r#"{"output_dir": ""}"#,
+                "x.json: output_dir: must not be empty",
+            ),
+            (
+                "\u{feff}{\"seed\": 1}",
+                "x.json: .: UTF-8 byte-order mark at the start",
+            ),
         ];
         for (json, want) in cases {
             let p = write(d.path(), "x.json", json);
@@ -496,6 +554,18 @@ mod tests {
                 .to_string();
             assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn trailing_data_in_a_base_names_the_base() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "base.json", "{\"seed\": 3}\n{\"seed\": 4}");
+        let child = write(d.path(), "child.json", r#"{"base": "base.json"}"#);
+        let e = load(&child).unwrap_err().to_string();
+        assert!(
+            e.ends_with("base.json: .: trailing characters at line 2 column 1: only one JSON document is allowed, with nothing after it"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! `serde_path_to_error` when a type error must be located — and then checked for what hotcoco
 //! accepts silently: unknown ids, duplicates, negative or non-finite boxes, missing sections,
 //! missing or undecodable image files. Each problem is a located error
-//! (`train.json: annotations[17].image_id: 99 is not in images`). Training data may drop
-//! degenerate boxes instead, counted.
+//! (`train.json: annotations[17].image_id: 99 is not in images`). A box reaching farther outside
+//! its image than the image's own size (`[10, 10, 1e308, 5]`) is an error too: no annotation
+//! tool writes one, and training on it only surfaces later as a diverging loss. Training data
+//! drops degenerate boxes and boxes lying entirely outside their image instead, counted (the
+//! reference recipe clamps boxes to the image and then drops empty ones, which removes both).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,8 +18,9 @@ use serde::Deserialize;
 
 use crate::error::{parse_json, read_file, Error, Result};
 
-/// What the data is for: evaluation keeps every box and rejects negative sizes; training drops
-/// degenerate boxes (width or height ≤ `min_box_size`), counted.
+/// What the data is for: evaluation keeps every box (as pycocotools) and rejects negative sizes;
+/// training drops degenerate boxes (width or height ≤ `min_box_size`) and boxes entirely outside
+/// their image, counted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Purpose {
     Eval,
@@ -43,6 +47,8 @@ pub struct GroundTruth {
     pub dataset: Dataset,
     /// Annotations dropped as degenerate (training only).
     pub dropped_boxes: usize,
+    /// Annotations dropped for lying entirely outside their image (training only).
+    pub outside_boxes: usize,
 }
 
 /// Parse and validate a COCO instances JSON file.
@@ -62,16 +68,26 @@ pub fn ground_truth_from_slice(file: &Path, bytes: &[u8], purpose: Purpose) -> R
         categories: raw.categories.ok_or_else(|| missing("categories"))?,
         licenses: raw.licenses.unwrap_or_default(),
     };
-    let dropped_boxes = validate_ground_truth(file, &mut dataset, purpose)?;
+    let dropped = validate_ground_truth(file, &mut dataset, purpose)?;
     Ok(GroundTruth {
         file: file.to_path_buf(),
         dataset,
-        dropped_boxes,
+        dropped_boxes: dropped.degenerate,
+        outside_boxes: dropped.outside,
     })
 }
 
-/// Check a parsed dataset; in training, drop degenerate boxes and return how many.
-pub fn validate_ground_truth(file: &Path, ds: &mut Dataset, purpose: Purpose) -> Result<usize> {
+/// Boxes [`validate_ground_truth`] dropped from training data, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Width or height ≤ `min_box_size`.
+    pub degenerate: usize,
+    /// Entirely outside their image.
+    pub outside: usize,
+}
+
+/// Check a parsed dataset; in training, drop degenerate and out-of-image boxes and say how many.
+pub fn validate_ground_truth(file: &Path, ds: &mut Dataset, purpose: Purpose) -> Result<Dropped> {
     let err = |p: String, m: String| Error::located(file, p, m);
     if ds.categories.is_empty() {
         return Err(err(
@@ -105,7 +121,7 @@ pub fn validate_ground_truth(file: &Path, ds: &mut Dataset, purpose: Purpose) ->
     }
     let mut ann_ids: HashMap<u64, usize> = HashMap::with_capacity(ds.annotations.len());
     let mut keep = vec![true; ds.annotations.len()];
-    let mut dropped = 0;
+    let mut dropped = Dropped::default();
     for (i, a) in ds.annotations.iter().enumerate() {
         if let Some(first) = ann_ids.insert(a.id, i) {
             return Err(err(
@@ -113,12 +129,13 @@ pub fn validate_ground_truth(file: &Path, ds: &mut Dataset, purpose: Purpose) ->
                 format!("{} is a duplicate of annotations[{first}].id", a.id),
             ));
         }
-        if !image_index.contains_key(&a.image_id) {
+        let Some(&im) = image_index.get(&a.image_id) else {
             return Err(err(
                 format!("annotations[{i}].image_id"),
                 format!("{} is not in images", a.image_id),
             ));
-        }
+        };
+        let im = &ds.images[im];
         if !cat_index.contains_key(&a.category_id) {
             return Err(err(
                 format!("annotations[{i}].category_id"),
@@ -136,20 +153,25 @@ pub fn validate_ground_truth(file: &Path, ds: &mut Dataset, purpose: Purpose) ->
         let Some(b) = a.bbox else {
             return Err(err(format!("annotations[{i}].bbox"), "missing".into()));
         };
-        check_box(file, &format!("annotations[{i}].bbox"), &b)?;
+        let path = format!("annotations[{i}].bbox");
+        check_box(file, &path, &b)?;
+        check_extent(file, &path, &b, im)?;
         match purpose {
             Purpose::Eval => {
-                check_nonneg_size(file, &format!("annotations[{i}].bbox"), &b)?;
+                check_nonneg_size(file, &path, &b)?;
             }
             Purpose::Train { min_box_size } => {
                 if b[2] <= min_box_size || b[3] <= min_box_size {
                     keep[i] = false;
-                    dropped += 1;
+                    dropped.degenerate += 1;
+                } else if outside(&b, im) {
+                    keep[i] = false;
+                    dropped.outside += 1;
                 }
             }
         }
     }
-    if dropped > 0 {
+    if dropped != Dropped::default() {
         let mut k = keep.into_iter();
         ds.annotations.retain(|_| k.next().unwrap_or(true));
     }
@@ -165,6 +187,50 @@ fn check_box(file: &Path, path: &str, b: &[f64; 4]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A box must stay within one image size of its image: x, y, x + w and y + h in
+/// `[-width, 2·width]` and `[-height, 2·height]`. Looser than any annotation tool's rounding,
+/// tight enough that no coordinate overflows f32 or dwarfs the image (`[10, 10, 1e308, 5]`).
+fn check_extent(file: &Path, path: &str, b: &[f64; 4], im: &Image) -> Result<()> {
+    let (w, h) = (im.width as f64, im.height as f64);
+    let coords = [
+        ("x", b[0], w),
+        ("y", b[1], h),
+        ("x + width", b[0] + b[2], w),
+        ("y + height", b[1] + b[3], h),
+    ];
+    for (name, v, side) in coords {
+        if !(v >= -side && v <= 2.0 * side) {
+            return Err(Error::located(
+                file,
+                path,
+                format!(
+                    "{name} = {} lies far outside its {}×{} image (image {}): more than the \
+                     image's own size beyond its border",
+                    short(v),
+                    im.width,
+                    im.height,
+                    im.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A number as a message shows it: huge ones in exponent form (Rust prints `1e308` in full).
+fn short(v: f64) -> String {
+    if v.abs() >= 1e9 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Whether a box (positive size) has no pixel inside its image.
+fn outside(b: &[f64; 4], im: &Image) -> bool {
+    b[0] + b[2] <= 0.0 || b[1] + b[3] <= 0.0 || b[0] >= im.width as f64 || b[1] >= im.height as f64
 }
 
 fn check_nonneg_size(file: &Path, path: &str, b: &[f64; 4]) -> Result<()> {
@@ -256,26 +322,58 @@ fn check_detection(
     }
 }
 
-/// Check that every image file exists, decodes (header) and has the size the JSON says.
+/// How much of each image file [`image_file_errors`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageCheck {
+    /// The header: format and size (fast: what training checks before it starts).
+    Header,
+    /// The whole image, decoded (`kdet data check --images`): a truncated or corrupt file
+    /// fails here rather than in the middle of training.
+    Decode,
+}
+
+/// Check that every image file exists, has a readable header and the size the JSON says.
 /// Runs in parallel; reports the first offender in file order.
 pub fn check_image_files(file: &Path, ds: &Dataset, images_dir: &Path) -> Result<()> {
-    let bad = ds
-        .images
-        .par_iter()
-        .enumerate()
-        .filter_map(|(i, im)| {
-            check_image_file(file, i, im, images_dir)
-                .err()
-                .map(|e| (i, e))
-        })
-        .min_by_key(|(i, _)| *i);
-    match bad {
-        Some((_, e)) => Err(e),
+    match image_file_errors(file, ds, images_dir, ImageCheck::Header)
+        .into_iter()
+        .next()
+    {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
-fn check_image_file(file: &Path, i: usize, im: &Image, dir: &Path) -> Result<()> {
+/// Every image file that is missing, unreadable, fails to decode (to the `depth` asked) or has
+/// another size than the JSON says, in file order, each located by its index in `images`.
+/// Images are checked in parallel.
+pub fn image_file_errors(
+    file: &Path,
+    ds: &Dataset,
+    images_dir: &Path,
+    depth: ImageCheck,
+) -> Vec<Error> {
+    let mut bad: Vec<(usize, Error)> = ds
+        .images
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, im)| {
+            check_image_file(file, i, im, images_dir, depth)
+                .err()
+                .map(|e| (i, e))
+        })
+        .collect();
+    bad.sort_by_key(|(i, _)| *i);
+    bad.into_iter().map(|(_, e)| e).collect()
+}
+
+fn check_image_file(
+    file: &Path,
+    i: usize,
+    im: &Image,
+    dir: &Path,
+    depth: ImageCheck,
+) -> Result<()> {
     let path = dir.join(&im.file_name);
     let loc = format!("images[{i}].file_name");
     if !path.is_file() {
@@ -285,17 +383,23 @@ fn check_image_file(file: &Path, i: usize, im: &Image, dir: &Path) -> Result<()>
             format!("{} does not exist", path.display()),
         ));
     }
-    let (w, h) = image::ImageReader::open(&path)
+    let reader = image::ImageReader::open(&path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::located(file, &loc, format!("{}: {e}", path.display())))?
-        .into_dimensions()
-        .map_err(|e| {
-            Error::located(
-                file,
-                &loc,
-                format!("{}: cannot decode: {e}", path.display()),
-            )
-        })?;
+        .map_err(|e| Error::located(file, &loc, format!("{}: {e}", path.display())))?;
+    let cannot = |e: image::ImageError| {
+        Error::located(
+            file,
+            &loc,
+            format!("{}: cannot decode: {e}", path.display()),
+        )
+    };
+    let (w, h) = match depth {
+        ImageCheck::Header => reader.into_dimensions().map_err(cannot)?,
+        ImageCheck::Decode => {
+            let img = reader.decode().map_err(cannot)?;
+            (img.width(), img.height())
+        }
+    };
     if (w, h) != (im.width, im.height) {
         return Err(Error::located(
             file,
@@ -387,6 +491,13 @@ pub fn load_split(
             gt.dropped_boxes
         );
     }
+    if gt.outside_boxes > 0 {
+        eprintln!(
+            "warning: {}: dropped {} box(es) lying entirely outside their image",
+            annotations.display(),
+            gt.outside_boxes
+        );
+    }
     let categories = CategoryMap::new(&gt.dataset.categories);
     let mut by_image: HashMap<u64, Vec<&Annotation>> = HashMap::new();
     for a in &gt.dataset.annotations {
@@ -467,6 +578,30 @@ mod tests {
     }
 
     #[test]
+    fn boxes_outside_their_image_are_dropped_in_training_counted() {
+        // Image 1 is 10×8: [10, 1, 3, 3] starts at its right border, [-4, 0, 4, 2] ends at its
+        // left one; [9, 7, 3, 3] overlaps its corner and stays.
+        for (b, out) in [
+            ("[10,1,3,3]", 1),
+            ("[-4,0,4,2]", 1),
+            ("[9,7,3,3]", 0),
+            ("[1,8,2,2]", 1),
+        ] {
+            let json = GOOD.replace("[1,1,3,3]", b);
+            let g = gt(&json, Purpose::Train { min_box_size: 0.0 }).unwrap();
+            assert_eq!((g.outside_boxes, g.dropped_boxes), (out, 1), "{b}");
+            assert_eq!(g.dataset.annotations.len(), 2 - out, "{b}");
+            // Evaluation keeps them, as pycocotools does.
+            let g = gt(&json, Purpose::Eval).unwrap();
+            assert_eq!(
+                (g.outside_boxes, g.dataset.annotations.len()),
+                (0, 3),
+                "{b}"
+            );
+        }
+    }
+
+    #[test]
     fn located_errors() {
         let cases: Vec<(String, &str)> = vec![
             (
@@ -509,6 +644,18 @@ mod tests {
                 "train.json: annotations[0].bbox[1]: number out of range",
             ),
             (
+                GOOD.replace("[1,1,3,3]", "[10,10,1e308,5]"),
+                "train.json: annotations[0].bbox: x + width = 1e308 lies far outside its 10×8 image (image 1)",
+            ),
+            (
+                GOOD.replace("[1,1,3,3]", "[1,1,3,1e20]"),
+                "train.json: annotations[0].bbox: y + height = 1e20 lies far outside its 10×8 image",
+            ),
+            (
+                GOOD.replace("[1,1,3,3]", "[-11,1,3,3]"),
+                "train.json: annotations[0].bbox: x = -11 lies far outside",
+            ),
+            (
                 GOOD.replace(r#""width":10,"height":8},"#, r#""width":0,"height":8},"#),
                 "train.json: images[0].width: must be > 0",
             ),
@@ -532,6 +679,11 @@ mod tests {
             (
                 GOOD.replace(r#""file_name":"a.png""#, r#""file_name":3"#),
                 "train.json: images[0].file_name: invalid type: integer `3`, expected a string",
+            ),
+            // `cat small.json full.json`: the second document is not silently ignored.
+            (
+                format!("{GOOD}\n{GOOD}"),
+                "train.json: .: trailing characters at line 7 column 1",
             ),
         ];
         for (json, want) in cases {
@@ -577,6 +729,10 @@ mod tests {
                 r#"{"a":1}"#.into(),
                 "dt.json: .: invalid type: map, expected a sequence",
             ),
+            (
+                format!("{ok}\n[]"),
+                "dt.json: .: trailing characters at line 2 column 1",
+            ),
         ];
         for (json, want) in cases {
             let got = detections_from_slice(f, json.as_bytes(), &g.dataset, gtf)
@@ -621,6 +777,38 @@ mod tests {
                 && e.ends_with("is 12×8 but width/height say 10×8"),
             "{e}"
         );
+        image::RgbImage::new(10, 8)
+            .save(dir.path().join("b.png"))
+            .unwrap();
+        check_image_files(f, &g.dataset, dir.path()).unwrap();
+        // A truncated PNG has a good header: only a full decode finds it, and every bad file is
+        // reported with its index.
+        let mut noisy = image::RgbImage::new(10, 8);
+        noisy
+            .pixels_mut()
+            .enumerate()
+            .for_each(|(k, p)| *p = image::Rgb([(k * 37) as u8, (k * 11) as u8, k as u8]));
+        noisy.save(dir.path().join("a.png")).unwrap();
+        noisy.save(dir.path().join("b.png")).unwrap();
+        for n in ["a.png", "b.png"] {
+            let bytes = std::fs::read(dir.path().join(n)).unwrap();
+            std::fs::write(dir.path().join(n), &bytes[..bytes.len() * 2 / 3]).unwrap();
+        }
+        assert!(image_file_errors(f, &g.dataset, dir.path(), ImageCheck::Header).is_empty());
+        let errs: Vec<String> = image_file_errors(f, &g.dataset, dir.path(), ImageCheck::Decode)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("train.json: images[0].file_name: ")
+                && errs[0].contains("a.png: cannot decode")
+                && errs[1].starts_with("train.json: images[1].file_name: "),
+            "{errs:?}"
+        );
+        image::RgbImage::new(10, 8)
+            .save(dir.path().join("a.png"))
+            .unwrap();
         image::RgbImage::new(10, 8)
             .save(dir.path().join("b.png"))
             .unwrap();

@@ -85,8 +85,13 @@ impl DetectionDataset {
     /// Decode, normalise, resize and maybe flip record `idx`.
     pub fn sample(&self, idx: usize, rng: &mut impl Rng) -> Result<Sample> {
         let rec = &self.records[idx];
-        let img = image::open(&rec.path)
-            .map_err(|e| Error::msg(format!("{}: cannot decode: {e}", rec.path.display())))?
+        let img = super::decode_image(&rec.path)
+            .map_err(|e| {
+                Error::msg(format!(
+                    "{e} (training checks image headers only; \
+                     `kdet data check ANNOTATIONS --images FOLDER` decodes every image)"
+                ))
+            })?
             .to_rgb8();
         let mut img = ImageF32::from_rgb(&img);
         let original_size = (img.h, img.w);

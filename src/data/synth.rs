@@ -352,11 +352,33 @@ pub fn ensure(spec: &SynthSpec, cache_dir: &Path) -> Result<SynthPaths> {
     if paths.train.is_file() && paths.val.is_file() {
         return Ok(paths);
     }
+    remove_stale_generations(cache_dir);
     let tmp = cache_dir.join(format!("synth-tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     generate(spec, &tmp)?;
     std::fs::rename(&tmp, &root).map_err(|e| Error::io(&root, e))?;
     Ok(paths)
+}
+
+/// Remove `synth-tmp-<pid>` folders of generations a killed process left in `cache_dir` (those
+/// of a live process are being written).
+fn remove_stale_generations(cache_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("synth-tmp-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !crate::util::process_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
@@ -368,6 +390,17 @@ fn fnv1a(b: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_generations_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = d.path().join("synth-tmp-999999999");
+        std::fs::create_dir_all(dead.join("images")).unwrap();
+        let mine = d.path().join("notes");
+        std::fs::create_dir_all(&mine).unwrap();
+        remove_stale_generations(d.path());
+        assert!(!dead.exists() && mine.exists());
+    }
     use crate::data::coco::{load_split, Purpose};
 
     fn spec(seed: u64) -> SynthSpec {

@@ -6,13 +6,11 @@
 //! same teacher.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use sha2::{Digest, Sha256};
 
 use crate::config::distill::TeacherConfig;
 use crate::config::LoadedConfig;
@@ -60,6 +58,14 @@ impl Teacher {
         if !path.exists() {
             return Err(cfg.error(&field, format!("{} does not exist", path.display())));
         }
+        // Checked before the sidecar is looked for: a folder has none, and "missing sidecar"
+        // would hide the real mistake.
+        if path.is_dir() {
+            return Err(cfg.error(
+                &field,
+                format!("{} is a folder, not a weights file", path.display()),
+            ));
+        }
         let model_cfg = match &t.model {
             Some(m) => m.clone(),
             None => Sidecar::model_of(&path).map_err(|e| {
@@ -82,7 +88,7 @@ impl Teacher {
                 "bf16 needs a GPU (candle has no bf16 matrix multiply on the CPU); use f16 or f32 here",
             ));
         }
-        let sha256 = sha256_file(&path)?;
+        let sha256 = crate::util::sha256_file(&path)?;
         let tensors = read_state_dict(&path, &t.keys)?;
         // Build once with variables to learn the expected names and shapes, load and report…
         let probe = Arc::new(SeededVarMap::new(0));
@@ -242,19 +248,4 @@ impl Teacher {
     ) -> Result<TeacherOutput> {
         self.outputs(self.run(batch)?, batch, assignment, heads)
     }
-}
-
-/// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

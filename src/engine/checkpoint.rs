@@ -4,6 +4,11 @@
 //! atomically (temporary file, fsync, rename) so a crash leaves the previous checkpoint intact
 //! and `--resume` continues from exactly where the file says.
 //!
+//! Since format 2 a checkpoint also stores the SHA-256 of its tensors (`meta.s.tensors_sha256`,
+//! see [`tensors_sha256`]); [`from_tensors`] verifies it, so flipped bytes in the tensor data
+//! (which safetensors itself does not notice) are an error rather than a silently different run.
+//! Checkpoints written before the checksum existed load without the check.
+//!
 //! Format 1 (before the training-method seam) kept Chen et al.'s adaptation layers among the
 //! model's tensors, as `model.distill.*`; [`load`] reads them as the method's own variables, so
 //! such checkpoints resume and export unchanged.
@@ -11,9 +16,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+
+/// The string key (under `meta.s.`) of the tensors' checksum.
+const CHECKSUM_KEY: &str = "tensors_sha256";
 
 /// The layout [`save`] writes (`meta.format`; absent in format 1).
 const FORMAT: u64 = 2;
@@ -75,7 +84,56 @@ pub fn save(path: &Path, st: &State) -> Result<()> {
         "meta.format".into(),
         Tensor::new(&[FORMAT as i64], &Device::Cpu)?,
     );
+    let sum = tensors_sha256(&all)?;
+    let n = sum.len();
+    all.insert(
+        format!("meta.s.{CHECKSUM_KEY}"),
+        Tensor::from_vec(sum.into_bytes(), n, &Device::Cpu)?,
+    );
     crate::models::weights::write_safetensors(&all, path)
+}
+
+/// Hex SHA-256 over every tensor but the checksum itself, in name order: each tensor's name,
+/// dtype, shape and little-endian element bytes. Independent of the file layout, so it checks
+/// what the checkpoint means rather than how safetensors arranged it.
+pub fn tensors_sha256(all: &HashMap<String, Tensor>) -> Result<String> {
+    let skip = format!("meta.s.{CHECKSUM_KEY}");
+    let mut names: Vec<&String> = all.keys().filter(|k| **k != skip).collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for k in names {
+        let t = &all[k];
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update(format!("{:?}", t.dtype()).as_bytes());
+        h.update((t.rank() as u64).to_le_bytes());
+        for d in t.dims() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        let flat = t.flatten_all()?;
+        match t.dtype() {
+            DType::U8 => h.update(flat.to_vec1::<u8>()?),
+            DType::I64 => flat
+                .to_vec1::<i64>()?
+                .iter()
+                .for_each(|v| h.update(v.to_le_bytes())),
+            DType::F64 => flat
+                .to_vec1::<f64>()?
+                .iter()
+                .for_each(|v| h.update(v.to_le_bytes())),
+            DType::U32 => flat
+                .to_vec1::<u32>()?
+                .iter()
+                .for_each(|v| h.update(v.to_le_bytes())),
+            // f32 and the narrower float types (exactly representable in f32).
+            _ => flat
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .for_each(|v| h.update(v.to_le_bytes())),
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Whether a safetensors file is a kdet checkpoint (rather than a model file).
@@ -85,13 +143,41 @@ pub fn is_checkpoint(tensors: &HashMap<String, Tensor>) -> bool {
 
 /// Read a checkpoint written by [`save`] (or by format 1).
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let all = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    if !path.exists() {
+        return Err(Error::msg(format!(
+            "{}: no checkpoint to resume from (start without --resume)",
+            path.display()
+        )));
+    }
+    let all = crate::models::weights::read_safetensors(path)?;
     from_tensors(path, all)
 }
 
-/// A checkpoint from the tensors of its file.
+/// A checkpoint from the tensors of its file, its checksum verified when it has one. Errors
+/// name the file.
 pub fn from_tensors(path: &Path, all: HashMap<String, Tensor>) -> Result<Checkpoint> {
+    parse(path, all).map_err(|e| match e {
+        // A tensor of the wrong type or shape where a counter or string belongs.
+        Error::Candle(c) => Error::msg(format!(
+            "{}: not a valid kdet checkpoint: {c}",
+            path.display()
+        )),
+        e => e,
+    })
+}
+
+fn parse(path: &Path, all: HashMap<String, Tensor>) -> Result<Checkpoint> {
+    if let Some(t) = all.get(&format!("meta.s.{CHECKSUM_KEY}")) {
+        let stored = String::from_utf8_lossy(&t.to_vec1::<u8>()?).into_owned();
+        let now = tensors_sha256(&all)?;
+        if stored != now {
+            return Err(Error::msg(format!(
+                "{}: corrupted checkpoint: its tensors' SHA-256 is {now} but the file records \
+                 {stored}; restore it from a copy or start over with --fresh",
+                path.display()
+            )));
+        }
+    }
     let scalar = |k: &str| -> Result<u64> {
         let t = all.get(k).ok_or_else(|| {
             Error::msg(format!(
@@ -99,7 +185,10 @@ pub fn from_tensors(path: &Path, all: HashMap<String, Tensor>) -> Result<Checkpo
                 path.display()
             ))
         })?;
-        Ok(t.to_vec1::<i64>()?[0] as u64)
+        t.to_vec1::<i64>()?
+            .first()
+            .map(|v| *v as u64)
+            .ok_or_else(|| Error::msg(format!("{}: {k} is empty", path.display())))
     };
     let (iter, optim_step) = (scalar("meta.iter")?, scalar("meta.optim_step")?);
     let format1 = !all.contains_key("meta.format");
@@ -113,6 +202,9 @@ pub fn from_tensors(path: &Path, all: HashMap<String, Tensor>) -> Result<Checkpo
     };
     for (k, t) in all {
         if let Some(n) = k.strip_prefix("meta.s.") {
+            if n == CHECKSUM_KEY {
+                continue;
+            }
             let bytes = t.to_vec1::<u8>()?;
             ck.strings
                 .insert(n.to_string(), String::from_utf8_lossy(&bytes).into_owned());

@@ -10,26 +10,42 @@ use crate::error::{Error, Result};
 use crate::plot::line_chart;
 
 /// Appends metric records to `metrics.jsonl`.
+///
+/// Each record is one `write` of its whole line, newline included, so a kill leaves whole
+/// records (and at worst, after a crash of the machine, one torn last line, which [`Self::open`]
+/// drops when resuming and says so).
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    /// The records in the file, to tell whether one is already there (`--resume`).
+    records: Vec<Value>,
 }
 
 impl MetricsLog {
     /// Open the log of `dir`. When resuming at `resume_iter`, records of later iterations (from
-    /// the interrupted run) are dropped so the log continues exactly.
+    /// the interrupted run) are dropped so the log continues exactly; a torn last line is
+    /// dropped with a warning. Without `resume_iter` the log starts empty.
     pub fn open(dir: &Path, resume_iter: Option<u64>) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let kept = match resume_iter {
-            Some(it) => read(&path)?
-                .into_iter()
-                .filter(|v| v["iter"].as_u64().is_some_and(|i| i <= it))
-                .collect(),
+        let kept: Vec<Value> = match resume_iter {
+            Some(it) => {
+                let (recs, torn) = read_lines(&path)?;
+                if let Some(line) = torn {
+                    eprintln!(
+                        "warning: {}: line {line} is an incomplete record (the previous run \
+                         was interrupted while writing it); dropped",
+                        path.display()
+                    );
+                }
+                recs.into_iter()
+                    .filter(|v| v["iter"].as_u64().is_some_and(|i| i <= it))
+                    .collect()
+            }
             None => vec![],
         };
         let mut text = String::new();
-        for v in kept {
+        for v in &kept {
             text.push_str(&v.to_string());
             text.push('\n');
         }
@@ -38,31 +54,82 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Self { path, file })
+        Ok(Self {
+            path,
+            file,
+            records: kept,
+        })
     }
 
+    /// Append one record.
     pub fn write(&mut self, record: &Value) -> Result<()> {
-        writeln!(self.file, "{record}")
+        let mut line = record.to_string();
+        line.push('\n');
+        if crate::util::fault_point("metrics.torn") {
+            // Test hook: die half-way through a record, as a kill inside a write would.
+            let _ = self.file.write_all(&line.as_bytes()[..line.len() / 2]);
+            crate::util::kill_self();
+        }
+        self.file
+            .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.records.push(record.clone());
+        Ok(())
+    }
+
+    /// Whether a record of iteration `iter` holds `key`.
+    pub fn has(&self, iter: u64, key: &str) -> bool {
+        self.records
+            .iter()
+            .any(|r| r["iter"].as_u64() == Some(iter) && r.get(key).is_some())
     }
 }
 
-/// All records of a metrics file (missing file: none).
+/// All records of a metrics file (missing file: none). A torn last line (an interrupted write)
+/// is left out with a warning; a bad line elsewhere is an error naming it.
 pub fn read(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
+    let (recs, torn) = read_lines(path)?;
+    if let Some(line) = torn {
+        eprintln!(
+            "warning: {}: line {line} is an incomplete record (interrupted write); left out",
+            path.display()
+        );
+    }
+    Ok(recs)
+}
+
+/// The records of a metrics file, and the number of its last line when that line is an
+/// incomplete record: not newline-terminated and not a whole JSON document.
+fn read_lines(path: &Path) -> Result<(Vec<Value>, Option<usize>)> {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], None)),
         Err(e) => return Err(Error::io(path, e)),
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::located(path, format!("line {}", i + 1), e.to_string()))
-        })
-        .collect()
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    let complete = text.ends_with(b"\n") || text.is_empty();
+    let mut recs = vec![];
+    for (i, l) in lines.iter().enumerate() {
+        if l.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let last = i + 1 == lines.len();
+        // serde_json rejects anything after the record, so two records glued together are
+        // an error too.
+        match serde_json::from_slice::<Value>(l) {
+            Ok(v) => recs.push(v),
+            Err(_) if last && !complete => return Ok((recs, Some(i + 1))),
+            Err(e) => {
+                return Err(Error::located(
+                    path,
+                    format!("line {}", i + 1),
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+    Ok((recs, None))
 }
 
 /// Draw `loss.png` (every `loss*` term), `lr.png` and `ap.png` (eval AP/AP50) into `dir` from its
@@ -145,5 +212,32 @@ mod tests {
         let files = plot_run(d.path()).unwrap();
         assert_eq!(files.len(), 2);
         assert!(image::open(&files[0]).is_ok());
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_on_resume() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        std::fs::write(&p, "{\"iter\": 1, \"loss\": 2}\n{\"iter\": 2, \"lo").unwrap();
+        let mut m = MetricsLog::open(d.path(), Some(2)).unwrap();
+        assert!(m.has(1, "loss") && !m.has(2, "loss"));
+        m.write(&json!({"iter": 2, "loss": 1.5})).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"iter\":1,\"loss\":2}\n{\"iter\":2,\"loss\":1.5}\n"
+        );
+        // A bad line that is not the last, or a complete last line that is not JSON, is an
+        // error naming the line.
+        std::fs::write(&p, "{\"iter\": 1,\n{\"iter\": 2}\n").unwrap();
+        let e = MetricsLog::open(d.path(), Some(2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("metrics.jsonl: line 1: EOF while parsing"),
+            "{e}"
+        );
+        std::fs::write(&p, "{\"iter\": 1}\n{\"iter\": 2\n").unwrap();
+        assert!(read(&p).is_err());
     }
 }

@@ -1,12 +1,15 @@
 //! Training machinery: the training-method seam and plain training ([`method`]), the loop
 //! ([`trainer`]), optimizers ([`optim`]), learning-rate schedule ([`schedule`]), atomic
-//! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]) and evaluation over a val
-//! split ([`evaluator`]).
+//! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]), the run folder's files and
+//! what `--resume` may change ([`rundir`], [`resume`]) and evaluation over a val split
+//! ([`evaluator`]).
 
 pub mod checkpoint;
 pub mod evaluator;
 pub mod method;
 pub mod metrics;
 pub mod optim;
+pub mod resume;
+pub mod rundir;
 pub mod schedule;
 pub mod trainer;

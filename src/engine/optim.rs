@@ -399,6 +399,17 @@ impl Optimizer {
     /// Restore what [`state`](Self::state) saved. Unknown entries are an error (a checkpoint of
     /// another model); parameters without an entry start fresh, as in PyTorch.
     pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, step: u64) -> Result<()> {
+        // State of the other optimizer: say so, rather than name its first tensor.
+        let (mine, theirs, their_prefix) = match self {
+            Optimizer::Sgd(_) => ("sgd", "adamw", "exp_avg"),
+            Optimizer::AdamW(_) => ("adamw", "sgd", "momentum_buffer."),
+        };
+        if state.keys().any(|k| k.starts_with(their_prefix)) {
+            return Err(Error::msg(format!(
+                "the optimizer state is {theirs}'s, but solver.optimizer is {mine}: a run keeps \
+                 its optimizer (restore solver.optimizer, or start over with --fresh)"
+            )));
+        }
         let check = |name: &str, t: &Tensor, p: &Param| -> Result<()> {
             if t.dims() != p.var.dims() {
                 return Err(Error::msg(format!(
@@ -623,6 +634,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("zzz"));
+        // AdamW's state into SGD (solver.optimizer changed): named as such.
+        let adam = HashMap::from([(
+            "exp_avg.w".to_string(),
+            Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+        )]);
+        let e = o.load_state(adam, 3).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the optimizer state is adamw's, but solver.optimizer is sgd"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ use super::evaluator::{evaluate, write_results};
 use super::method::{Method, RunData};
 use super::metrics::{plot_run, MetricsLog};
 use super::optim::{params_with_decay, Optimizer};
+use super::resume::{self, run_strings};
+use super::rundir;
 use super::schedule::LrSchedule;
 use crate::config::LoadedConfig;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
@@ -114,12 +116,28 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let resume = opts.resume;
     let c = &cfg.config;
     let out = cfg.resolve("output_dir", &c.output_dir);
+    if out.exists() && !out.is_dir() {
+        return Err(cfg.error(
+            "output_dir",
+            format!("{} is a file, not a folder", out.display()),
+        ));
+    }
+    let ckpt_path = out.join("checkpoint.safetensors");
+    if !resume && !opts.fresh && ckpt_path.exists() {
+        return Err(Error::msg(format!(
+            "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
+            out.display()
+        )));
+    }
     let run = RunData::load(cfg)?;
+    check_training_data(cfg, &run)?;
     let device = run.device.clone();
     // The method loads and checks its teachers before anything is written.
     let mut method = build(cfg, &run)?;
     let s = &c.solver;
-    let frozen = frozen_strings(&method.frozen_inputs());
+    let settings = run_strings(c, &run.train.gt.file)?;
+    let mut strings = frozen_strings(&method.frozen_inputs());
+    strings.extend(settings.clone());
     let mut optimizers: Vec<Optimizer> = method
         .param_groups()
         .into_iter()
@@ -141,21 +159,60 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         seed: c.seed,
         device: device.clone(),
     };
+    let samples = loader.sampler.order(c.seed, 0).len();
+    if s.batch_size > samples {
+        return Err(cfg.error(
+            "solver.batch_size",
+            format!(
+                "{} is more than the {samples} training images an epoch draws; at most {samples}",
+                s.batch_size
+            ),
+        ));
+    }
     let per_epoch = loader.batches_per_epoch().max(1) as u64;
     let (len, in_epochs) = s.length();
     let total = if in_epochs { len * per_epoch } else { len };
     let lr = LrSchedule::new(s, per_epoch, total);
 
-    let ckpt_path = out.join("checkpoint.safetensors");
     let mut start = 0u64;
-    if !resume && !opts.fresh && ckpt_path.exists() {
-        return Err(Error::msg(format!(
-            "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
-            out.display()
-        )));
-    }
+    let mut changes = vec![];
+    // The iteration of the last checkpoint on disk, if any: what a stop can fall back on.
+    let mut saved: Option<u64> = None;
     if resume {
         let ck = checkpoint::load(&ckpt_path)?;
+        // The settings first, so a changed optimizer or batch size is named as such rather
+        // than as tensors or optimizer state that do not fit.
+        changes = resume::check_settings(cfg, &ckpt_path, &ck.strings, &settings, &out)?;
+        if ck.iter > total {
+            let key = if in_epochs {
+                "solver.epochs"
+            } else {
+                "solver.iterations"
+            };
+            let was = changes
+                .iter()
+                .find(|ch| ch.path == key)
+                .map(|ch| format!(" (it was {})", ch.old))
+                .unwrap_or_default();
+            let (now, need) = if in_epochs {
+                (
+                    format!("{len} epochs = {total} iterations"),
+                    ck.iter.div_ceil(per_epoch),
+                )
+            } else {
+                (total.to_string(), ck.iter)
+            };
+            return Err(cfg.error(
+                key,
+                format!(
+                    "is now {now}{was}, but {} is already at iteration {}: resuming would \
+                     train nothing and write no model; set it to at least {need}, or start \
+                     over with --fresh",
+                    ckpt_path.display(),
+                    ck.iter
+                ),
+            ));
+        }
         let mut tensors = ck.model;
         tensors.extend(ck.aux);
         let r = load_tensors(&state_vars(&*method), &tensors)?;
@@ -179,19 +236,49 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 state = rest;
                 mine
             };
-            o.load_state(mine, ck.optim_step)?;
+            o.load_state(mine, ck.optim_step)
+                .map_err(|e| Error::msg(format!("{}: {e}", ckpt_path.display())))?;
         }
         start = ck.iter;
+        saved = Some(start);
         eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let out = std::fs::canonicalize(&out).unwrap_or(out);
-    crate::util::write_atomic(
-        &out.join("config.json"),
-        serde_json::to_string_pretty(c)
-            .expect("config serialises")
-            .as_bytes(),
-    )?;
+    let stale = rundir::remove_stale_temporaries(&out)?;
+    if !stale.is_empty() {
+        eprintln!(
+            "removed {} temporary file(s) left by an interrupted write in {}",
+            stale.len(),
+            out.display()
+        );
+    }
+    if !resume {
+        // A run from iteration 0 (--fresh, or no checkpoint): the folder's earlier outputs
+        // describe another run.
+        let old = rundir::remove_outputs(&out)?;
+        if !old.is_empty() {
+            let names: Vec<String> = old
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            eprintln!(
+                "removed the previous run's files from {}: {}",
+                out.display(),
+                names.join(", ")
+            );
+        }
+    }
+    let config_json = serde_json::to_value(c).expect("config serialises");
+    // config.json is the config the run started with; later changes go to the history.
+    if !resume || !out.join("config.json").exists() {
+        crate::util::write_atomic(
+            &out.join("config.json"),
+            serde_json::to_string_pretty(&config_json)
+                .expect("config serialises")
+                .as_bytes(),
+        )?;
+    }
     Sidecar::write(
         &out.join("model.json"),
         &method.networks()[eval_net].net.config,
@@ -199,17 +286,70 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         &run.train.categories.ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
+    if !changes.is_empty() {
+        let list: Vec<String> = changes
+            .iter()
+            .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
+            .collect();
+        eprintln!(
+            "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
+            list.join("; ")
+        );
+        log.write(
+            &json!({"iter": start, "event": "resume", "changed": rundir::changes_json(&changes)}),
+        )?;
+        rundir::append_history(&out, start, &changes, &config_json)?;
+    }
 
     let pb = progress(total, start);
     let t0 = Instant::now();
     let mut it = start;
     let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
     let mut last_eval = None;
-    let evaluate_now = |method: &dyn Method| -> Result<(EvalSummary, _)> {
-        let v = run.val.as_ref().expect("called with a val split");
-        let net = &method.networks()[eval_net];
-        evaluate(&*net.net.model, v, &input, s.batch_size, &device, None)
-    };
+    // Evaluate at iteration `it`: the record goes to the log unless it is there already (a
+    // resumed run re-evaluates where the interrupted one may have stopped); the final one also
+    // writes detections.json and eval.json.
+    let evaluate_at =
+        |method: &dyn Method, it: u64, log: &mut MetricsLog| -> Result<Option<EvalSummary>> {
+            let Some(v) = &run.val else {
+                return Ok(None);
+            };
+            if crate::util::fault_point("eval") {
+                crate::util::kill_self();
+            }
+            let net = &method.networks()[eval_net];
+            let (summary, recs) =
+                evaluate(&*net.net.model, v, &input, s.batch_size, &device, None)?;
+            if !log.has(it, "val/AP") {
+                let mut rec = json!({"iter": it});
+                for (k, x) in summary.named() {
+                    rec[format!("val/{k}")] = json!(x);
+                }
+                log.write(&rec)?;
+            }
+            let line = format!(
+                "iter {it}: val AP {:.4} AP50 {:.4}",
+                summary.stats[0], summary.stats[1]
+            );
+            // A hidden bar (no terminal) drops println: log lines go to stderr then.
+            if pb.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                pb.println(line);
+            }
+            if it == total {
+                write_results(&out.join("detections.json"), &recs)?;
+                write_eval_json(&out, &v.gt.file, &summary, it)?;
+            }
+            Ok(Some(summary))
+        };
+    let eval_due = |it: u64| (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || it == total;
+    // A resumed run completes the evaluation due at its checkpoint when the interrupted run
+    // did not log it (killed between checkpoint and evaluation); at the end of the run it is
+    // always done, to report and rewrite the final results.
+    if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, "val/AP")) {
+        last_eval = evaluate_at(&*method, start, &mut log)?;
+    }
     while it < end {
         let epoch = it / per_epoch;
         for batch in loader.epoch_from(epoch, (it % per_epoch) as usize) {
@@ -220,8 +360,14 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let step_t = Instant::now();
             let mut rng =
                 StepRng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let step = method.step(&batch, &mut rng)?;
-            let (loss, terms) = sum_losses(&step.losses, it + 1)?;
+            let mut step = method.step(&batch, &mut rng)?;
+            if crate::util::fault_point("nan-loss") {
+                // Test hook: a NaN loss, as a diverging run produces.
+                if let Some(t) = step.losses.values_mut().next() {
+                    *t = (&*t * f64::NAN)?;
+                }
+            }
+            let (loss, terms) = sum_losses(&step.losses, it + 1, saved)?;
             drop(step.losses);
             let mut grads = loss.backward()?;
             if let Some(max) = s.grad_clip {
@@ -252,10 +398,9 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                     eprintln!("iter {it}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
                 }
             }
-            let last = it == total;
             if s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every) || it == end {
                 // Never overwrite a good checkpoint with diverged weights.
-                check_finite_params(&optimizers, it)?;
+                check_finite_params(&optimizers, it, saved)?;
                 let (st, step) = optim_state(&optimizers);
                 let aux = method.own_vars().map(named_tensors).unwrap_or_default();
                 checkpoint::save(
@@ -266,46 +411,19 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                         optim: &st,
                         optim_step: step,
                         iter: it,
-                        strings: &frozen,
+                        strings: &strings,
                     },
                 )?;
+                saved = Some(it);
             }
-            if let Some(v) = &run.val {
-                if (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || last {
-                    let (summary, recs) = evaluate_now(&*method)?;
-                    let mut rec = json!({"iter": it});
-                    for (k, x) in summary.named() {
-                        rec[format!("val/{k}")] = json!(x);
-                    }
-                    log.write(&rec)?;
-                    let line = format!(
-                        "iter {it}: val AP {:.4} AP50 {:.4}",
-                        summary.stats[0], summary.stats[1]
-                    );
-                    // A hidden bar (no terminal) drops println: log lines go to stderr then.
-                    if pb.is_hidden() {
-                        eprintln!("{line}");
-                    } else {
-                        pb.println(line);
-                    }
-                    if last {
-                        write_results(&out.join("detections.json"), &recs)?;
-                        write_eval_json(&out, &v.gt.file, &summary, it)?;
-                    }
-                    last_eval = Some(summary);
+            if eval_due(it) {
+                if let Some(e) = evaluate_at(&*method, it, &mut log)? {
+                    last_eval = Some(e);
                 }
             }
         }
     }
     pb.finish_and_clear();
-    // `--resume` of a finished run trains nothing; it still reports (and rewrites) the final
-    // evaluation, so `--baseline` can compare.
-    if let (None, Some(v), true) = (&last_eval, &run.val, it == total && start == total) {
-        let (summary, recs) = evaluate_now(&*method)?;
-        write_results(&out.join("detections.json"), &recs)?;
-        write_eval_json(&out, &v.gt.file, &summary, it)?;
-        last_eval = Some(summary);
-    }
     let mut references = vec![];
     if it == total {
         // The evaluated network is `model.safetensors`; a method with several networks also
@@ -331,29 +449,38 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         // network 2 is the evaluated one): `<name>_detections.json` and `<name>/val/*`.
         if let (true, Some(v)) = (nets.len() > 1, &run.val) {
             let mut rec = json!({"iter": it});
+            let mut missing = false;
             for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
                 let (e, recs) = evaluate(&*n.net.model, v, &input, s.batch_size, &device, None)?;
                 write_results(&out.join(format!("{}_detections.json", n.name)), &recs)?;
+                missing |= !log.has(it, &format!("{}/val/AP", n.name));
                 for (k, x) in e.named() {
                     rec[format!("{}/val/{k}", n.name)] = json!(x);
                 }
                 references.push((format!("{} (network {})", n.name, i + 1), e));
             }
-            log.write(&rec)?;
+            // Logged once, however often a finished run is resumed.
+            if missing {
+                log.write(&rec)?;
+            }
         }
         // The reference models on the same validation set, for the comparison the user came
-        // for.
+        // for (logged once, however often a finished run is resumed).
         let refs = method.references();
         if let (false, Some(v)) = (refs.is_empty(), &run.val) {
             let mut rec = json!({"iter": it});
+            let mut missing = false;
             for r in refs {
                 let (e, _) = evaluate(r.model, v, r.input, s.batch_size, &device, None)?;
+                missing |= !log.has(it, &format!("{}/AP", r.key));
                 for (k, x) in e.named() {
                     rec[format!("{}/{k}", r.key)] = json!(x);
                 }
                 references.push((r.label, e));
             }
-            log.write(&rec)?;
+            if missing {
+                log.write(&rec)?;
+            }
         }
     }
     let _ = plot_run(&out);
@@ -368,6 +495,40 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     })
 }
 
+/// Refuse training data that cannot train a detector: no boxes at all (after dropping
+/// degenerate and out-of-image ones).
+fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
+    let boxes: usize = run.train.records.iter().map(|r| r.boxes.len()).sum();
+    if boxes > 0 {
+        return Ok(());
+    }
+    let gt = &run.train.gt;
+    let key = if cfg.config.data.synthetic.is_some() {
+        "data.synthetic"
+    } else {
+        "data.train.annotations"
+    };
+    Err(cfg.error(
+        key,
+        format!(
+            "{} has no boxes to train on ({} images; {} degenerate and {} out-of-image boxes \
+             dropped, crowd boxes are not trained on)",
+            gt.file.display(),
+            run.train.records.len(),
+            gt.dropped_boxes,
+            gt.outside_boxes
+        ),
+    ))
+}
+
+/// What a stop can say about the checkpoint on disk.
+fn kept(saved: Option<u64>) -> String {
+    match saved {
+        Some(i) => format!("the last good checkpoint (iteration {i}) is kept"),
+        None => "no checkpoint had been written yet".to_string(),
+    }
+}
+
 fn progress(total: u64, start: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
@@ -378,10 +539,12 @@ fn progress(total: u64, start: u64) -> ProgressBar {
     pb
 }
 
-/// Sum the named losses; a non-finite term stops training with its name and step.
+/// Sum the named losses; a non-finite term stops training with its name and step (and what is
+/// on disk: `saved`, the last checkpoint's iteration).
 fn sum_losses(
     losses: &BTreeMap<String, Tensor>,
     step: u64,
+    saved: Option<u64>,
 ) -> Result<(Tensor, BTreeMap<String, f64>)> {
     let mut vals = BTreeMap::new();
     let mut total: Option<Tensor> = None;
@@ -389,7 +552,8 @@ fn sum_losses(
         let v = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !v.is_finite() {
             return Err(Error::msg(format!(
-                "step {step}: loss term `{k}` is {v}; training stopped, the last good checkpoint is kept (lower solver.lr or set solver.grad_clip)"
+                "step {step}: loss term `{k}` is {v}; training stopped, {} (lower solver.lr or set solver.grad_clip)",
+                kept(saved)
             )));
         }
         vals.insert(k.clone(), v);
@@ -403,7 +567,7 @@ fn sum_losses(
 }
 
 /// Stop when an optimizer step made any parameter NaN or infinite (the loss was still finite).
-fn check_finite_params(opts: &[Optimizer], step: u64) -> Result<()> {
+fn check_finite_params(opts: &[Optimizer], step: u64, saved: Option<u64>) -> Result<()> {
     for p in opts.iter().flat_map(|o| o.params()) {
         let v = p
             .var
@@ -413,8 +577,9 @@ fn check_finite_params(opts: &[Optimizer], step: u64) -> Result<()> {
             .to_scalar::<f64>()?;
         if !v.is_finite() {
             return Err(Error::msg(format!(
-                "step {step}: parameter `{}` became non-finite; training stopped, the last good checkpoint is kept (lower solver.lr or set solver.grad_clip)",
-                p.name
+                "step {step}: parameter `{}` became non-finite; training stopped, {} (lower solver.lr or set solver.grad_clip)",
+                p.name,
+                kept(saved)
             )));
         }
     }
@@ -503,7 +668,17 @@ mod tests {
                 Tensor::new(f32::NAN, &Device::Cpu).unwrap(),
             ),
         ]);
-        let e = sum_losses(&l, 7).unwrap_err().to_string();
+        let e = sum_losses(&l, 7, Some(5)).unwrap_err().to_string();
         assert!(e.starts_with("step 7: loss term `loss_b` is NaN"), "{e}");
+        assert!(
+            e.contains("the last good checkpoint (iteration 5) is kept"),
+            "{e}"
+        );
+        // Before the first checkpoint there is none to keep, and the message says so.
+        let e = sum_losses(&l, 2, None).unwrap_err().to_string();
+        assert!(
+            e.contains("no checkpoint had been written yet") && !e.contains("is kept"),
+            "{e}"
+        );
     }
 }

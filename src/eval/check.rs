@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::data::coco::{check_image_files, load_ground_truth, CategoryMap, Purpose};
+use crate::data::coco::{image_file_errors, load_ground_truth, CategoryMap, ImageCheck, Purpose};
 use crate::error::Result;
 
 /// The outcome of a dataset check.
@@ -17,6 +17,9 @@ pub struct DataReport {
     pub per_class: Vec<(u64, String, usize, usize)>,
     /// Non-crowd boxes by COCO area range: small (< 32²), medium, large (≥ 96²).
     pub sizes: [usize; 3],
+    /// Image files missing, undecodable or of another size than stated (`--images`), each
+    /// located by its index in `images`.
+    pub bad_images: Vec<String>,
     /// Healthcheck errors (`code: message`).
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
@@ -33,7 +36,7 @@ impl DataReport {
         for (id, n, b, i) in &self.per_class {
             s.push_str(&format!("| {id} | {n} | {b} | {i} |\n"));
         }
-        for e in &self.errors {
+        for e in self.bad_images.iter().chain(&self.errors) {
             s.push_str(&format!("error: {e}\n"));
         }
         for w in &self.warnings {
@@ -43,14 +46,18 @@ impl DataReport {
     }
 }
 
-/// Validate `ann` (and its images when `images_dir` is given) and summarise it. Located errors
-/// come back as `Err`; healthcheck findings land in the report.
+/// Validate `ann` (and its images when `images_dir` is given: each decoded in full, in parallel)
+/// and summarise it. Located errors in the JSON come back as `Err`; bad image files and
+/// healthcheck findings land in the report, every one of them.
 pub fn check_dataset(ann: &Path, images_dir: Option<&Path>) -> Result<DataReport> {
     let gt = load_ground_truth(ann, Purpose::Eval)?;
     let ds = &gt.dataset;
-    if let Some(dir) = images_dir {
-        check_image_files(ann, ds, dir)?;
-    }
+    let bad_images = images_dir
+        .map(|dir| image_file_errors(ann, ds, dir, ImageCheck::Decode))
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     let cats = CategoryMap::new(&ds.categories);
     let mut boxes = vec![0usize; cats.len()];
     let mut imgs: Vec<std::collections::HashSet<u64>> = vec![Default::default(); cats.len()];
@@ -87,6 +94,7 @@ pub fn check_dataset(ann: &Path, images_dir: Option<&Path>) -> Result<DataReport
             .map(|i| (cats.ids[i], cats.names[i].clone(), boxes[i], imgs[i].len()))
             .collect(),
         sizes,
+        bad_images,
         errors: health.errors.iter().map(fmt).collect(),
         warnings: health.warnings.iter().map(fmt).collect(),
     })
@@ -107,5 +115,6 @@ mod tests {
             r.annotations
         );
         assert!(r.to_text().contains("| class | boxes | images |"));
+        assert!(r.bad_images.is_empty());
     }
 }

@@ -31,8 +31,7 @@ impl Sidecar {
             return Ok(None);
         };
         let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let value = serde_json::from_slice(&text)
-            .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
+        let value = crate::error::parse_json(&file, &text)?;
         Ok(Some(Sidecar { file, value }))
     }
 
@@ -50,10 +49,16 @@ impl Sidecar {
         })
     }
 
-    /// The architecture of the weights, or an error naming where it was looked for.
+    /// The architecture of the weights, validated as a config's `model` section is, or an
+    /// error naming where it was looked for.
     pub fn model_of(weights: &Path) -> Result<ModelConfig> {
         match Self::find(weights)? {
-            Some(s) => s.field("model"),
+            Some(s) => {
+                let m: ModelConfig = s.field("model")?;
+                m.validate("model")
+                    .map_err(|e| Error::located(&s.file, e.path, e.msg))?;
+                Ok(m)
+            }
             None => {
                 let [a, b] = Self::candidates(weights);
                 Err(Error::msg(format!(
@@ -80,19 +85,9 @@ impl Sidecar {
     }
 }
 
-/// Class names and category ids of trained weights: from their [`Sidecar`], else from
-/// `training_annotations` (called only then: it may generate a synthetic dataset).
-pub fn read_classes(
-    weights: &Path,
-    training_annotations: impl FnOnce() -> Result<PathBuf>,
-) -> Result<(Vec<String>, Vec<u64>)> {
-    if let Some(s) = Sidecar::find(weights)? {
-        return Ok((s.field("classes")?, s.field("category_ids")?));
-    }
-    let gt = crate::data::coco::load_ground_truth(
-        &training_annotations()?,
-        crate::data::coco::Purpose::Eval,
-    )?;
+/// Class names and category ids (in label order) of a COCO instances file.
+pub fn classes_of_annotations(annotations: &Path) -> Result<(Vec<String>, Vec<u64>)> {
+    let gt = crate::data::coco::load_ground_truth(annotations, crate::data::coco::Purpose::Eval)?;
     let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
     Ok((m.names, m.ids))
 }

@@ -234,6 +234,9 @@ fn locate(path: &Path) -> Result<PathBuf> {
 /// Errors name the file.
 pub fn read_state_dict(path: &Path, rules: &KeyRules) -> Result<HashMap<String, Tensor>> {
     let err = |e: &dyn std::fmt::Display| Error::msg(format!("{}: {e}", path.display()));
+    if path.is_dir() {
+        return Err(err(&"is a folder, not a weights file"));
+    }
     let mut head = [0u8; 9];
     let n = {
         use std::io::Read;
@@ -251,10 +254,7 @@ pub fn read_state_dict(path: &Path, rules: &KeyRules) -> Result<HashMap<String, 
         read_pytorch(path)?
     } else if n == 9 && head[8] == b'{' {
         // safetensors: an 8-byte little-endian header length, then the JSON header.
-        candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| err(&e))?
-            .into_iter()
-            .collect()
+        read_safetensors(path)?.into_iter().collect()
     } else {
         return Err(err(
             &"neither a safetensors file nor a PyTorch zip checkpoint (torch.save \
@@ -390,6 +390,19 @@ pub fn load_backbone(
 pub fn save_safetensors(varmap: &VarMap, path: &Path) -> Result<()> {
     let map: HashMap<String, Tensor> = named_tensors(varmap).into_iter().collect();
     write_safetensors(&map, path)
+}
+
+/// Every tensor of a safetensors file, on the CPU. Errors name the file; a folder is said to be
+/// one (rather than the OS's "Is a directory" from deep inside the reader).
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if path.is_dir() {
+        return Err(Error::msg(format!(
+            "{}: is a folder, not a weights file",
+            path.display()
+        )));
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
 }
 
 /// Write tensors as safetensors, atomically ([`crate::util::write_atomic_with`]).

@@ -83,3 +83,42 @@ pub fn set(path: &str, key: &str, value: serde_json::Value) {
     v[key] = value;
     std::fs::write(path, v.to_string()).unwrap();
 }
+
+/// A command running kdet, for tests that add environment, limits or a kill.
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kdet"));
+    c.args(args);
+    c
+}
+
+/// A run's metrics records without their wall-clock `time` (which differs between runs).
+pub fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("time");
+            v
+        })
+        .collect()
+}
+
+/// Two finished runs of the same config are the same run: metrics (but wall-clock times),
+/// final weights, detections and evaluation, bit for bit.
+pub fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(records(a), records(b), "metrics differ");
+    for f in ["model.safetensors", "detections.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let stats = |d: &Path| {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(d.join("eval.json")).unwrap())
+            .unwrap()["stats"]
+            .clone()
+    };
+    assert_eq!(stats(a), stats(b), "eval.json differs");
+}
