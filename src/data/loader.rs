@@ -14,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::coco::ImageRecord;
 use super::transforms::{
-    hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes, resize_size, ImageF32,
-    InputConfig,
+    color_jitter, hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes,
+    ImageF32, InputConfig,
 };
 use crate::error::{Error, Result};
 
@@ -72,6 +72,8 @@ pub struct DetectionDataset {
     pub input: InputConfig,
     /// Flip probability; 0 for evaluation.
     pub flip_prob: f32,
+    /// Colour-jitter strength (`data.color_jitter`); 0 for evaluation.
+    pub color_jitter: f32,
 }
 
 impl DetectionDataset {
@@ -90,8 +92,9 @@ impl DetectionDataset {
             .to_rgb8();
         let mut img = ImageF32::from_rgb(&img);
         let original_size = (img.h, img.w);
+        color_jitter(&mut img, self.color_jitter, rng);
         normalize(&mut img, &self.input.mean, &self.input.std);
-        let (nh, nw) = resize_size(img.h, img.w, self.input.min_size, self.input.max_size);
+        let (nh, nw) = self.input.output_size(img.h, img.w);
         let mut img = resize_bilinear(&img, nh, nw);
         let mut target = Target {
             boxes: rec.boxes.clone(),
@@ -368,6 +371,7 @@ mod tests {
                 records: recs,
                 input,
                 flip_prob: 0.5,
+                color_jitter: 0.0,
             }),
             batch_size: 2,
             workers,

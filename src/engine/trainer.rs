@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use super::checkpoint::{self, frozen_strings};
-use super::evaluator::{evaluate, write_results};
+use super::evaluator::{eval_json, evaluate, Evaluation, Predicted};
 use super::method::{Method, RunData};
 use super::metrics::{plot_run, MetricsLog};
 use super::optim::{params_with_decay, Optimizer};
@@ -30,7 +30,6 @@ use super::schedule::LrSchedule;
 use crate::config::LoadedConfig;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
 use crate::error::{Error, Result};
-use crate::eval::EvalSummary;
 use crate::models::contract::StepRng;
 use crate::models::sidecar::Sidecar;
 use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
@@ -46,10 +45,10 @@ pub struct TrainSummary {
     /// Where this invocation started (`--resume`), 0 otherwise.
     pub start: u64,
     pub seconds: f64,
-    pub eval: Option<EvalSummary>,
+    pub eval: Option<Evaluation>,
     /// The method's reference models (teachers) and other networks on the full validation set,
     /// by label, when the run finished.
-    pub references: Vec<(String, EvalSummary)>,
+    pub references: Vec<(String, Evaluation)>,
     /// The name of the evaluated network when the method trains several (empty otherwise).
     pub evaluated: String,
 }
@@ -128,12 +127,15 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let eval_net = method.eval_network();
     let input = method.networks()[eval_net].net.config.input().clone();
 
+    let train_records = run.train_records();
+    let train_counts = run.train_counts();
     let loader = Loader {
-        sampler: Sampler::new(c.data.sampler, &run.train.records, true),
+        sampler: Sampler::new(c.data.sampler, &train_records, true),
         dataset: Arc::new(DetectionDataset {
-            records: run.train.records.clone(),
+            records: train_records,
             input: input.clone(),
             flip_prob: c.data.flip_prob,
+            color_jitter: c.data.color_jitter,
         }),
         batch_size: s.batch_size,
         workers: c.data.workers,
@@ -195,8 +197,8 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     Sidecar::write(
         &out.join("model.json"),
         &method.networks()[eval_net].net.config,
-        &run.train.categories.names,
-        &run.train.categories.ids,
+        &run.train.categories().names,
+        &run.train.categories().ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
 
@@ -205,10 +207,18 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let mut it = start;
     let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
     let mut last_eval = None;
-    let evaluate_now = |method: &dyn Method| -> Result<(EvalSummary, _)> {
+    let evaluate_now = |method: &dyn Method| -> Result<(Evaluation, Predicted)> {
         let v = run.val.as_ref().expect("called with a val split");
         let net = &method.networks()[eval_net];
-        evaluate(&*net.net.model, v, &input, s.batch_size, &device, None)
+        evaluate(
+            &*net.net.model,
+            v,
+            &input,
+            s.batch_size,
+            &device,
+            None,
+            &train_counts,
+        )
     };
     while it < end {
         let epoch = it / per_epoch;
@@ -278,10 +288,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                         rec[format!("val/{k}")] = json!(x);
                     }
                     log.write(&rec)?;
-                    let line = format!(
-                        "iter {it}: val AP {:.4} AP50 {:.4}",
-                        summary.stats[0], summary.stats[1]
-                    );
+                    let line = format!("iter {it}: val {}", summary.headline());
                     // A hidden bar (no terminal) drops println: log lines go to stderr then.
                     if pb.is_hidden() {
                         eprintln!("{line}");
@@ -289,8 +296,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                         pb.println(line);
                     }
                     if last {
-                        write_results(&out.join("detections.json"), &recs)?;
-                        write_eval_json(&out, &v.gt.file, &summary, it)?;
+                        write_eval(&out, v, &summary, &recs, it, &train_counts)?;
                     }
                     last_eval = Some(summary);
                 }
@@ -302,8 +308,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     // evaluation, so `--baseline` can compare.
     if let (None, Some(v), true) = (&last_eval, &run.val, it == total && start == total) {
         let (summary, recs) = evaluate_now(&*method)?;
-        write_results(&out.join("detections.json"), &recs)?;
-        write_eval_json(&out, &v.gt.file, &summary, it)?;
+        write_eval(&out, v, &summary, &recs, it, &train_counts)?;
         last_eval = Some(summary);
     }
     let mut references = vec![];
@@ -322,8 +327,8 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 Sidecar::write(
                     &out.join(format!("{}.json", n.name)),
                     &n.net.config,
-                    &run.train.categories.names,
-                    &run.train.categories.ids,
+                    &run.train.categories().names,
+                    &run.train.categories().ids,
                 )?;
             }
         }
@@ -332,8 +337,16 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         if let (true, Some(v)) = (nets.len() > 1, &run.val) {
             let mut rec = json!({"iter": it});
             for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
-                let (e, recs) = evaluate(&*n.net.model, v, &input, s.batch_size, &device, None)?;
-                write_results(&out.join(format!("{}_detections.json", n.name)), &recs)?;
+                let (e, recs) = evaluate(
+                    &*n.net.model,
+                    v,
+                    &input,
+                    s.batch_size,
+                    &device,
+                    None,
+                    &train_counts,
+                )?;
+                recs.write(&out.join(format!("{}_{}", n.name, recs.file_name())))?;
                 for (k, x) in e.named() {
                     rec[format!("{}/val/{k}", n.name)] = json!(x);
                 }
@@ -347,7 +360,15 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         if let (false, Some(v)) = (refs.is_empty(), &run.val) {
             let mut rec = json!({"iter": it});
             for r in refs {
-                let (e, _) = evaluate(r.model, v, r.input, s.batch_size, &device, None)?;
+                let (e, _) = evaluate(
+                    r.model,
+                    v,
+                    r.input,
+                    s.batch_size,
+                    &device,
+                    None,
+                    &train_counts,
+                )?;
                 for (k, x) in e.named() {
                     rec[format!("{}/{k}", r.key)] = json!(x);
                 }
@@ -451,9 +472,17 @@ pub fn clip_grad_norm<'a>(
     Ok(norm)
 }
 
-fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<()> {
-    let gt = std::fs::canonicalize(gt).unwrap_or_else(|_| gt.to_path_buf());
-    let v = json!({"gt": gt, "detections": "detections.json", "iter": iter, "stats": s.stats, "per_class": s.per_class});
+/// The final predictions (`detections.json` or `predictions.json`) and `eval.json`.
+fn write_eval(
+    out: &Path,
+    split: &crate::data::Split,
+    s: &Evaluation,
+    preds: &Predicted,
+    iter: u64,
+    train_counts: &[usize],
+) -> Result<()> {
+    preds.write(&out.join(preds.file_name()))?;
+    let v = eval_json(split, s, preds.file_name(), iter, train_counts);
     crate::util::write_atomic(
         &out.join("eval.json"),
         serde_json::to_string_pretty(&v).expect("json").as_bytes(),

@@ -81,18 +81,13 @@ impl Sidecar {
 }
 
 /// Class names and category ids of trained weights: from their [`Sidecar`], else from
-/// `training_annotations` (called only then: it may generate a synthetic dataset).
+/// `training_classes` (called only then: it may generate a synthetic dataset).
 pub fn read_classes(
     weights: &Path,
-    training_annotations: impl FnOnce() -> Result<PathBuf>,
+    training_classes: impl FnOnce() -> Result<(Vec<String>, Vec<u64>)>,
 ) -> Result<(Vec<String>, Vec<u64>)> {
     if let Some(s) = Sidecar::find(weights)? {
         return Ok((s.field("classes")?, s.field("category_ids")?));
     }
-    let gt = crate::data::coco::load_ground_truth(
-        &training_annotations()?,
-        crate::data::coco::Purpose::Eval,
-    )?;
-    let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
-    Ok((m.names, m.ids))
+    training_classes()
 }
