@@ -64,7 +64,8 @@ pub enum PretrainedConfig {
     /// `candle_transformers::models::dinov2::DinoVisionTransformer` (facebookresearch/dinov2's
     /// torch-hub names, also timm's `vit_small_patch14_dinov2.lvd142m`: `cls_token`,
     /// `pos_embed`, `patch_embed.proj.weight`, `blocks.N.attn.qkv.weight`, `norm.weight`, and
-    /// optionally the 1000-class linear `head`). Feature: the normalised class token.
+    /// optionally the 1000-class linear `head`). Feature: the mean of the final-normalised patch
+    /// tokens (images run one at a time: candle-transformers' DINOv2 takes batches of one).
     Dinov2 {
         /// Transformer blocks. ViT-S/14: 12.
         #[serde(default = "vits_depth")]

@@ -135,6 +135,19 @@ enum Net {
     },
 }
 
+/// `f` on each image of `x` alone, results stacked: candle-transformers' DINOv2 concatenates
+/// its class token to the patch tokens without broadcasting it over the batch, so it runs one
+/// image at a time.
+fn per_image(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let outs = (0..x.dim(0)?)
+        .map(|i| f(&x.narrow(0, i, 1)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 0)
+}
+
 /// A candle-transformers model as a frozen teacher.
 pub struct PretrainedTeacher {
     pub index: usize,
@@ -327,20 +340,20 @@ impl PretrainedTeacher {
         Ok(x.to_dtype(self.dtype)?)
     }
 
-    /// The pooled feature (ResNet: average-pooled last stage; DINOv2: the normalised class
-    /// token), `B × D`, f32.
+    /// The pooled feature (ResNet: average-pooled last stage; DINOv2: the mean of the
+    /// final-normalised patch tokens, the second half of DINOv2's linear-probe input), `B × D`,
+    /// f32.
     pub fn features(&self, images: &Tensor, student: &InputConfig) -> Result<Tensor> {
         let x = self.input(images, student)?;
         let f = match &self.net {
             Net::Resnet { features, .. } => features.forward(&x)?,
-            Net::Dino { vit, depth, .. } => {
-                // The last block's tokens after the final norm. With `return_class_token` the
-                // class token is appended to every patch token: the last C columns of the first.
-                let all = vit.get_intermediate_layers(&x, &[depth - 1], false, true, true)?;
-                let all = all.i(0)?;
-                let c = self.feature_dim;
-                all.i((.., 0, c..2 * c))?.contiguous()?
-            }
+            Net::Dino { vit, depth, .. } => per_image(&x, |xi| {
+                // The last block's patch tokens after the final norm, averaged. (The class token
+                // is out of reach: candle-transformers' `get_intermediate_layers` concatenates
+                // the 2-D class token to the 3-D patch tokens and fails.)
+                let all = vit.get_intermediate_layers(xi, &[depth - 1], false, false, true)?;
+                all.i(0)?.mean(1)
+            })?,
         };
         Ok(f.to_dtype(DType::F32)?)
     }
