@@ -20,6 +20,7 @@ pub type SplitPaths = (std::path::PathBuf, std::path::PathBuf);
 
 /// A loaded split: COCO detection data, or classification data (one label per image).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per run: boxing would buy nothing
 pub enum Split {
     Detection(DetectionData),
     Classification(ClassificationData),
