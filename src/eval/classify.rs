@@ -368,13 +368,7 @@ mod tests {
         // Classes 1 (many: 400 training images), 2 (few: 4).
         let names = vec!["a".to_string(), "b".to_string()];
         let a: Vec<_> = (0..40)
-            .map(|i| {
-                p(
-                    &format!("{i}.png"),
-                    1 + (i % 2) as u32,
-                    if i % 2 == 0 { 1 } else { 1 },
-                )
-            })
+            .map(|i| p(&format!("{i}.png"), 1 + (i % 2) as u32, 1))
             .collect();
         let s = ClassSummary::new(&a, &names, &[1, 2], &[400, 4]);
         assert_eq!((s.top1, s.top5), (0.5, 1.0));
