@@ -1,5 +1,7 @@
-//! `kdet infer`: detect objects in image files or folders, draw boxes with class names and
-//! scores (bundled DejaVu Sans), and write one COCO results JSON for all images.
+//! `kdet infer`: run a model on image files or folders. A detector's boxes are drawn with class
+//! names and scores (bundled DejaVu Sans) and written as one COCO results JSON
+//! (`detections.json`); a classifier's top-k classes per image are printed and written as
+//! `predictions.json`. What is written follows what the model predicts.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +13,9 @@ use imageproc::rect::Rect;
 use serde::Serialize;
 
 use crate::data::loader::{collate, Sample, Target};
-use crate::data::transforms::{normalize, resize_bilinear, resize_size, ImageF32, InputConfig};
+use crate::data::transforms::{normalize, resize_bilinear, ImageF32, InputConfig};
 use crate::error::{Error, Result};
-use crate::models::contract::{Detections, Model};
+use crate::models::contract::{Detections, Model, Predictions};
 
 /// Image files under the given files and folders (JPEG/PNG, sorted within a folder).
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -69,6 +71,29 @@ const PALETTE: [[u8; 3]; 8] = [
     [70, 240, 240],
     [240, 50, 230],
 ];
+
+/// One image's top classes (`kdet infer` with a classifier).
+#[derive(Debug, Serialize)]
+pub struct ClassRecord {
+    pub image_id: u64,
+    pub file_name: String,
+    /// The most probable classes, most probable first.
+    pub top: Vec<TopClass>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopClass {
+    pub category_id: u64,
+    pub category: String,
+    pub score: f64,
+}
+
+/// What `kdet infer` found: detections (a detector) or top classes (a classifier).
+#[derive(Debug, Default)]
+pub struct InferOutput {
+    pub detections: Vec<InferRecord>,
+    pub classes: Vec<ClassRecord>,
+}
 
 /// Draw detections on an image.
 pub fn draw(img: &mut RgbImage, d: &Detections, names: &[String], score_thr: f32) -> Result<()> {
@@ -130,8 +155,10 @@ pub fn drawing_names(images: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Run the model on each image; write `DIR/<name>.png` drawings (see [`drawing_names`]) and `DIR/detections.json`.
-/// `category_ids[l-1]` and `names[l-1]` describe label `l`.
+/// Run the model on each image. A detector: `DIR/<name>.png` drawings (see [`drawing_names`]) and
+/// `DIR/detections.json` (detections scoring at least `score_thr`); a classifier: the `top_k`
+/// classes of each image in `DIR/predictions.json`. `category_ids[l-1]` and `names[l-1]`
+/// describe label `l`.
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
     model: &dyn Model,
@@ -141,8 +168,9 @@ pub fn infer(
     images: &[PathBuf],
     out: &Path,
     score_thr: f32,
+    top_k: usize,
     device: &Device,
-) -> Result<Vec<InferRecord>> {
+) -> Result<InferOutput> {
     if names.len() != category_ids.len() {
         return Err(Error::msg(format!(
             "{} class names but {} category ids: the model's class list is inconsistent",
@@ -153,12 +181,13 @@ pub fn infer(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let drawings = drawing_names(images);
     let mut recs = vec![];
+    let mut classes = vec![];
     for (i, path) in images.iter().enumerate() {
         let rgb = crate::data::decode_image(path)?.to_rgb8();
         let mut x = ImageF32::from_rgb(&rgb);
         let orig = (x.h, x.w);
         normalize(&mut x, &input.mean, &input.std);
-        let (nh, nw) = resize_size(x.h, x.w, input.min_size, input.max_size);
+        let (nh, nw) = input.output_size(x.h, x.w);
         let x = resize_bilinear(&x, nh, nw);
         let sample = Sample {
             image_id: i as u64 + 1,
@@ -172,7 +201,35 @@ pub fn infer(
             flipped: false,
         };
         let batch = collate(vec![sample], input.size_divisible as usize, device)?;
-        let d = model.predict(&batch)?.into_detections()?.remove(0);
+        let d = match model.predict(&batch)? {
+            Predictions::Classes(mut p) => {
+                let p = p.remove(0);
+                if p.len() != names.len() {
+                    return Err(Error::msg(format!(
+                        "the model scores {} classes but its class list has {}",
+                        p.len(),
+                        names.len()
+                    )));
+                }
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+                classes.push(ClassRecord {
+                    image_id: i as u64 + 1,
+                    file_name: path.display().to_string(),
+                    top: order
+                        .into_iter()
+                        .take(top_k.max(1))
+                        .map(|k| TopClass {
+                            category_id: category_ids[k],
+                            category: names[k].clone(),
+                            score: p[k] as f64,
+                        })
+                        .collect(),
+                });
+                continue;
+            }
+            other => other.into_detections()?.remove(0),
+        };
         // Small images are enlarged (nearest) so that labels stay readable.
         let k = (384 / rgb.width().min(rgb.height()).max(1)).max(1);
         let mut canvas = image::imageops::resize(
@@ -203,11 +260,21 @@ pub fn infer(
             });
         }
     }
-    crate::util::write_atomic(
-        &out.join("detections.json"),
-        &serde_json::to_vec_pretty(&recs).expect("json"),
-    )?;
-    Ok(recs)
+    if classes.is_empty() {
+        crate::util::write_atomic(
+            &out.join("detections.json"),
+            &serde_json::to_vec_pretty(&recs).expect("json"),
+        )?;
+    } else {
+        crate::util::write_atomic(
+            &out.join("predictions.json"),
+            &serde_json::to_vec_pretty(&classes).expect("json"),
+        )?;
+    }
+    Ok(InferOutput {
+        detections: recs,
+        classes,
+    })
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
-//! kdet: knowledge distillation of object detectors on candle.
+//! kdet: knowledge distillation of object detectors (and of the classification backbones they
+//! start from) on candle.
 //!
 //! # Where things live
 //!
 //! | Module | What lives there |
 //! |---|---|
 //! | [`config`] | JSON run configs: top-level sections, `base` inheritance, located validation errors; the `solver`, `teachers` and `distill` schemas. |
-//! | [`models`] | The model contract ([`models::contract`]: forward → assignment → losses/head outputs, taps, predictions), the `arch`-tagged model section and family table ([`models::config`]), the builder, Faster R-CNN (RPN, RoI heads), PAA (mmdetection's, with its probabilistic anchor assignment), ResNet + FPN, seeded init, weight loading with key rules and reports, sidecars. |
-//! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checksummed checkpoints and `--resume` (what it may change: [`engine::resume`]), the run folder's files ([`engine::rundir`]), metrics JSONL and plots, evaluation over a val split. |
-//! | [`distill`] | Distillation methods, one file each (Chen et al. 2017, LAD, Co-LAD), their loss terms (hints with adaptation, weighted soft CE, teacher-bounded regression, temperature KD), frozen teachers, and `build_method`. |
-//! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), transforms and the `model.input` section, threaded loader and samplers, the synthetic shapes dataset, torchvision's COCO category list. |
-//! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`. |
+//! | [`models`] | The model contract ([`models::contract`]: forward → assignment → losses/head outputs, taps, predictions), the `arch`-tagged model section and family table ([`models::config`]), the builder, Faster R-CNN (RPN, RoI heads), PAA, the image classifier (`classifier`: linear or cosine head, SimCLRv2 MLP layers, CBD projection), ResNet + FPN, seeded init, weight loading with key rules and reports, sidecars. |
+//! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checksummed checkpoints and `--resume` (what it may change: [`engine::resume`]), the run folder's files ([`engine::rundir`]), metrics JSONL and plots, evaluation over a val split ([`engine::evaluator`]: detections or class probabilities, whichever the model predicts). |
+//! | [`distill`] | Distillation methods, one file each (Chen et al. 2017, LAD, Co-LAD, SimCLRv2, CBD), their loss terms (hints with adaptation, weighted soft CE, teacher-bounded regression, temperature KD), frozen teachers (kdet models; candle-transformers' ResNet and DINOv2 from the hub, [`distill::pretrained`]), and `build_method`. |
+//! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), ImageFolder classification splits ([`data::folder`]), transforms and the `model.input` section, threaded loader and samplers (instance, class-balanced), the synthetic shapes datasets (detection; classification crops with a long tail), torchvision's COCO category list. |
+//! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`; classification accuracy (top-1/5, per class, many/medium/few) and its bootstrap comparison ([`eval::classify`]). |
 //! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign), box machinery (coder, IoU, NMS, anchors, matcher) and the 1-D GMM of PAA. |
-//! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON. |
+//! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON; a classifier's top-k classes per image. |
 //! | [`export`] | `kdet export`: torchvision- or kdet-format safetensors + sidecar JSON. |
 //! | [`hub`] | `hf://owner/repo/file@rev` weight specs: found in the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`), downloaded unless `HF_HUB_OFFLINE`. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing; the precision of frozen models. |

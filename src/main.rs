@@ -183,6 +183,9 @@ enum Cmd {
         /// is used (and said).
         #[arg(long, value_enum)]
         classes: Option<ClassList>,
+        /// A classifier: how many of the most probable classes to print and write per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
         /// With a config training several networks (Co-LAD): which one the weights are, `net1`
         /// or `net2`.
         #[arg(long)]
@@ -216,11 +219,16 @@ enum Cmd {
         #[arg(long, value_enum)]
         classes: Option<ClassList>,
     },
-    /// Write a deterministic synthetic COCO-style detection dataset (same seed ⇒ same bytes).
+    /// Write a deterministic synthetic dataset (same seed ⇒ same bytes): COCO-style detection,
+    /// or ImageFolder classification crops (`--task classification`).
     Synth {
-        /// Output folder: DIR/images/*.png and DIR/annotations/{train,val}.json.
+        /// Output folder: DIR/images/*.png and DIR/annotations/{train,val}.json (detection);
+        /// DIR/{train,val}/<class>/*.png and DIR/unlabeled/*.png (classification).
         #[arg(long)]
         out: PathBuf,
+        /// `detection` or `classification` (one object crop per image, class = shape × colour).
+        #[arg(long, value_enum, default_value = "detection")]
+        task: kdet::data::synth::SynthTask,
         /// Random seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -233,13 +241,18 @@ enum Cmd {
         /// Image side in pixels.
         #[arg(long, default_value_t = 128)]
         size: u32,
-        /// Number of shape classes (1–8).
+        /// Number of classes: shapes (detection, 1–8) or shape × colour pairs (classification,
+        /// 1–32).
         #[arg(long, default_value_t = 5)]
         classes: usize,
         /// Long-tail imbalance ratio: class frequencies decay geometrically from the first to
-        /// the last class by this factor (1 = balanced).
+        /// the last class by this factor (1 = balanced). Classification: the training split only
+        /// (val stays balanced), classes ranked by a seeded shuffle.
         #[arg(long, default_value_t = 1.0, value_parser = finite_f64)]
         long_tail: f64,
+        /// Classification: images without labels, in DIR/unlabeled.
+        #[arg(long, default_value_t = 0)]
+        unlabeled: usize,
     },
     /// Dataset tools.
     Data {
@@ -297,10 +310,7 @@ fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool)
         s.output_dir.display()
     );
     for (label, e) in &s.references {
-        println!(
-            "{label}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
-            e.stats[0], e.stats[1], e.stats[2]
-        );
+        println!("{label}: val {}", e.headline());
     }
     if let Some(e) = &s.eval {
         let who = if !s.evaluated.is_empty() {
@@ -310,10 +320,7 @@ fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool)
         } else {
             "student".to_string()
         };
-        println!(
-            "{who}: val bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
-            e.stats[0], e.stats[1], e.stats[2]
-        );
+        println!("{who}: val {}", e.headline());
     }
 }
 
@@ -385,7 +392,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => {
                     let gt = gt.context("give --gt and --dt, or --config and --weights")?;
                     let dt = dt.context("--dt is required")?;
-                    kdet::eval::evaluate_files(&gt, &dt)?
+                    kdet::engine::evaluator::Evaluation::Detection(kdet::eval::evaluate_files(
+                        &gt, &dt,
+                    )?)
                 }
             };
             match format {
@@ -443,6 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inputs,
             out,
             score_thr,
+            top_k,
             network,
             classes,
         } => {
@@ -450,7 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let weights = local_weights(&weights)?;
             let (net, names, ids) = load_model(&cfg, &weights, network.as_deref(), classes)?;
             let images = kdet::infer::collect_images(&inputs)?;
-            let recs = kdet::infer::infer(
+            let r = kdet::infer::infer(
                 &*net.model,
                 net.config.input(),
                 &names,
@@ -458,14 +468,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &images,
                 &out,
                 score_thr,
+                top_k,
                 &net.device,
             )?;
-            eprintln!(
-                "{} detections on {} images; drawings and detections.json in {}",
-                recs.len(),
-                images.len(),
-                out.display()
-            );
+            if r.classes.is_empty() {
+                eprintln!(
+                    "{} detections on {} images; drawings and detections.json in {}",
+                    r.detections.len(),
+                    images.len(),
+                    out.display()
+                );
+            } else {
+                for c in &r.classes {
+                    let top: Vec<String> = c
+                        .top
+                        .iter()
+                        .map(|t| format!("{} {:.3}", t.category, t.score))
+                        .collect();
+                    println!("{}: {}", c.file_name, top.join(", "));
+                }
+                eprintln!(
+                    "top-{top_k} classes of {} images in {}",
+                    images.len(),
+                    out.join("predictions.json").display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Export {
@@ -501,26 +528,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Synth {
             out,
+            task,
             seed,
             train,
             val,
             size,
             classes,
             long_tail,
+            unlabeled,
         } => {
             let spec = SynthSpec {
+                task,
                 seed,
                 train,
                 val,
                 size,
                 classes,
                 long_tail,
+                unlabeled,
                 cache_dir: PathBuf::new(),
             };
             let cfg = kdet::config::from_str(
                 "kdet synth",
-                &serde_json::json!({"data": {"synthetic": {"seed": seed, "train": train, "val": val,
-                    "size": size, "classes": classes, "long_tail": long_tail}}})
+                &serde_json::json!({"data": {"synthetic": {"task": task, "seed": seed, "train": train, "val": val,
+                    "size": size, "classes": classes, "long_tail": long_tail, "unlabeled": unlabeled}}})
                 .to_string(),
             );
             cfg.map_err(|e| {
@@ -529,6 +560,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .replace("kdet synth: data.synthetic.", "--")
                     .replace('_', "-"))
             })?;
+            if task == kdet::data::synth::SynthTask::Classification {
+                let p = kdet::data::synth::generate_classification(&spec, &out)?;
+                let counts = kdet::data::synth::long_tail_counts(classes, train, long_tail, seed);
+                eprintln!(
+                    "wrote {} ({} images, {}–{} per class), {} ({} per class){}",
+                    p.train.display(),
+                    counts.iter().sum::<usize>(),
+                    counts.iter().min().unwrap_or(&0),
+                    counts.iter().max().unwrap_or(&0),
+                    p.val.display(),
+                    val / classes.max(1),
+                    if unlabeled > 0 {
+                        format!(" and {} ({unlabeled} unlabeled)", p.unlabeled.display())
+                    } else {
+                        String::new()
+                    }
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let p = kdet::data::synth::generate(&spec, &out)?;
             eprintln!(
                 "wrote {} and {} (images in {})",
@@ -647,13 +697,14 @@ fn read_classes(
     if let Some(s) = kdet::models::sidecar::Sidecar::find(weights)? {
         return Ok((s.field("classes")?, s.field("category_ids")?, None));
     }
-    let missing = match cfg.train_annotations() {
-        Ok(Some(ann)) => {
-            let (n, i) = kdet::models::sidecar::classes_of_annotations(&ann)?;
-            return Ok((n, i, None));
+    let d = &cfg.config.data;
+    let missing = if d.synthetic.is_none() && d.train.is_none() && d.folders.is_none() {
+        "the config has no training data".to_string()
+    } else {
+        match cfg.train_classes() {
+            Ok((n, i)) => return Ok((n, i, None)),
+            Err(e) => e.to_string(),
         }
-        Ok(None) => "the config has no training annotations".to_string(),
-        Err(e) => e.to_string(),
     };
     let (names, ids) = kdet::data::torchvision_coco::classes();
     match kdet::models::build::Network::load(model, names.len(), weights, &cfg.device()?) {
@@ -713,20 +764,23 @@ fn eval_model(
     network: Option<&str>,
     classes: Option<ClassList>,
     device: &Option<String>,
-) -> anyhow::Result<kdet::eval::EvalSummary> {
+) -> anyhow::Result<kdet::engine::evaluator::Evaluation> {
     let cfg = load_config(config, device)?;
     let weights = local_weights(weights)?;
     let (net, _, _) = load_model(&cfg, &weights, network, classes)?;
-    let (_, val) = cfg.data_splits()?;
-    let (ann, images) = val.context("the config has no val split to evaluate on")?;
-    let data = kdet::data::coco::load_split(&ann, &images, kdet::data::coco::Purpose::Eval)?;
+    let run = kdet::engine::method::RunData::load(&cfg)?;
+    let val = run
+        .val
+        .as_ref()
+        .context("the config has no val split to evaluate on")?;
     let (s, _) = kdet::engine::evaluator::evaluate(
         &*net.model,
-        &data,
+        val,
         net.config.input(),
         cfg.config.solver.batch_size,
         &net.device,
         None,
+        &run.train_counts(),
     )?;
     Ok(s)
 }

@@ -900,6 +900,7 @@ fn check_image(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
                 ..Default::default()
             },
             flip_prob: 0.5,
+            color_jitter: 0.0,
         };
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
         let s = ds

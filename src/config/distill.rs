@@ -31,12 +31,144 @@ pub struct TeacherConfig {
     /// "distilled" run ends up equal to the baseline. 0 skips the check.
     #[serde(default = "teacher_check_images")]
     pub check_images: usize,
-    /// Smallest acceptable teacher AP (COCO AP@[.5:.95]) on the check images.
+    /// Smallest acceptable teacher AP (COCO AP@[.5:.95]; a classifier: top-1 accuracy) on the
+    /// check images.
     #[serde(default = "teacher_min_ap")]
     pub min_ap: f64,
     /// How to rename the checkpoint's keys onto kdet's (torchvision's) names.
     #[serde(default)]
     pub keys: KeyRules,
+    /// A pretrained vision model from candle-transformers instead of a kdet model (`model`):
+    /// a frozen feature (and, with a classifier of the student's classes, soft-label) teacher
+    /// for methods `cbd` and `simclr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PretrainedConfig>,
+}
+
+/// A candle-transformers vision model as a teacher (`teachers[i].pretrained`), with the input
+/// it expects: the student's batch is un-normalised, re-normalised with `mean`/`std` and
+/// resized (bilinear) to `size × size` for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PretrainedConfig {
+    /// `candle_transformers::models::resnet` (torchvision / timm names: `conv1.weight`,
+    /// `layer1.0.bn1.running_mean`, `fc.weight`; timm's `resnet18.tv_in1k`, `resnet50.a1_in1k`
+    /// files load as they are). Feature: the pooled last stage (512 or 2048 wide); classifier:
+    /// `fc` when the file has it.
+    Resnet {
+        /// 18, 34, 50, 101 or 152 (candle-transformers' fixed widths).
+        depth: u32,
+        #[serde(default)]
+        input: PretrainedInput,
+    },
+    /// `candle_transformers::models::dinov2::DinoVisionTransformer` (facebookresearch/dinov2's
+    /// torch-hub names, also timm's `vit_small_patch14_dinov2.lvd142m`: `cls_token`,
+    /// `pos_embed`, `patch_embed.proj.weight`, `blocks.N.attn.qkv.weight`, `norm.weight`, and
+    /// optionally the 1000-class linear `head`). Feature: the mean of the final-normalised patch
+    /// tokens (images run one at a time: candle-transformers' DINOv2 takes batches of one).
+    Dinov2 {
+        /// Transformer blocks. ViT-S/14: 12.
+        #[serde(default = "vits_depth")]
+        depth: usize,
+        /// Token width. ViT-S/14: 384.
+        #[serde(default = "vits_dim")]
+        embed_dim: usize,
+        /// ViT-S/14: 6.
+        #[serde(default = "vits_heads")]
+        num_heads: usize,
+        #[serde(default)]
+        input: PretrainedInput,
+    },
+}
+
+fn vits_depth() -> usize {
+    12
+}
+fn vits_dim() -> usize {
+    384
+}
+fn vits_heads() -> usize {
+    6
+}
+
+/// The input a pretrained teacher expects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainedInput {
+    /// Square side. timm `resnet*.tv_in1k` and DINOv2's evaluation: 224 (DINOv2: a multiple of
+    /// the 14-pixel patch).
+    pub size: u32,
+    /// ImageNet mean (timm's and DINOv2's `IMAGENET_DEFAULT_MEAN`).
+    pub mean: [f32; 3],
+    /// ImageNet std.
+    pub std: [f32; 3],
+}
+
+impl Default for PretrainedInput {
+    fn default() -> Self {
+        Self {
+            size: 224,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+impl PretrainedConfig {
+    pub fn input(&self) -> &PretrainedInput {
+        match self {
+            PretrainedConfig::Resnet { input, .. } | PretrainedConfig::Dinov2 { input, .. } => {
+                input
+            }
+        }
+    }
+
+    /// `p` is `teachers[i].pretrained`.
+    pub fn validate(&self, p: &str) -> Check {
+        let i = self.input();
+        if i.size == 0 {
+            return Err(invalid(format!("{p}.input.size"), "must be >= 1"));
+        }
+        for (k, s) in i.std.iter().enumerate() {
+            positive(&format!("{p}.input.std[{k}]"), *s as f64)?;
+        }
+        match self {
+            PretrainedConfig::Resnet { depth, .. } => {
+                if ![18, 34, 50, 101, 152].contains(depth) {
+                    return Err(invalid(
+                        format!("{p}.depth"),
+                        format!("{depth} is not one of 18, 34, 50, 101, 152"),
+                    ));
+                }
+            }
+            PretrainedConfig::Dinov2 {
+                depth,
+                embed_dim,
+                num_heads,
+                input,
+            } => {
+                if *depth == 0 || *embed_dim == 0 || *num_heads == 0 {
+                    return Err(invalid(p, "depth, embed_dim and num_heads must be >= 1"));
+                }
+                if !embed_dim.is_multiple_of(*num_heads) {
+                    return Err(invalid(
+                        format!("{p}.num_heads"),
+                        format!("must divide embed_dim ({embed_dim})"),
+                    ));
+                }
+                if !input.size.is_multiple_of(14) {
+                    return Err(invalid(
+                        format!("{p}.input.size"),
+                        format!(
+                            "{} is not a multiple of DINOv2's 14-pixel patch",
+                            input.size
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Missing or unexpected keys are the usual sign of a teacher that did not load.
@@ -82,6 +214,50 @@ pub enum MethodConfig {
         #[serde(default)]
         partner_seed: Option<u64>,
     },
+    /// SimCLRv2's distillation (Chen et al. 2020, "Big Self-Supervised Models are Strong
+    /// Semi-Supervised Learners", Eq. 3): the student learns the fixed teacher's class
+    /// distribution at temperature τ on every training image (add the unlabeled ones with
+    /// `data.use_unlabeled`), plus, with α < 1, the labels' cross-entropy:
+    /// `L = (1 − α)·CE(y) − α·Σ_y P_T(y; τ) log P_S(y; τ)`.
+    Simclr {
+        /// τ. SimCLRv2: 0.1 for self-distillation (same architecture), 1.0 for big → small.
+        temperature: f64,
+        /// α, the weight of the distillation term. SimCLRv2's experiments distil without
+        /// labels: 1.
+        #[serde(default = "simclr_alpha")]
+        alpha: f64,
+        /// Multiply the distillation term by τ² (Hinton et al. 2015; SimCLR's demo notebook
+        /// does). Off: the paper's Eq. 3.
+        #[serde(default)]
+        t_squared: bool,
+        /// The teacher (its index in `teachers`).
+        #[serde(default)]
+        teacher: usize,
+    },
+    /// Class-balanced distillation (Iscen et al. 2021, google-research
+    /// `class_balanced_distillation`): stage 2, a student trained from scratch on the
+    /// sampler's batches (set `data.sampler: class_balanced`) with
+    /// `(1 − α)·CE + α·β·(1 − cos(ŝ, t̂))`, ŝ its normalised projection (`model.projection`),
+    /// t̂ the normalised concatenation of the normalised features of every teacher in `teachers`
+    /// (one: CBD; several: CBD_ENS).
+    Cbd {
+        /// α. The official `configs/stage_two_cbd.py`: `distill_alpha = 0.4`.
+        #[serde(default = "cbd_alpha")]
+        alpha: f64,
+        /// β. The official config: `distill_fd_beta = 100`.
+        #[serde(default = "cbd_beta")]
+        beta: f64,
+    },
+}
+
+fn simclr_alpha() -> f64 {
+    1.0
+}
+fn cbd_alpha() -> f64 {
+    0.4
+}
+fn cbd_beta() -> f64 {
+    100.0
 }
 
 /// Which network's costs decide a box's assignment on a level.
@@ -111,9 +287,68 @@ fn colad_evaluated() -> ColadNetwork {
 }
 
 impl MethodConfig {
+    /// The method's `type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodConfig::Lad { .. } => "lad",
+            MethodConfig::Colad { .. } => "colad",
+            MethodConfig::Simclr { .. } => "simclr",
+            MethodConfig::Cbd { .. } => "cbd",
+        }
+    }
+
+    /// Whether the method reads teachers through features and logits only, so a pretrained
+    /// hub model (`teachers[i].pretrained`) can teach it.
+    pub fn takes_pretrained(&self) -> bool {
+        matches!(self, MethodConfig::Simclr { .. } | MethodConfig::Cbd { .. })
+    }
+
     /// `p` is `method`.
     pub fn validate(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
+        let classifier = || -> Check {
+            if model.arch() != "classifier" {
+                return Err(invalid(
+                    "model.arch",
+                    format!(
+                        "method {} trains a classifier, not `{}`",
+                        self.name(),
+                        model.arch()
+                    ),
+                ));
+            }
+            if teachers.is_empty() {
+                return Err(invalid(
+                    "teachers",
+                    format!("method {} needs at least one teacher", self.name()),
+                ));
+            }
+            Ok(())
+        };
         match self {
+            MethodConfig::Simclr {
+                temperature,
+                alpha,
+                teacher,
+                ..
+            } => {
+                classifier()?;
+                positive("method.temperature", *temperature)?;
+                unit("method.alpha", *alpha)?;
+                if *teacher >= teachers.len() {
+                    return Err(invalid(
+                        "method.teacher",
+                        format!(
+                            "{teacher} is not an index of `teachers` ({} given)",
+                            teachers.len()
+                        ),
+                    ));
+                }
+            }
+            MethodConfig::Cbd { alpha, beta } => {
+                classifier()?;
+                unit("method.alpha", *alpha)?;
+                nonneg("method.beta", *beta)?;
+            }
             MethodConfig::Lad { teacher } => {
                 if teachers.is_empty() {
                     return Err(invalid(
@@ -287,6 +522,15 @@ impl TeacherConfig {
     pub fn validate(&self, p: &str) -> Check {
         if let Some(m) = &self.model {
             m.validate(&format!("{p}.model"))?;
+        }
+        if let Some(pr) = &self.pretrained {
+            if self.model.is_some() {
+                return Err(invalid(
+                    format!("{p}.pretrained"),
+                    "give either `model` (a kdet model) or `pretrained` (a candle-transformers model), not both",
+                ));
+            }
+            pr.validate(&format!("{p}.pretrained"))?;
         }
         if self.weights.trim().is_empty() {
             return Err(invalid(

@@ -91,6 +91,8 @@ impl LoadedConfig {
         b.config.teachers.clear();
         b.config.distill.clear();
         b.config.method = None;
+        // Alone, a student learns nothing from images without labels.
+        b.config.data.use_unlabeled = false;
         let mut name = self
             .config
             .output_dir
@@ -164,10 +166,68 @@ impl LoadedConfig {
         self.error(&e.path, e.msg)
     }
 
-    /// Annotation file and image folder of the train and val splits, generating the synthetic
+    /// Where the data are: COCO splits or ImageFolder directories, generating the synthetic
     /// dataset first when the config asks for one.
+    pub fn data_sources(&self) -> Result<DataSources> {
+        let d = &self.config.data;
+        if let Some(spec) = d
+            .synthetic
+            .as_ref()
+            .filter(|s| s.task == crate::data::synth::SynthTask::Classification)
+        {
+            let cache = self.resolve("data.synthetic.cache_dir", &spec.cache_dir);
+            let p = crate::data::synth::ensure_classification(spec, &cache)?;
+            return Ok(DataSources::Folders {
+                train: p.train,
+                val: (spec.val > 0).then_some(p.val),
+                unlabeled: (spec.unlabeled > 0).then_some(p.unlabeled),
+            });
+        }
+        if let Some(f) = &d.folders {
+            let r = |k: &str, p: &Path| self.resolve(&format!("data.folders.{k}"), p);
+            return Ok(DataSources::Folders {
+                train: r("train", &f.train),
+                val: f.val.as_ref().map(|v| r("val", v)),
+                unlabeled: f.unlabeled.as_ref().map(|v| r("unlabeled", v)),
+            });
+        }
+        let (train, val) = self.data_splits()?;
+        Ok(DataSources::Coco { train, val })
+    }
+
+    /// Class names and category ids of the training data (COCO categories, or ImageFolder
+    /// classes).
+    pub fn train_classes(&self) -> Result<(Vec<String>, Vec<u64>)> {
+        match self.data_sources()? {
+            DataSources::Coco { train, .. } => {
+                let gt = crate::data::coco::load_ground_truth(
+                    &train.0,
+                    crate::data::coco::Purpose::Eval,
+                )?;
+                let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
+                Ok((m.names, m.ids))
+            }
+            DataSources::Folders { train, .. } => {
+                let d = crate::data::folder::load_folder(&train, None)?;
+                Ok((d.categories.names, d.categories.ids))
+            }
+        }
+    }
+
+    /// Annotation file and image folder of the train and val splits (COCO data), generating the
+    /// synthetic dataset first when the config asks for one.
     pub fn data_splits(&self) -> Result<(SplitPaths, Option<SplitPaths>)> {
         let d = &self.config.data;
+        let classification = d.folders.is_some()
+            || d.synthetic
+                .as_ref()
+                .is_some_and(|s| s.task == crate::data::synth::SynthTask::Classification);
+        if classification {
+            return Err(self.error(
+                "data",
+                "holds image classification data (ImageFolder), not COCO annotations",
+            ));
+        }
         if let Some(spec) = &d.synthetic {
             let cache = self.resolve("data.synthetic.cache_dir", &spec.cache_dir);
             let p = crate::data::synth::ensure(spec, &cache)?;
@@ -225,6 +285,22 @@ impl LoadedConfig {
         }
         Ok(p)
     }
+}
+
+/// Where a config's data are.
+#[derive(Debug, Clone)]
+pub enum DataSources {
+    /// COCO annotations + image folders.
+    Coco {
+        train: SplitPaths,
+        val: Option<SplitPaths>,
+    },
+    /// ImageFolder classification splits.
+    Folders {
+        train: PathBuf,
+        val: Option<PathBuf>,
+        unlabeled: Option<PathBuf>,
+    },
 }
 
 /// Load a config file: follow `base` links (relative to each file), deep-merge, parse, validate.
@@ -378,6 +454,21 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
     ))?;
     if let Some(m) = &cfg.method {
         check(m.validate(&cfg.teachers, &cfg.model))?;
+    }
+    let takes_pretrained = cfg.method.as_ref().is_some_and(|m| m.takes_pretrained());
+    for (i, t) in cfg.teachers.iter().enumerate() {
+        if t.pretrained.is_some() && !takes_pretrained {
+            return Err(c.error(
+                &format!("teachers[{i}].pretrained"),
+                "a pretrained hub model teaches through features and class logits: use it with method `cbd` or `simclr`",
+            ));
+        }
+    }
+    if takes_pretrained && !cfg.distill.is_empty() {
+        return Err(c.error(
+            "distill",
+            "methods `cbd` and `simclr` bring their own loss; `distill` terms are not added to them",
+        ));
     }
     check(cfg.data.validate())?;
     check(cfg.solver.validate())?;

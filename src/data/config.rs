@@ -20,11 +20,38 @@ pub struct SplitConfig {
     pub images: PathBuf,
 }
 
+/// Image classification splits in torchvision's `ImageFolder` layout (`data::folder`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// One sub-folder of images per class (relative to the config file's folder, or absolute).
+    pub train: PathBuf,
+    /// The same classes, for evaluation.
+    #[serde(default)]
+    pub val: Option<PathBuf>,
+    /// Images without labels (any depth), for methods that learn from them
+    /// (`data.use_unlabeled`).
+    #[serde(default)]
+    pub unlabeled: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
     pub train: Option<SplitConfig>,
     pub val: Option<SplitConfig>,
+    /// Classification data in ImageFolder directories instead of COCO files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folders: Option<FolderConfig>,
+    /// Add the unlabeled images (`folders.unlabeled`, or a synthetic classification set's) to
+    /// the training set: they take part in a method's terms (SimCLRv2-style distillation), not
+    /// in the cross-entropy.
+    #[serde(skip_serializing_if = "is_false")]
+    pub use_unlabeled: bool,
+    /// Colour-jitter strength in training (brightness, contrast, saturation factors in
+    /// `[1 − s, 1 + s]`; `transforms::color_jitter`). 0: none (the detection references').
+    #[serde(skip_serializing_if = "is_zero")]
+    pub color_jitter: f32,
     /// Use a generated dataset instead of `train`/`val`.
     pub synthetic: Option<SynthSpec>,
     /// Horizontal flip probability in training. references: 0.5 (`--data-augmentation hflip`).
@@ -39,11 +66,21 @@ pub struct DataConfig {
     pub sampler: SamplerKind,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
             train: None,
             val: None,
+            folders: None,
+            use_unlabeled: false,
+            color_jitter: 0.0,
             synthetic: None,
             flip_prob: 0.5,
             min_box_size: 0.0,
@@ -65,14 +102,38 @@ impl DataConfig {
         if self.prefetch == 0 {
             return Err(invalid("data.prefetch", "must be >= 1"));
         }
-        if self.synthetic.is_some() && (self.train.is_some() || self.val.is_some()) {
+        let sources = [
+            self.synthetic.is_some(),
+            self.train.is_some() || self.val.is_some(),
+            self.folders.is_some(),
+        ];
+        if sources.iter().filter(|&&x| x).count() > 1 {
+            let p = if self.folders.is_some() {
+                "data.folders"
+            } else {
+                "data.synthetic"
+            };
             return Err(invalid(
-                "data.synthetic",
-                "give either `synthetic` or `train`/`val`, not both",
+                p,
+                "give one of `synthetic`, `train`/`val` (COCO) or `folders`, not several",
             ));
         }
         if let Some(s) = &self.synthetic {
             s.validate("data.synthetic")?;
+        }
+        unit("data.color_jitter", self.color_jitter as f64)?;
+        if self.use_unlabeled {
+            let has = match (&self.folders, &self.synthetic) {
+                (Some(f), _) => f.unlabeled.is_some(),
+                (None, Some(s)) => s.unlabeled > 0,
+                _ => false,
+            };
+            if !has {
+                return Err(invalid(
+                    "data.use_unlabeled",
+                    "true needs unlabeled images: `folders.unlabeled`, or `synthetic.unlabeled` > 0 with `synthetic.task: classification`",
+                ));
+            }
         }
         Ok(())
     }

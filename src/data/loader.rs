@@ -14,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::coco::ImageRecord;
 use super::transforms::{
-    hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes, resize_size, ImageF32,
-    InputConfig,
+    color_jitter, hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes,
+    ImageF32, InputConfig,
 };
 use crate::error::{Error, Result};
 
@@ -72,6 +72,8 @@ pub struct DetectionDataset {
     pub input: InputConfig,
     /// Flip probability; 0 for evaluation.
     pub flip_prob: f32,
+    /// Colour-jitter strength (`data.color_jitter`); 0 for evaluation.
+    pub color_jitter: f32,
 }
 
 impl DetectionDataset {
@@ -95,8 +97,9 @@ impl DetectionDataset {
             .to_rgb8();
         let mut img = ImageF32::from_rgb(&img);
         let original_size = (img.h, img.w);
+        color_jitter(&mut img, self.color_jitter, rng);
         normalize(&mut img, &self.input.mean, &self.input.std);
-        let (nh, nw) = resize_size(img.h, img.w, self.input.min_size, self.input.max_size);
+        let (nh, nw) = self.input.output_size(img.h, img.w);
         let mut img = resize_bilinear(&img, nh, nw);
         let mut target = Target {
             boxes: rec.boxes.clone(),
@@ -373,6 +376,7 @@ mod tests {
                 records: recs,
                 input,
                 flip_prob: 0.5,
+                color_jitter: 0.0,
             }),
             batch_size: 2,
             workers,
@@ -460,5 +464,45 @@ mod tests {
         // Expected 0.5 × 10 × 200 = 1000 draws of the rare image (instance sampling: 200).
         assert!((850..1150).contains(&hits), "{hits}");
         assert_eq!(s.order(3, 5), s.order(3, 5));
+    }
+
+    #[test]
+    fn class_frequencies_of_a_long_tailed_classification_set() {
+        // One label per image (classification), classes of 100, 10 and 1 images, and 5 images
+        // without a label (unlabeled data).
+        let mk = |labels: Vec<u32>| ImageRecord {
+            id: 0,
+            path: "x".into(),
+            width: 1,
+            height: 1,
+            boxes: vec![],
+            labels,
+            crowd: vec![],
+        };
+        let mut recs: Vec<ImageRecord> = [(1u32, 100), (2, 10), (3, 1)]
+            .iter()
+            .flat_map(|&(l, n)| (0..n).map(move |_| mk(vec![l])))
+            .collect();
+        recs.extend((0..5).map(|_| mk(vec![])));
+        let freq = |kind| {
+            let s = Sampler::new(kind, &recs, true);
+            let mut per = [0usize; 4]; // classes 1..3, unlabeled
+            for e in 0..50 {
+                for i in s.order(9, e) {
+                    per[recs[i].labels.first().map_or(3, |&l| l as usize - 1)] += 1;
+                }
+            }
+            let n = per.iter().sum::<usize>() as f64;
+            per.map(|c| c as f64 / n)
+        };
+        // Class-balanced: each class a third of the draws, never an unlabeled image.
+        let cb = freq(SamplerKind::ClassBalanced);
+        for f in &cb[..3] {
+            assert!((f - 1.0 / 3.0).abs() < 0.02, "{cb:?}");
+        }
+        assert_eq!(cb[3], 0.0);
+        // Instance sampling: the data's own frequencies, every image once per epoch.
+        let inst = freq(SamplerKind::Instance);
+        assert_eq!(inst.map(|f| (f * 116.0).round()), [100.0, 10.0, 1.0, 5.0]);
     }
 }

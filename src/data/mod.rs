@@ -1,14 +1,21 @@
 //! Datasets: the `data` config section ([`config`]), COCO parsing and validation ([`coco`]),
-//! transforms and the `model.input` section ([`transforms`]), threaded batching and samplers
-//! ([`loader`]), the synthetic shapes dataset ([`synth`]) and torchvision's COCO category list
-//! ([`torchvision_coco`]).
+//! ImageFolder classification data ([`folder`]), transforms and the `model.input` section
+//! ([`transforms`]), threaded batching and samplers ([`loader`]), the synthetic shapes datasets
+//! ([`synth`]) and torchvision's COCO category list ([`torchvision_coco`]). [`Split`] is either
+//! kind of split, as training and evaluation see it.
 
 pub mod coco;
 pub mod config;
+pub mod folder;
 pub mod loader;
 pub mod synth;
 pub mod torchvision_coco;
 pub mod transforms;
+
+use std::path::Path;
+
+use coco::{CategoryMap, DetectionData, ImageRecord};
+use folder::ClassificationData;
 
 /// A split on disk: (annotations JSON, image folder).
 pub type SplitPaths = (std::path::PathBuf, std::path::PathBuf);
@@ -21,4 +28,60 @@ pub fn decode_image(path: &std::path::Path) -> crate::Result<image::DynamicImage
         .map_err(|e| crate::Error::io(path, e))?
         .decode()
         .map_err(|e| crate::Error::msg(format!("{}: cannot decode: {e}", path.display())))
+}
+
+/// A loaded split: COCO detection data, or classification data (one label per image).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per run: boxing would buy nothing
+pub enum Split {
+    Detection(DetectionData),
+    Classification(ClassificationData),
+}
+
+impl Split {
+    pub fn records(&self) -> &[ImageRecord] {
+        match self {
+            Split::Detection(d) => &d.records,
+            Split::Classification(c) => &c.records,
+        }
+    }
+
+    pub fn categories(&self) -> &CategoryMap {
+        match self {
+            Split::Detection(d) => &d.categories,
+            Split::Classification(c) => &c.categories,
+        }
+    }
+
+    /// SHA-256 identifying the split's training data, recorded in checkpoints so `--resume`
+    /// refuses other data under the same name: of the COCO file; of an ImageFolder split's
+    /// image paths (relative to its root) and labels, in order.
+    pub fn fingerprint(&self) -> crate::Result<String> {
+        match self {
+            Split::Detection(d) => crate::util::sha256_file(&d.gt.file),
+            Split::Classification(c) => {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                for r in &c.records {
+                    let p = r.path.strip_prefix(&c.root).unwrap_or(&r.path);
+                    h.update(p.to_string_lossy().as_bytes());
+                    for l in &r.labels {
+                        h.update(b"\t");
+                        h.update(l.to_string().as_bytes());
+                    }
+                    h.update(b"\n");
+                }
+                Ok(format!("{:x}", h.finalize()))
+            }
+        }
+    }
+
+    /// Where the split's ground truth is read from: the COCO file, or the ImageFolder root
+    /// (`eval.json`'s `gt`, so that `kdet compare` checks runs were evaluated alike).
+    pub fn truth(&self) -> &Path {
+        match self {
+            Split::Detection(d) => &d.gt.file,
+            Split::Classification(c) => &c.root,
+        }
+    }
 }

@@ -25,10 +25,31 @@ pub const SHAPES: [&str; 8] = [
     "circle", "square", "triangle", "cross", "ring", "diamond", "hexagon", "star",
 ];
 
+/// Colour families of the classification task's classes (hue in degrees), each class a shape
+/// of one colour: `red_circle`, …, `yellow_star`.
+pub const COLOURS: [(&str, f64); 4] = [
+    ("red", 0.0),
+    ("green", 120.0),
+    ("blue", 230.0),
+    ("yellow", 55.0),
+];
+
+/// What a synthetic dataset is for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SynthTask {
+    /// COCO-style detection: several shapes per image, boxes.
+    #[default]
+    Detection,
+    /// ImageFolder classification: one object crop per image, class = shape × colour.
+    Classification,
+}
+
 /// A synthetic dataset generated on first use (`data.synthetic`; `kdet synth`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SynthSpec {
+    pub task: SynthTask,
     pub seed: u64,
     /// Number of training images.
     pub train: usize,
@@ -36,10 +57,15 @@ pub struct SynthSpec {
     pub val: usize,
     /// Side of the square images in pixels.
     pub size: u32,
-    /// Number of shape classes (at most the number of shapes kdet draws).
+    /// Number of classes: shapes (detection, at most 8) or shape × colour pairs
+    /// (classification, at most 32).
     pub classes: usize,
-    /// Imbalance ratio (most / least frequent class); 1 = balanced.
+    /// Imbalance ratio (most / least frequent class); 1 = balanced. Classification: training
+    /// split only (val is balanced), classes ranked by a seeded shuffle.
     pub long_tail: f64,
+    /// Classification: images without labels (`unlabeled/`), drawn with the training split's
+    /// class frequencies.
+    pub unlabeled: usize,
     /// Cache folder; the dataset lands in a sub-folder named by the spec's hash.
     pub cache_dir: PathBuf,
 }
@@ -49,12 +75,14 @@ impl Default for SynthSpec {
     /// in minutes on a CPU.
     fn default() -> Self {
         Self {
+            task: SynthTask::Detection,
             seed: 0,
             train: 512,
             val: 128,
             size: 128,
             classes: 5,
             long_tail: 1.0,
+            unlabeled: 0,
             cache_dir: PathBuf::from(".cache/kdet"),
         }
     }
@@ -66,13 +94,35 @@ impl SynthSpec {
         if self.train == 0 {
             return Err(invalid(format!("{p}.train"), "must be >= 1"));
         }
-        if self.size < 32 {
-            return Err(invalid(format!("{p}.size"), "must be >= 32 pixels"));
+        let (min_size, max_classes) = match self.task {
+            SynthTask::Detection => (32, SHAPES.len()),
+            SynthTask::Classification => (16, SHAPES.len() * COLOURS.len()),
+        };
+        if self.size < min_size {
+            return Err(invalid(
+                format!("{p}.size"),
+                format!("must be >= {min_size} pixels"),
+            ));
         }
-        if self.classes == 0 || self.classes > SHAPES.len() {
+        if self.classes == 0 || self.classes > max_classes {
             return Err(invalid(
                 format!("{p}.classes"),
-                format!("must be in 1..={}", SHAPES.len()),
+                format!("must be in 1..={max_classes}"),
+            ));
+        }
+        if self.task == SynthTask::Detection && self.unlabeled > 0 {
+            return Err(invalid(
+                format!("{p}.unlabeled"),
+                "unlabeled images are made for the classification task only",
+            ));
+        }
+        if self.task == SynthTask::Classification && self.val > 0 && self.val < self.classes {
+            return Err(invalid(
+                format!("{p}.val"),
+                format!(
+                    "a balanced val split needs at least one image per class ({})",
+                    self.classes
+                ),
             ));
         }
         if self.long_tail.is_nan() || self.long_tail < 1.0 {
@@ -338,25 +388,253 @@ pub fn generate(spec: &SynthSpec, root: &Path) -> Result<SynthPaths> {
 /// The cached dataset for `spec` (generated on first use). The folder is named by a hash of the
 /// spec and is renamed into place only when complete, so a crash never leaves a half dataset.
 pub fn ensure(spec: &SynthSpec, cache_dir: &Path) -> Result<SynthPaths> {
-    let key = serde_json::to_string(&(
-        spec.seed,
-        spec.train,
-        spec.val,
-        spec.size,
-        spec.classes,
-        spec.long_tail,
-    ))
-    .map_err(|e| Error::msg(e.to_string()))?;
-    let root = cache_dir.join(format!("synth-{:016x}", fnv1a(key.as_bytes())));
+    let root = cached_root(spec, cache_dir)?;
     let paths = SynthPaths::new(&root);
     if paths.train.is_file() && paths.val.is_file() {
         return Ok(paths);
     }
+    fill_cache(&root, cache_dir, |tmp| generate(spec, tmp).map(|_| ()))?;
+    Ok(paths)
+}
+
+/// The cache folder of `spec` (a hash of everything that changes the images; the detection
+/// task's key is the one kdet used before the classification task existed).
+fn cached_root(spec: &SynthSpec, cache_dir: &Path) -> Result<PathBuf> {
+    let key = match spec.task {
+        SynthTask::Detection => serde_json::to_string(&(
+            spec.seed,
+            spec.train,
+            spec.val,
+            spec.size,
+            spec.classes,
+            spec.long_tail,
+        )),
+        SynthTask::Classification => serde_json::to_string(&(
+            "classification",
+            spec.seed,
+            spec.train,
+            spec.val,
+            spec.size,
+            spec.classes,
+            spec.long_tail,
+            spec.unlabeled,
+        )),
+    }
+    .map_err(|e| Error::msg(e.to_string()))?;
+    Ok(cache_dir.join(format!("synth-{:016x}", fnv1a(key.as_bytes()))))
+}
+
+/// Generate into a temporary folder, then rename it into place, so a crash never leaves a
+/// half dataset.
+fn fill_cache(root: &Path, cache_dir: &Path, make: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     remove_stale_generations(cache_dir);
     let tmp = cache_dir.join(format!("synth-tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    generate(spec, &tmp)?;
-    std::fs::rename(&tmp, &root).map_err(|e| Error::io(&root, e))?;
+    make(&tmp)?;
+    std::fs::rename(&tmp, root).map_err(|e| Error::io(root, e))
+}
+
+/// Where a generated classification dataset lies: ImageFolder `train/` and `val/`, and
+/// `unlabeled/` (present when the spec asks for unlabeled images).
+#[derive(Debug, Clone)]
+pub struct FolderPaths {
+    pub train: PathBuf,
+    pub val: PathBuf,
+    pub unlabeled: PathBuf,
+}
+
+impl FolderPaths {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            train: root.join("train"),
+            val: root.join("val"),
+            unlabeled: root.join("unlabeled"),
+        }
+    }
+}
+
+/// The cached classification dataset for `spec` (generated on first use).
+pub fn ensure_classification(spec: &SynthSpec, cache_dir: &Path) -> Result<FolderPaths> {
+    let root = cached_root(spec, cache_dir)?;
+    let paths = FolderPaths::new(&root);
+    if paths.train.is_dir() && paths.val.is_dir() {
+        return Ok(paths);
+    }
+    fill_cache(&root, cache_dir, |tmp| {
+        generate_classification(spec, tmp).map(|_| ())
+    })?;
+    Ok(paths)
+}
+
+/// Class names of the classification task, in label order: colour-major (`red_circle`, …,
+/// `red_star`, `green_circle`, …).
+pub fn classification_classes(k: usize) -> Vec<String> {
+    (0..k)
+        .map(|c| {
+            format!(
+                "{}_{}",
+                COLOURS[c / SHAPES.len()].0,
+                SHAPES[c % SHAPES.len()]
+            )
+        })
+        .collect()
+}
+
+/// Training images per class: `total` spread over the classes with geometric decay so that the
+/// most / least frequent = `ratio`, the classes ranked by a shuffle seeded by `seed` (so rare
+/// classes are of every shape and colour), each class at least one image.
+pub fn long_tail_counts(k: usize, total: usize, ratio: f64, seed: u64) -> Vec<usize> {
+    let w = class_weights(k, ratio);
+    let sum: f64 = w.iter().sum();
+    let mut rank: Vec<usize> = (0..k).collect();
+    {
+        use rand::seq::SliceRandom;
+        rank.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_C1A5));
+    }
+    let mut counts = vec![0; k];
+    for (r, &c) in rank.iter().enumerate() {
+        counts[c] = ((total as f64 * w[r] / sum).round() as usize).max(1);
+    }
+    counts
+}
+
+/// HSV (h in degrees, s, v in [0, 1]) → RGB in [0, 255].
+fn hsv(h: f64, s: f64, v: f64) -> [f64; 3] {
+    let h = h.rem_euclid(360.0) / 60.0;
+    let c = v * s;
+    let x = c * (1.0 - (h % 2.0 - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    [(r + m) * 255.0, (g + m) * 255.0, (b + m) * 255.0]
+}
+
+/// One object crop of class `class` (shape × colour) on a textured background: the shape fills
+/// 45–85 % of the side, aspect 0.75–1.33, anywhere inside; its hue within ±12° of the colour
+/// family, saturation and value 0.55–1; the background a low-saturation gradient with stripes
+/// and noise (so colour alone never gives the class away to a background cue).
+fn render_crop(size: u32, class: usize, rng: &mut ChaCha8Rng) -> image::RgbImage {
+    let s = size as usize;
+    let c0: [f64; 3] = hsv(
+        rng.random_range(0.0..360.0),
+        rng.random_range(0.0..0.35),
+        rng.random_range(0.2..0.9),
+    );
+    let c1: [f64; 3] = hsv(
+        rng.random_range(0.0..360.0),
+        rng.random_range(0.0..0.35),
+        rng.random_range(0.2..0.9),
+    );
+    let (gx, gy) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+    let freq = rng.random_range(0.2..1.2);
+    let stripe_amp = rng.random_range(0.0..25.0);
+    let angle: f64 = rng.random_range(0.0..std::f64::consts::PI);
+    let mut px = vec![[0f64; 3]; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            let (fx, fy) = (x as f64 / s as f64, y as f64 / s as f64);
+            let t = ((gx * (fx - 0.5) + gy * (fy - 0.5)) + 0.5).clamp(0.0, 1.0);
+            let stripe =
+                stripe_amp * ((x as f64 * angle.cos() + y as f64 * angle.sin()) * freq).sin();
+            for c in 0..3 {
+                px[y * s + x][c] =
+                    c0[c] * (1.0 - t) + c1[c] * t + stripe + rng.random_range(-12.0..12.0);
+            }
+        }
+    }
+    let (shape, colour) = (class % SHAPES.len(), class / SHAPES.len());
+    let side = rng.random_range(0.45..0.85) * size as f64;
+    let aspect: f64 = rng.random_range(0.75..1.33);
+    let (w, h) = (
+        (side * aspect.sqrt()).min(size as f64),
+        (side / aspect.sqrt()).min(size as f64),
+    );
+    let x = rng.random_range(0.0..=(size as f64 - w).max(0.0));
+    let y = rng.random_range(0.0..=(size as f64 - h).max(0.0));
+    let fill = hsv(
+        COLOURS[colour].1 + rng.random_range(-12.0..12.0),
+        rng.random_range(0.55..1.0),
+        rng.random_range(0.55..1.0),
+    );
+    for py in (y.floor() as usize)..((y + h).ceil() as usize).min(s) {
+        for pxi in (x.floor() as usize)..((x + w).ceil() as usize).min(s) {
+            let mut cov = 0.0;
+            for (oy, ox) in [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)] {
+                let u = ((pxi as f64 + ox) - x) / w * 2.0 - 1.0;
+                let v = ((py as f64 + oy) - y) / h * 2.0 - 1.0;
+                if inside(shape, u, v) {
+                    cov += 0.25;
+                }
+            }
+            if cov == 0.0 {
+                continue;
+            }
+            let noise = rng.random_range(-10.0..10.0);
+            let p = &mut px[py * s + pxi];
+            for c in 0..3 {
+                p[c] = p[c] * (1.0 - cov) + (fill[c] + noise) * cov;
+            }
+        }
+    }
+    image::RgbImage::from_fn(size, size, |x, y| {
+        let p = px[y as usize * s + x as usize];
+        image::Rgb(p.map(|v| v.round().clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// Write the classification dataset `spec` describes to `root`: `train/<class>/*.png` (long
+/// tail per `long_tail`), `val/<class>/*.png` (balanced: `val / classes` per class) and, when
+/// `unlabeled > 0`, `unlabeled/*.png`.
+pub fn generate_classification(spec: &SynthSpec, root: &Path) -> Result<FolderPaths> {
+    let paths = FolderPaths::new(root);
+    let names = classification_classes(spec.classes);
+    let counts = long_tail_counts(spec.classes, spec.train, spec.long_tail, spec.seed);
+    let per_val = if spec.val > 0 {
+        spec.val / spec.classes
+    } else {
+        0
+    };
+    // (split code, folder, class, index in the split)
+    let mut jobs: Vec<(u64, PathBuf, usize, usize)> = vec![];
+    let mut n = 0;
+    for (c, &k) in counts.iter().enumerate() {
+        for _ in 0..k {
+            jobs.push((0, paths.train.join(&names[c]), c, n));
+            n += 1;
+        }
+    }
+    for (c, name) in names.iter().enumerate() {
+        for i in 0..per_val {
+            jobs.push((1, paths.val.join(name), c, c * per_val + i));
+        }
+    }
+    let mut label_rng = ChaCha8Rng::seed_from_u64(image_seed(spec.seed, 3, 0));
+    let w: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+    for i in 0..spec.unlabeled {
+        jobs.push((2, paths.unlabeled.clone(), pick(&mut label_rng, &w), i));
+    }
+    for d in jobs
+        .iter()
+        .map(|j| &j.1)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    jobs.par_iter()
+        .map(|(split, dir, class, i)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(image_seed(spec.seed, 10 + split, *i as u64));
+            let img = render_crop(spec.size, *class, &mut rng);
+            let p = dir.join(format!("{:06}.png", i + 1));
+            img.save(&p)
+                .map_err(|e| Error::msg(format!("{}: {e}", p.display())))
+        })
+        .collect::<Result<Vec<()>>>()?;
     Ok(paths)
 }
 
@@ -412,6 +690,7 @@ mod tests {
             classes: 5,
             long_tail: 1.0,
             cache_dir: ".".into(),
+            ..Default::default()
         }
     }
 
@@ -511,5 +790,57 @@ mod tests {
             t1
         );
         assert_ne!(ensure(&spec(5), dir.path()).unwrap().root, p1.root);
+    }
+
+    #[test]
+    fn classification_long_tail_balanced_val_and_unlabeled() {
+        let s = SynthSpec {
+            task: SynthTask::Classification,
+            seed: 1,
+            train: 300,
+            val: 40,
+            size: 24,
+            classes: 20,
+            long_tail: 100.0,
+            unlabeled: 7,
+            cache_dir: ".".into(),
+        };
+        s.validate("s").unwrap();
+        let big = long_tail_counts(20, 5000, 100.0, 1);
+        let (max, min) = (*big.iter().max().unwrap(), *big.iter().min().unwrap());
+        assert!((max as f64 / min as f64 - 100.0).abs() < 10.0, "{big:?}");
+        assert!((big.iter().sum::<usize>() as i64 - 5000).abs() < 20);
+        let counts = long_tail_counts(20, 300, 100.0, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let p = generate_classification(&s, dir.path()).unwrap();
+        let t = crate::data::folder::load_folder(&p.train, None).unwrap();
+        // ImageFolder orders classes by folder name.
+        let mut names = classification_classes(20);
+        assert_eq!(names[9], "green_square");
+        let by_name: std::collections::HashMap<String, usize> =
+            names.iter().cloned().zip(counts.iter().copied()).collect();
+        names.sort();
+        assert_eq!(t.categories.names, names);
+        let got: Vec<usize> = names.iter().map(|n| by_name[n]).collect();
+        assert_eq!(t.class_counts(), got);
+        let v = crate::data::folder::load_folder(&p.val, Some(&t.categories.names)).unwrap();
+        assert!(v.class_counts().iter().all(|&c| c == 2));
+        assert_eq!(
+            crate::data::folder::load_unlabeled(&p.unlabeled, 1)
+                .unwrap()
+                .len(),
+            7
+        );
+        // Same spec, same bytes.
+        let d2 = tempfile::tempdir().unwrap();
+        generate_classification(&s, d2.path()).unwrap();
+        let a = std::fs::read(p.train.join("red_circle/000001.png")).ok();
+        let b = std::fs::read(d2.path().join("train/red_circle/000001.png")).ok();
+        assert_eq!(a, b);
+        // More classes than shape × colour pairs are refused, located.
+        let e = SynthSpec { classes: 33, ..s }
+            .validate("data.synthetic")
+            .unwrap_err();
+        assert_eq!(e.path, "data.synthetic.classes");
     }
 }

@@ -23,6 +23,14 @@ pub struct InputConfig {
     pub std: [f32; 3],
     /// Batch padded to a multiple of this. torchvision: 32.
     pub size_divisible: u32,
+    /// Resize to `min_size × min_size` whatever the aspect (an image classifier's fixed input,
+    /// timm's `Resize((s, s))`); false: the detection rule above.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub square: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for InputConfig {
@@ -33,6 +41,7 @@ impl Default for InputConfig {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
             size_divisible: 32,
+            square: false,
         }
     }
 }
@@ -56,6 +65,45 @@ impl InputConfig {
             return Err(invalid(format!("{p}.size_divisible"), "must be >= 1"));
         }
         Ok(())
+    }
+
+    /// The size an `h × w` image is resized to.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        if self.square {
+            (self.min_size as usize, self.min_size as usize)
+        } else {
+            resize_size(h, w, self.min_size, self.max_size)
+        }
+    }
+}
+
+/// Colour jitter on `[0, 1]` RGB before normalisation, SimCLR's `color_jitter` without hue
+/// (CBD's `data_aug` teachers use SimCLR's augmentation code): brightness, contrast and
+/// saturation factors each drawn from `[1 − s, 1 + s]`, applied in that order, clamped to
+/// `[0, 1]`. `s = 0` leaves the image unchanged.
+pub fn color_jitter(img: &mut ImageF32, s: f32, rng: &mut impl rand::Rng) {
+    if s <= 0.0 || img.c != 3 {
+        return;
+    }
+    let mut f = || rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
+    let (b, c, sat) = (f(), f(), f());
+    let hw = img.h * img.w;
+    for v in &mut img.data {
+        *v = (*v * b).clamp(0.0, 1.0);
+    }
+    // Contrast: blend with the mean grey level (torchvision's adjust_contrast).
+    let grey = |d: &[f32], i: usize| 0.299 * d[i] + 0.587 * d[hw + i] + 0.114 * d[2 * hw + i];
+    let mean = (0..hw).map(|i| grey(&img.data, i)).sum::<f32>() / hw.max(1) as f32;
+    for v in &mut img.data {
+        *v = (mean + c * (*v - mean)).clamp(0.0, 1.0);
+    }
+    // Saturation: blend each pixel with its own grey level.
+    for i in 0..hw {
+        let g = grey(&img.data, i);
+        for ch in 0..3 {
+            let v = &mut img.data[ch * hw + i];
+            *v = (g + sat * (*v - g)).clamp(0.0, 1.0);
+        }
     }
 }
 

@@ -7,6 +7,9 @@
 //! | [`chen`] | Chen et al. 2017: the student's own assignment, frozen teachers' terms |
 //! | [`lad`] | LAD (Nguyen et al. 2022): the student trains on its teacher's label assignment |
 //! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
+//! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
+//! | [`cbd`] | class-balanced distillation (Iscen et al. 2021): (1 − α)·CE + α·β·(1 − cos) to the teachers' normalised features |
+//! | [`pretrained`] | classifier teachers: kdet classifiers or candle-transformers' ResNet / DINOv2 from safetensors, strict keys, per-teacher input |
 //! | [`terms`] | the `distill` terms, read through the model contract; μ on the hard losses |
 //! | [`teacher`] | a frozen teacher: strict loading, sanity check, eval-mode forward |
 //! | [`hint`] | adaptation layer + L2/L1 hint loss (Chen et al. 2017 §3.3, FitNets) |
@@ -17,11 +20,14 @@
 //! [`build_method`] is the one place that maps a config onto a training method.
 
 pub mod bounded_reg;
+pub mod cbd;
 pub mod chen;
 pub mod colad;
 pub mod hint;
 pub mod kd;
 pub mod lad;
+pub mod pretrained;
+pub mod simclr;
 pub mod teacher;
 pub mod terms;
 pub mod weighted_kd;
@@ -40,5 +46,7 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         None => Box::new(chen::ChenDistillation::new(cfg, run)?),
         Some(MethodConfig::Lad { .. }) => Box::new(lad::Lad::new(cfg, run)?),
         Some(MethodConfig::Colad { .. }) => Box::new(colad::Colad::new(cfg, run)?),
+        Some(MethodConfig::Simclr { .. }) => Box::new(simclr::Simclr::new(cfg, run)?),
+        Some(MethodConfig::Cbd { .. }) => Box::new(cbd::Cbd::new(cfg, run)?),
     })
 }

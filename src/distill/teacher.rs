@@ -14,8 +14,8 @@ use candle_nn::VarBuilder;
 
 use crate::config::distill::TeacherConfig;
 use crate::config::LoadedConfig;
-use crate::data::coco::DetectionData;
 use crate::data::loader::Batch;
+use crate::data::Split;
 use crate::device::Precision;
 use crate::engine::checkpoint::FrozenInput;
 use crate::engine::evaluator::evaluate;
@@ -167,12 +167,13 @@ impl Teacher {
         }
     }
 
-    /// Evaluate on the first `images` of `val`; an AP below `min_ap` means the weights did not
-    /// really load (or belong to another dataset): stop before spending a training run on it.
+    /// Evaluate on the first `images` of `val`; an AP (a classifier: top-1 accuracy) below
+    /// `min_ap` means the weights did not really load (or belong to another dataset): stop
+    /// before spending a training run on it.
     pub fn check(
         &self,
         t: &TeacherConfig,
-        val: &DetectionData,
+        val: &Split,
         batch_size: usize,
         device: &Device,
     ) -> Result<f64> {
@@ -183,24 +184,26 @@ impl Teacher {
             batch_size,
             device,
             Some(t.check_images),
+            &[],
         )?;
-        let ap = summary.stats[0];
-        let n = t.check_images.min(val.records.len());
+        let (v, what) = (summary.primary(), summary.primary_name());
+        let n = t.check_images.min(val.records().len());
         eprintln!(
-            "teacher {}: AP {:.4} AP50 {:.4} on the first {n} validation images",
-            self.index, ap, summary.stats[1]
+            "teacher {}: {} on the first {n} validation images",
+            self.index,
+            summary.headline()
         );
-        if ap < t.min_ap {
+        if v < t.min_ap {
             return Err(Error::msg(format!(
-                "teachers[{}]: AP {ap:.4} on {n} validation images is below min_ap {} — the teacher \
-                 ({}) is not a trained detector for this dataset (wrong file, wrong `model`, or \
+                "teachers[{}]: {what} {v:.4} on {n} validation images is below min_ap {} — the teacher \
+                 ({}) is not a trained model for this dataset (wrong file, wrong `model`, or \
                  classes in another order); distilling from it would only add noise",
                 self.index,
                 t.min_ap,
                 self.path.display()
             )));
         }
-        Ok(ap)
+        Ok(v)
     }
 
     /// The teacher's forward pass on the student's batch (eval mode, no graph).

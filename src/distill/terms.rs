@@ -317,6 +317,11 @@ fn term_loss(
                 ClassScores::Softmax => {
                     weighted_kd::weighted_soft_ce(&sh.logits()?, &th.logits()?, t, b)?
                 }
+                ClassScores::Categorical => {
+                    return Err(Error::msg(
+                        "weighted_kd weighs a background class, which an image classifier has not; use `kd` or method `simclr`",
+                    ))
+                }
             };
             (soft * (1.0 - *mu as f64))?
         }
@@ -351,7 +356,7 @@ fn term_loss(
             sh.check_aligned(th, head)?;
             let (s, t, temp) = (sh.logits()?, th.logits()?, *temperature as f64);
             let l = match sh.scores {
-                ClassScores::Softmax => kd::kd_loss(&s, &t, temp)?,
+                ClassScores::Softmax | ClassScores::Categorical => kd::kd_loss(&s, &t, temp)?,
                 ClassScores::Sigmoid => kd::kd_sigmoid_loss(&s, &t, temp)?,
             };
             (l * *weight as f64)?

@@ -1,5 +1,8 @@
-//! Runs a detector over a validation split and evaluates it as the images stream by
-//! (hotcoco's `StreamingEval`), keeping the COCO results for `detections.json`.
+//! Runs a model over a validation split and evaluates what it predicts: detections against a
+//! COCO ground truth as the images stream by (hotcoco's `StreamingEval`), class probabilities
+//! against an ImageFolder split (top-1 / top-5, per class, per frequency group:
+//! `eval::classify`). Nothing here names a model family: the split and the model's
+//! [`Predictions`] decide, and a mismatch (a classifier on detection data) is an error saying so.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,11 +10,13 @@ use std::sync::Arc;
 use candle_core::Device;
 use hotcoco::types::Annotation;
 use serde::Serialize;
+use serde_json::json;
 
-use crate::data::coco::DetectionData;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
 use crate::data::transforms::InputConfig;
-use crate::error::Result;
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::eval::classify::{ClassPrediction, ClassSummary};
 use crate::eval::streaming::StreamingEvaluator;
 use crate::eval::EvalSummary;
 use crate::models::contract::{CocoBox, Model};
@@ -49,17 +54,105 @@ impl ResultRecord {
     }
 }
 
+/// What an evaluation measured.
+#[derive(Debug, Clone)]
+pub enum Evaluation {
+    /// COCO bbox AP (detectors).
+    Detection(EvalSummary),
+    /// Accuracy (classifiers).
+    Classification(ClassSummary),
+}
+
+impl Evaluation {
+    /// Named numbers for the metrics log (`AP`, … or `top1`, …).
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        match self {
+            Evaluation::Detection(s) => s.named(),
+            Evaluation::Classification(s) => s.named(),
+        }
+    }
+
+    /// The number a quality check compares: AP, or top-1 accuracy.
+    pub fn primary(&self) -> f64 {
+        match self {
+            Evaluation::Detection(s) => s.stats[0],
+            Evaluation::Classification(s) => s.top1,
+        }
+    }
+
+    /// The name of [`primary`](Self::primary).
+    pub fn primary_name(&self) -> &'static str {
+        match self {
+            Evaluation::Detection(_) => "AP",
+            Evaluation::Classification(_) => "top-1",
+        }
+    }
+
+    /// One line: `bbox AP … AP50 … AP75 …` or `top-1 … top-5 …`.
+    pub fn headline(&self) -> String {
+        match self {
+            Evaluation::Detection(s) => format!(
+                "bbox AP {:.4}  AP50 {:.4}  AP75 {:.4}",
+                s.stats[0], s.stats[1], s.stats[2]
+            ),
+            Evaluation::Classification(s) => s.headline(),
+        }
+    }
+
+    pub fn to_text(&self, per_class: bool) -> String {
+        match self {
+            Evaluation::Detection(s) => s.to_text(per_class),
+            Evaluation::Classification(s) => s.to_text(per_class),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            Evaluation::Detection(s) => s.to_json(),
+            Evaluation::Classification(s) => serde_json::to_string(s).expect("summary serialises"),
+        }
+    }
+}
+
+/// What a model predicted on a split, as written beside a run.
+#[derive(Debug, Clone)]
+pub enum Predicted {
+    Detections(Vec<ResultRecord>),
+    Classes(Vec<ClassPrediction>),
+}
+
+impl Predicted {
+    /// `detections.json` (COCO results) or `predictions.json`.
+    pub fn file_name(&self) -> &'static str {
+        match self {
+            Predicted::Detections(_) => "detections.json",
+            Predicted::Classes(_) => "predictions.json",
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = match self {
+            Predicted::Detections(r) => serde_json::to_vec(r),
+            Predicted::Classes(c) => serde_json::to_vec(c),
+        }
+        .map_err(|e| Error::msg(e.to_string()))?;
+        crate::util::write_atomic(path, &text)
+    }
+}
+
 /// Predict every image of `data` and evaluate. `limit` evaluates only the first images (a
-/// quick check of a teacher, say).
+/// quick check of a teacher, say). `train_counts` (training images per class, in label order;
+/// empty when unknown) gives classification its frequency groups.
 pub fn evaluate(
     model: &dyn Model,
-    data: &DetectionData,
+    data: &Split,
     input: &InputConfig,
     batch_size: usize,
     device: &Device,
     limit: Option<usize>,
-) -> Result<(EvalSummary, Vec<ResultRecord>)> {
-    let mut records = data.records.clone();
+    train_counts: &[usize],
+) -> Result<(Evaluation, Predicted)> {
+    let mut records = data.records().to_vec();
     if let Some(n) = limit {
         records.truncate(n);
     }
@@ -70,9 +163,10 @@ pub fn evaluate(
             shuffle: false,
         },
         dataset: Arc::new(DetectionDataset {
-            records,
+            records: records.clone(),
             input: input.clone(),
             flip_prob: 0.0,
+            color_jitter: 0.0,
         }),
         batch_size,
         workers: 2,
@@ -80,32 +174,96 @@ pub fn evaluate(
         seed: 0,
         device: device.clone(),
     };
-    let mut gt = data.gt.dataset.clone();
-    if limit.is_some() {
-        gt.images.retain(|i| ids.contains(&i.id));
-        gt.annotations.retain(|a| ids.contains(&a.image_id));
-    }
-    let mut stream = StreamingEvaluator::new(&gt)?;
-    let mut all = vec![];
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let dets = model.predict(&batch)?.into_detections()?;
-        let mut recs = vec![];
-        for (id, d) in batch.image_ids.iter().zip(&dets) {
-            let boxes = d.to_coco(&data.categories.ids, f32::NEG_INFINITY)?;
-            recs.extend(boxes.into_iter().map(|b| ResultRecord::new(*id, b)));
+    match data {
+        Split::Detection(d) => {
+            let mut gt = d.gt.dataset.clone();
+            if limit.is_some() {
+                gt.images.retain(|i| ids.contains(&i.id));
+                gt.annotations.retain(|a| ids.contains(&a.image_id));
+            }
+            let mut stream = StreamingEvaluator::new(&gt)?;
+            let mut all = vec![];
+            for batch in loader.epoch(0) {
+                let batch = batch?;
+                let dets = model.predict(&batch)?.into_detections()?;
+                let mut recs = vec![];
+                for (id, d) in batch.image_ids.iter().zip(&dets) {
+                    let boxes = d.to_coco(&data.categories().ids, f32::NEG_INFINITY)?;
+                    recs.extend(boxes.into_iter().map(|b| ResultRecord::new(*id, b)));
+                }
+                stream.add(
+                    &batch.image_ids,
+                    recs.iter().map(|r| r.to_annotation()).collect(),
+                )?;
+                all.extend(recs);
+            }
+            Ok((
+                Evaluation::Detection(stream.finish()?),
+                Predicted::Detections(all),
+            ))
         }
-        stream.add(
-            &batch.image_ids,
-            recs.iter().map(|r| r.to_annotation()).collect(),
-        )?;
-        all.extend(recs);
+        Split::Classification(c) => {
+            let by_id: std::collections::HashMap<u64, &crate::data::coco::ImageRecord> =
+                records.iter().map(|r| (r.id, r)).collect();
+            let mut preds = vec![];
+            for batch in loader.epoch(0) {
+                let batch = batch?;
+                let probs = model.predict(&batch)?.into_classes()?;
+                for (id, p) in batch.image_ids.iter().zip(probs) {
+                    let rec = by_id[id];
+                    if p.len() != c.categories.len() {
+                        return Err(Error::msg(format!(
+                            "the model scores {} classes, the split {} has {}",
+                            p.len(),
+                            c.root.display(),
+                            c.categories.len()
+                        )));
+                    }
+                    let mut order: Vec<usize> = (0..p.len()).collect();
+                    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+                    order.truncate(5);
+                    preds.push(ClassPrediction {
+                        file: rec
+                            .path
+                            .strip_prefix(&c.root)
+                            .unwrap_or(&rec.path)
+                            .display()
+                            .to_string(),
+                        label: rec.labels.first().copied().unwrap_or(0),
+                        top5: order.iter().map(|&k| k as u32 + 1).collect(),
+                        scores: order.iter().map(|&k| p[k]).collect(),
+                    });
+                }
+            }
+            let s = ClassSummary::new(&preds, &c.categories.names, &c.categories.ids, train_counts);
+            Ok((Evaluation::Classification(s), Predicted::Classes(preds)))
+        }
     }
-    Ok((stream.finish()?, all))
 }
 
 /// Write COCO results JSON.
 pub fn write_results(path: &Path, recs: &[ResultRecord]) -> Result<()> {
-    let text = serde_json::to_vec(recs).map_err(|e| crate::Error::msg(e.to_string()))?;
-    crate::util::write_atomic(path, &text)
+    Predicted::Detections(recs.to_vec()).write(path)
+}
+
+/// A run's `eval.json`: what it was evaluated on and where its predictions are, for `kdet
+/// compare` (`task`: `detection` or `classification`; a classification run also records its
+/// training images per class, which define the frequency groups).
+pub fn eval_json(
+    split: &Split,
+    e: &Evaluation,
+    predictions: &str,
+    iter: u64,
+    train_counts: &[usize],
+) -> serde_json::Value {
+    let gt = std::fs::canonicalize(split.truth()).unwrap_or_else(|_| split.truth().to_path_buf());
+    match e {
+        Evaluation::Detection(s) => {
+            json!({"gt": gt, "detections": predictions, "iter": iter, "stats": s.stats, "per_class": s.per_class})
+        }
+        Evaluation::Classification(s) => json!({
+            "task": "classification", "gt": gt, "predictions": predictions, "iter": iter,
+            "train_counts": train_counts, "summary": s,
+        }),
+    }
 }

@@ -15,10 +15,13 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::checkpoint::FrozenInput;
+use crate::config::DataSources;
 use crate::config::LoadedConfig;
-use crate::data::coco::{load_split, DetectionData, Purpose};
+use crate::data::coco::{load_split, ImageRecord, Purpose};
+use crate::data::folder::{load_folder, load_unlabeled};
 use crate::data::loader::Batch;
 use crate::data::transforms::InputConfig;
+use crate::data::Split;
 use crate::error::Result;
 use crate::models::build::Network;
 use crate::models::contract::{Loss, Model, StepRng, Want};
@@ -27,32 +30,87 @@ use crate::models::contract::{Loss, Model, StepRng, Want};
 /// on the validation split, and sizes its networks by the classes).
 pub struct RunData {
     pub device: Device,
-    pub train: DetectionData,
-    pub val: Option<DetectionData>,
+    pub train: Split,
+    pub val: Option<Split>,
+    /// Images without labels (classification data's `unlabeled`), ids after the training
+    /// split's; trained on when `data.use_unlabeled`.
+    pub unlabeled: Vec<ImageRecord>,
 }
 
 impl RunData {
     /// The config's device and splits (a synthetic dataset is generated on first use).
     pub fn load(cfg: &LoadedConfig) -> Result<Self> {
         let device = cfg.device()?;
-        let (train_split, val_split) = cfg.data_splits()?;
-        let train = load_split(
-            &train_split.0,
-            &train_split.1,
-            Purpose::Train {
-                min_box_size: cfg.config.data.min_box_size,
-            },
-        )?;
-        let val = match &val_split {
-            Some((a, i)) => Some(load_split(a, i, Purpose::Eval)?),
-            None => None,
-        };
-        Ok(Self { device, train, val })
+        Ok(match cfg.data_sources()? {
+            DataSources::Coco {
+                train: train_split,
+                val: val_split,
+            } => {
+                let train = load_split(
+                    &train_split.0,
+                    &train_split.1,
+                    Purpose::Train {
+                        min_box_size: cfg.config.data.min_box_size,
+                    },
+                )?;
+                let val = match &val_split {
+                    Some((a, i)) => Some(Split::Detection(load_split(a, i, Purpose::Eval)?)),
+                    None => None,
+                };
+                Self {
+                    device,
+                    train: Split::Detection(train),
+                    val,
+                    unlabeled: vec![],
+                }
+            }
+            DataSources::Folders {
+                train,
+                val,
+                unlabeled,
+            } => {
+                let train = load_folder(&train, None)?;
+                let val = match &val {
+                    Some(v) => Some(Split::Classification(load_folder(
+                        v,
+                        Some(&train.categories.names),
+                    )?)),
+                    None => None,
+                };
+                let first = train.records.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+                let unlabeled = match &unlabeled {
+                    Some(u) if cfg.config.data.use_unlabeled => load_unlabeled(u, first)?,
+                    _ => vec![],
+                };
+                Self {
+                    device,
+                    train: Split::Classification(train),
+                    val,
+                    unlabeled,
+                }
+            }
+        })
     }
 
     /// Foreground classes of the training data.
     pub fn num_classes(&self) -> usize {
-        self.train.categories.len()
+        self.train.categories().len()
+    }
+
+    /// What the loop trains on: the training split, then the unlabeled images.
+    pub fn train_records(&self) -> Vec<ImageRecord> {
+        let mut v = self.train.records().to_vec();
+        v.extend(self.unlabeled.iter().cloned());
+        v
+    }
+
+    /// Training images per class (label order) of a classification split; empty for detection
+    /// data.
+    pub fn train_counts(&self) -> Vec<usize> {
+        match &self.train {
+            Split::Classification(c) => c.class_counts(),
+            Split::Detection(_) => vec![],
+        }
     }
 }
 

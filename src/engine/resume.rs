@@ -62,16 +62,13 @@ const MAY_CHANGE: &[&str] = &[
 ];
 
 /// The checkpoint strings recording the run's identity: its config and training annotations.
-pub fn run_strings(config: &Config, train_annotations: &Path) -> Result<BTreeMap<String, String>> {
+pub fn run_strings(config: &Config, train_sha256: String) -> Result<BTreeMap<String, String>> {
     Ok(BTreeMap::from([
         (
             CONFIG_KEY.to_string(),
             serde_json::to_string(config).expect("config serialises"),
         ),
-        (
-            TRAIN_SHA_KEY.to_string(),
-            crate::util::sha256_file(train_annotations)?,
-        ),
+        (TRAIN_SHA_KEY.to_string(), train_sha256),
     ]))
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 
 /// What a run writes into its folder, by exact name.
-pub const OUTPUTS: [&str; 11] = [
+pub const OUTPUTS: [&str; 12] = [
     "checkpoint.safetensors",
     "model.safetensors",
     "model.json",
@@ -19,13 +19,14 @@ pub const OUTPUTS: [&str; 11] = [
     "metrics.jsonl",
     "eval.json",
     "detections.json",
+    "predictions.json",
     "loss.png",
     "lr.png",
     "ap.png",
 ];
 
 /// Whether `name` is a file kdet writes in a run folder: one of [`OUTPUTS`], or a network's
-/// own weights, sidecar and detections of a multi-network method (`net1.safetensors`,
+/// own weights, sidecar and predictions of a multi-network method (`net1.safetensors`,
 /// `net2.json`, `net1_detections.json`).
 pub fn is_output(name: &str) -> bool {
     if OUTPUTS.contains(&name) {
@@ -35,9 +36,14 @@ pub fn is_output(name: &str) -> bool {
         stem.strip_prefix("net")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    [".safetensors", ".json", "_detections.json"]
-        .iter()
-        .any(|ext| name.strip_suffix(ext).is_some_and(network))
+    [
+        ".safetensors",
+        ".json",
+        "_detections.json",
+        "_predictions.json",
+    ]
+    .iter()
+    .any(|ext| name.strip_suffix(ext).is_some_and(network))
 }
 
 /// Remove the temporary files of kdet's atomic writes (`.checkpoint.safetensors.<pid>.tmp`)

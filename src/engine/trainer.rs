@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use super::checkpoint::{self, frozen_strings};
-use super::evaluator::{evaluate, write_results};
+use super::evaluator::{eval_json, evaluate, Evaluation, Predicted};
 use super::method::{Method, RunData};
 use super::metrics::{plot_run, MetricsLog};
 use super::optim::{params_with_decay, Optimizer};
@@ -32,7 +32,6 @@ use super::schedule::LrSchedule;
 use crate::config::LoadedConfig;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
 use crate::error::{Error, Result};
-use crate::eval::EvalSummary;
 use crate::models::contract::StepRng;
 use crate::models::sidecar::Sidecar;
 use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
@@ -48,10 +47,10 @@ pub struct TrainSummary {
     /// Where this invocation started (`--resume`), 0 otherwise.
     pub start: u64,
     pub seconds: f64,
-    pub eval: Option<EvalSummary>,
+    pub eval: Option<Evaluation>,
     /// The method's reference models (teachers) and other networks on the full validation set,
     /// by label, when the run finished.
-    pub references: Vec<(String, EvalSummary)>,
+    pub references: Vec<(String, Evaluation)>,
     /// The name of the evaluated network when the method trains several (empty otherwise).
     pub evaluated: String,
 }
@@ -135,7 +134,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     // The method loads and checks its teachers before anything is written.
     let mut method = build(cfg, &run)?;
     let s = &c.solver;
-    let settings = run_strings(c, &run.train.gt.file)?;
+    let settings = run_strings(c, run.train.fingerprint()?)?;
     let mut strings = frozen_strings(&method.frozen_inputs());
     strings.extend(settings.clone());
     let mut optimizers: Vec<Optimizer> = method
@@ -146,12 +145,15 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let eval_net = method.eval_network();
     let input = method.networks()[eval_net].net.config.input().clone();
 
+    let train_records = run.train_records();
+    let train_counts = run.train_counts();
     let loader = Loader {
-        sampler: Sampler::new(c.data.sampler, &run.train.records, true),
+        sampler: Sampler::new(c.data.sampler, &train_records, true),
         dataset: Arc::new(DetectionDataset {
-            records: run.train.records.clone(),
+            records: train_records,
             input: input.clone(),
             flip_prob: c.data.flip_prob,
+            color_jitter: c.data.color_jitter,
         }),
         batch_size: s.batch_size,
         workers: c.data.workers,
@@ -282,8 +284,8 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     Sidecar::write(
         &out.join("model.json"),
         &method.networks()[eval_net].net.config,
-        &run.train.categories.names,
-        &run.train.categories.ids,
+        &run.train.categories().names,
+        &run.train.categories().ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
     if !changes.is_empty() {
@@ -306,11 +308,16 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let mut it = start;
     let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
     let mut last_eval = None;
+    // The record that says an evaluation at an iteration was logged.
+    let val_key = match &run.val {
+        Some(crate::data::Split::Classification(_)) => "val/top1",
+        _ => "val/AP",
+    };
     // Evaluate at iteration `it`: the record goes to the log unless it is there already (a
     // resumed run re-evaluates where the interrupted one may have stopped); the final one also
-    // writes detections.json and eval.json.
+    // writes the predictions (detections.json or predictions.json) and eval.json.
     let evaluate_at =
-        |method: &dyn Method, it: u64, log: &mut MetricsLog| -> Result<Option<EvalSummary>> {
+        |method: &dyn Method, it: u64, log: &mut MetricsLog| -> Result<Option<Evaluation>> {
             let Some(v) = &run.val else {
                 return Ok(None);
             };
@@ -318,19 +325,23 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 crate::util::kill_self();
             }
             let net = &method.networks()[eval_net];
-            let (summary, recs) =
-                evaluate(&*net.net.model, v, &input, s.batch_size, &device, None)?;
-            if !log.has(it, "val/AP") {
+            let (summary, recs) = evaluate(
+                &*net.net.model,
+                v,
+                &input,
+                s.batch_size,
+                &device,
+                None,
+                &train_counts,
+            )?;
+            if !log.has(it, val_key) {
                 let mut rec = json!({"iter": it});
                 for (k, x) in summary.named() {
                     rec[format!("val/{k}")] = json!(x);
                 }
                 log.write(&rec)?;
             }
-            let line = format!(
-                "iter {it}: val AP {:.4} AP50 {:.4}",
-                summary.stats[0], summary.stats[1]
-            );
+            let line = format!("iter {it}: val {}", summary.headline());
             // A hidden bar (no terminal) drops println: log lines go to stderr then.
             if pb.is_hidden() {
                 eprintln!("{line}");
@@ -338,8 +349,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 pb.println(line);
             }
             if it == total {
-                write_results(&out.join("detections.json"), &recs)?;
-                write_eval_json(&out, &v.gt.file, &summary, it)?;
+                write_eval(&out, v, &summary, &recs, it, &train_counts)?;
             }
             Ok(Some(summary))
         };
@@ -347,7 +357,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     // A resumed run completes the evaluation due at its checkpoint when the interrupted run
     // did not log it (killed between checkpoint and evaluation); at the end of the run it is
     // always done, to report and rewrite the final results.
-    if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, "val/AP")) {
+    if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, val_key)) {
         last_eval = evaluate_at(&*method, start, &mut log)?;
     }
     while it < end {
@@ -440,8 +450,8 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 Sidecar::write(
                     &out.join(format!("{}.json", n.name)),
                     &n.net.config,
-                    &run.train.categories.names,
-                    &run.train.categories.ids,
+                    &run.train.categories().names,
+                    &run.train.categories().ids,
                 )?;
             }
         }
@@ -451,9 +461,17 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let mut rec = json!({"iter": it});
             let mut missing = false;
             for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
-                let (e, recs) = evaluate(&*n.net.model, v, &input, s.batch_size, &device, None)?;
-                write_results(&out.join(format!("{}_detections.json", n.name)), &recs)?;
-                missing |= !log.has(it, &format!("{}/val/AP", n.name));
+                let (e, recs) = evaluate(
+                    &*n.net.model,
+                    v,
+                    &input,
+                    s.batch_size,
+                    &device,
+                    None,
+                    &train_counts,
+                )?;
+                recs.write(&out.join(format!("{}_{}", n.name, recs.file_name())))?;
+                missing |= !log.has(it, &format!("{}/{val_key}", n.name));
                 for (k, x) in e.named() {
                     rec[format!("{}/val/{k}", n.name)] = json!(x);
                 }
@@ -471,8 +489,16 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let mut rec = json!({"iter": it});
             let mut missing = false;
             for r in refs {
-                let (e, _) = evaluate(r.model, v, r.input, s.batch_size, &device, None)?;
-                missing |= !log.has(it, &format!("{}/AP", r.key));
+                let (e, _) = evaluate(
+                    r.model,
+                    v,
+                    r.input,
+                    s.batch_size,
+                    &device,
+                    None,
+                    &train_counts,
+                )?;
+                missing |= !log.has(it, &format!("{}/{}", r.key, &val_key[4..]));
                 for (k, x) in e.named() {
                     rec[format!("{}/{k}", r.key)] = json!(x);
                 }
@@ -495,14 +521,18 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     })
 }
 
-/// Refuse training data that cannot train a detector: no boxes at all (after dropping
+/// Refuse detection training data that cannot train a detector: no boxes at all (after dropping
 /// degenerate and out-of-image ones).
 fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
-    let boxes: usize = run.train.records.iter().map(|r| r.boxes.len()).sum();
+    // Classification folders are checked as they load (no class, an empty class).
+    let crate::data::Split::Detection(train) = &run.train else {
+        return Ok(());
+    };
+    let boxes: usize = train.records.iter().map(|r| r.boxes.len()).sum();
     if boxes > 0 {
         return Ok(());
     }
-    let gt = &run.train.gt;
+    let gt = &train.gt;
     let key = if cfg.config.data.synthetic.is_some() {
         "data.synthetic"
     } else {
@@ -514,7 +544,7 @@ fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
             "{} has no boxes to train on ({} images; {} degenerate and {} out-of-image boxes \
              dropped, crowd boxes are not trained on)",
             gt.file.display(),
-            run.train.records.len(),
+            train.records.len(),
             gt.dropped_boxes,
             gt.outside_boxes
         ),
@@ -616,9 +646,17 @@ pub fn clip_grad_norm<'a>(
     Ok(norm)
 }
 
-fn write_eval_json(out: &Path, gt: &Path, s: &EvalSummary, iter: u64) -> Result<()> {
-    let gt = std::fs::canonicalize(gt).unwrap_or_else(|_| gt.to_path_buf());
-    let v = json!({"gt": gt, "detections": "detections.json", "iter": iter, "stats": s.stats, "per_class": s.per_class});
+/// The final predictions (`detections.json` or `predictions.json`) and `eval.json`.
+fn write_eval(
+    out: &Path,
+    split: &crate::data::Split,
+    s: &Evaluation,
+    preds: &Predicted,
+    iter: u64,
+    train_counts: &[usize],
+) -> Result<()> {
+    preds.write(&out.join(preds.file_name()))?;
+    let v = eval_json(split, s, preds.file_name(), iter, train_counts);
     crate::util::write_atomic(
         &out.join("eval.json"),
         serde_json::to_string_pretty(&v).expect("json").as_bytes(),

@@ -1,6 +1,7 @@
 //! `kdet compare`: did distillation really help? Per-metric and per-class deltas between runs on
-//! the same val set, with bootstrap confidence intervals over images (hotcoco's `compare`), as a
-//! markdown table and a PNG chart. With more than two runs, each is compared with the first.
+//! the same val set, with bootstrap confidence intervals over images (hotcoco's `compare` for
+//! detectors; `eval::classify::compare` for classifiers: top-1, top-5, many / medium / few), as
+//! a markdown table and a PNG chart. With more than two runs, each is compared with the first.
 
 use std::path::{Path, PathBuf};
 
@@ -11,24 +12,41 @@ use crate::data::coco::{load_detections, load_ground_truth, Purpose};
 use crate::error::{Error, Result};
 use crate::plot::{delta_chart, DeltaBar};
 
+use super::classify::{self, read_predictions, ClassSummary};
 use super::{evaluator, STAT_NAMES};
 
 /// What a run directory records about its evaluation (`eval.json`, written by the trainer).
 #[derive(Debug, Deserialize)]
 pub struct RunEval {
-    /// Ground-truth file the run was evaluated on.
+    /// Ground truth the run was evaluated on: a COCO file, or a classification split's folder.
     pub gt: PathBuf,
-    /// Detections file, relative to the run directory.
-    pub detections: PathBuf,
+    /// Detections file (COCO results), relative to the run directory.
+    #[serde(default)]
+    pub detections: Option<PathBuf>,
+    /// `classification` for a classifier run.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// A classifier run's predictions file.
+    #[serde(default)]
+    pub predictions: Option<PathBuf>,
+    /// A classifier run's training images per class.
+    #[serde(default)]
+    pub train_counts: Vec<usize>,
+    /// A classifier run's summary (for the class names).
+    #[serde(default)]
+    pub summary: Option<ClassSummary>,
 }
 
 /// A run to compare: a run directory (with `eval.json`) or a COCO results file.
 #[derive(Debug, Clone)]
 pub struct RunInput {
     pub name: String,
+    /// Its detections (COCO results) or, for a classifier run, its predictions.
     pub detections: PathBuf,
     /// The ground truth named by the run, if it is a run directory.
     pub gt: Option<PathBuf>,
+    /// A classifier run: its training images per class and class names.
+    pub classes: Option<(Vec<usize>, Vec<String>)>,
 }
 
 impl RunInput {
@@ -46,16 +64,42 @@ impl RunInput {
             } else {
                 p.join(e.gt)
             };
+            let classification = e.task.as_deref() == Some("classification");
+            let file = if classification {
+                &e.predictions
+            } else {
+                &e.detections
+            };
+            let file = file.as_ref().ok_or_else(|| {
+                Error::located(
+                    &f,
+                    if classification {
+                        "predictions"
+                    } else {
+                        "detections"
+                    },
+                    "missing",
+                )
+            })?;
+            let classes = classification.then(|| {
+                let names = e
+                    .summary
+                    .map(|s| s.per_class.into_iter().map(|c| c.name).collect())
+                    .unwrap_or_default();
+                (e.train_counts, names)
+            });
             Ok(Self {
                 name,
-                detections: p.join(e.detections),
+                detections: p.join(file),
                 gt: Some(gt),
+                classes,
             })
         } else if p.is_file() {
             Ok(Self {
                 name: name.trim_end_matches(".json").to_string(),
                 detections: p.to_path_buf(),
                 gt: None,
+                classes: None,
             })
         } else {
             Err(Error::msg(format!(
@@ -105,8 +149,10 @@ pub struct Comparison {
     pub num_images: usize,
     pub confidence: f64,
     pub metrics: Vec<MetricDelta>,
-    /// Per class: (category id, name, AP of A, AP of B, delta).
+    /// Per class: (category id, name, AP (top-1) of A, of B, delta).
     pub per_class: Vec<(u64, String, f64, f64, f64)>,
+    /// What the per-class numbers are: `AP` or `top-1`.
+    pub per_class_metric: String,
 }
 
 impl Comparison {
@@ -126,8 +172,9 @@ impl Comparison {
                 m.metric, m.a, m.b, m.delta
             ));
         }
+        let k = &self.per_class_metric;
         s.push_str(&format!(
-            "\n| class | AP {} | AP {} | Δ |\n|---|---:|---:|---:|\n",
+            "\n| class | {k} {} | {k} {} | Δ |\n|---|---:|---:|---:|\n",
             self.a, self.b
         ));
         for (_, name, a, b, d) in &self.per_class {
@@ -164,6 +211,18 @@ pub fn compare_runs(
 ) -> Result<Vec<Comparison>> {
     if runs.len() < 2 {
         return Err(Error::msg("compare needs at least two runs"));
+    }
+    if let Some(bad) = runs
+        .iter()
+        .find(|r| r.classes.is_some() != runs[0].classes.is_some())
+    {
+        return Err(Error::msg(format!(
+            "{} and {} are not the same kind of run (a classifier and a detector)",
+            runs[0].name, bad.name
+        )));
+    }
+    if runs[0].classes.is_some() {
+        return compare_classifiers(runs, opts);
     }
     let gt_file = match gt {
         Some(g) => g.to_path_buf(),
@@ -230,6 +289,74 @@ pub fn compare_runs(
                 confidence: opts.confidence,
                 metrics,
                 per_class,
+                per_class_metric: "AP".into(),
+            })
+        })
+        .collect()
+}
+
+/// Classifier runs: every run's predictions against the first's, on the same val images.
+fn compare_classifiers(runs: &[RunInput], opts: &CompareOptions) -> Result<Vec<Comparison>> {
+    for r in &runs[1..] {
+        let (a, b) = (&runs[0].gt, &r.gt);
+        if a.as_ref().and_then(|p| std::fs::canonicalize(p).ok())
+            != b.as_ref().and_then(|p| std::fs::canonicalize(p).ok())
+        {
+            return Err(Error::msg(format!(
+                "{} and {} were evaluated on different val splits: compare runs on the same val set",
+                runs[0].name, r.name
+            )));
+        }
+    }
+    let (counts, names) = runs[0].classes.clone().unwrap_or_default();
+    let base = read_predictions(&runs[0].detections)?;
+    runs[1..]
+        .iter()
+        .map(|r| {
+            let other = read_predictions(&r.detections)?;
+            let deltas = classify::compare(
+                &base,
+                &other,
+                &counts,
+                opts.bootstrap,
+                opts.confidence,
+                opts.seed,
+            )
+            .map_err(|e| Error::msg(format!("{} vs {}: {e}", runs[0].name, r.name)))?;
+            let ids: Vec<u64> = (1..=names.len() as u64).collect();
+            let sa = ClassSummary::new(&base, &names, &ids, &counts);
+            let sb = ClassSummary::new(&other, &names, &ids, &counts);
+            Ok(Comparison {
+                a: runs[0].name.clone(),
+                b: r.name.clone(),
+                num_images: base.len(),
+                confidence: opts.confidence,
+                metrics: deltas
+                    .into_iter()
+                    .map(|d| MetricDelta {
+                        metric: d.metric,
+                        a: d.a,
+                        b: d.b,
+                        delta: d.b - d.a,
+                        ci: d.ci,
+                        prob_b_better: d.prob_b_better,
+                    })
+                    .collect(),
+                per_class: sa
+                    .per_class
+                    .iter()
+                    .zip(&sb.per_class)
+                    .map(|(x, y)| {
+                        (
+                            x.category_id,
+                            x.name.clone(),
+                            x.top1,
+                            y.top1,
+                            y.top1 - x.top1,
+                        )
+                    })
+                    .collect(),
+                per_class_metric: "top-1".into(),
             })
         })
         .collect()
@@ -249,7 +376,7 @@ pub fn chart(c: &Comparison, path: &Path) -> Result<()> {
         })
         .collect();
     bars.extend(c.per_class.iter().map(|(_, n, _, _, d)| DeltaBar {
-        label: format!("AP {n}"),
+        label: format!("{} {n}", c.per_class_metric),
         delta: *d,
         ci: None,
     }));

@@ -5,6 +5,7 @@
 //! checks ([`check`]).
 
 pub mod check;
+pub mod classify;
 pub mod compare;
 pub mod streaming;
 

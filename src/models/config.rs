@@ -83,6 +83,7 @@ macro_rules! model_families {
 model_families! {
     FasterRcnn("faster_rcnn") => super::faster_rcnn::config::FasterRcnnConfig,
     Paa("paa") => super::paa::config::PaaConfig,
+    Classifier("classifier") => super::classifier::config::ClassifierConfig,
 }
 
 impl Default for ModelConfig {

@@ -48,6 +48,8 @@ pub enum Head {
     Rcn,
     /// The dense head of a one-stage detector (PAA): class logits per anchor.
     Dense,
+    /// An image classifier's head: one row of class logits per image.
+    Classifier,
 }
 
 impl Head {
@@ -57,6 +59,7 @@ impl Head {
             Head::Rpn => "RPN objectness",
             Head::Rcn => "RCN class logits",
             Head::Dense => "dense class logits",
+            Head::Classifier => "image class logits",
         }
     }
 
@@ -66,6 +69,7 @@ impl Head {
             Head::Rpn => "RPN deltas",
             Head::Rcn => "RCN deltas",
             Head::Dense => "dense deltas",
+            Head::Classifier => "classifier deltas (none)",
         }
     }
 
@@ -75,6 +79,7 @@ impl Head {
             Head::Rpn => "rpn",
             Head::Rcn => "rcn",
             Head::Dense => "dense",
+            Head::Classifier => "cls",
         }
     }
 }
@@ -104,6 +109,8 @@ pub enum ClassScores {
     Sigmoid,
     /// A softmax over the row; column 0 is background (torchvision's box head).
     Softmax,
+    /// A softmax over the row with no background column (an image classifier).
+    Categorical,
 }
 
 /// How the positives' box deltas are picked from a head's delta tensor.
@@ -441,13 +448,38 @@ impl Detections {
 pub enum Predictions {
     /// Per image (detectors).
     Detections(Vec<Detections>),
+    /// Per image, the probability of each class (classifiers: softmax over the logits).
+    Classes(Vec<Vec<f32>>),
 }
 
 impl Predictions {
+    /// What the model predicts, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Predictions::Detections(_) => "detections",
+            Predictions::Classes(_) => "class probabilities",
+        }
+    }
+
     /// The detections, or an error naming what the model predicts instead.
     pub fn into_detections(self) -> Result<Vec<Detections>> {
         match self {
             Predictions::Detections(d) => Ok(d),
+            other => Err(Error::msg(format!(
+                "the model predicts {}, not detections (use a detector)",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// The class probabilities, or an error naming what the model predicts instead.
+    pub fn into_classes(self) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Predictions::Classes(c) => Ok(c),
+            other => Err(Error::msg(format!(
+                "the model predicts {}, not image classes (use a classifier)",
+                other.kind()
+            ))),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod backbone;
 pub mod build;
+pub mod classifier;
 pub mod config;
 pub mod contract;
 pub mod faster_rcnn;

@@ -85,9 +85,14 @@ impl Sidecar {
     }
 }
 
-/// Class names and category ids (in label order) of a COCO instances file.
-pub fn classes_of_annotations(annotations: &Path) -> Result<(Vec<String>, Vec<u64>)> {
-    let gt = crate::data::coco::load_ground_truth(annotations, crate::data::coco::Purpose::Eval)?;
-    let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
-    Ok((m.names, m.ids))
+/// Class names and category ids of trained weights: from their [`Sidecar`], else from
+/// `training_classes` (called only then: it may generate a synthetic dataset).
+pub fn read_classes(
+    weights: &Path,
+    training_classes: impl FnOnce() -> Result<(Vec<String>, Vec<u64>)>,
+) -> Result<(Vec<String>, Vec<u64>)> {
+    if let Some(s) = Sidecar::find(weights)? {
+        return Ok((s.field("classes")?, s.field("category_ids")?));
+    }
+    training_classes()
 }

@@ -320,8 +320,11 @@ impl Family for FasterRcnnConfig {
                     ));
                 }
             }
-            Head::Dense => {
-                return Err(invalid(".", "a faster_rcnn model has no dense head"));
+            Head::Dense | Head::Classifier => {
+                return Err(invalid(
+                    ".",
+                    format!("a faster_rcnn model has no {head:?} head"),
+                ));
             }
             Head::Rcn => {
                 if regression && t.roi_heads.bbox_reg_weights != self.roi_heads.bbox_reg_weights {

@@ -1,0 +1,237 @@
+//! Image classification data in torchvision's `ImageFolder` layout: one sub-folder per class
+//! (its name is the class name; classes in sorted order, labels 1..=K), images (PNG or JPEG)
+//! inside; and an unlabeled folder (images anywhere below it) for distillation on unlabeled
+//! data. Every problem is an error naming the folder or file: no class folders, a class
+//! without images, an image that does not decode, a val split whose classes differ from the
+//! training split's.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::coco::{CategoryMap, ImageRecord};
+use crate::error::{Error, Result};
+
+/// A labeled split: its root, classes and one record per image (label, no boxes).
+#[derive(Debug, Clone)]
+pub struct ClassificationData {
+    pub root: PathBuf,
+    pub categories: CategoryMap,
+    pub records: Vec<ImageRecord>,
+}
+
+impl ClassificationData {
+    /// Images per class, in label order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.categories.len()];
+        for r in &self.records {
+            if let Some(&l) = r.labels.first() {
+                c[l as usize - 1] += 1;
+            }
+        }
+        c
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// The size of an image file from its header, or an error naming it.
+fn image_size(path: &Path) -> Result<(u32, u32)> {
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?
+        .into_dimensions()
+        .map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display())))
+}
+
+/// Records of `files` (ids from `first_id`), each header checked, in parallel; the first bad
+/// file in order is reported.
+fn records(files: Vec<(PathBuf, Option<u32>)>, first_id: u64) -> Result<Vec<ImageRecord>> {
+    let sizes: Vec<Result<(u32, u32)>> = files.par_iter().map(|(p, _)| image_size(p)).collect();
+    files
+        .into_iter()
+        .zip(sizes)
+        .enumerate()
+        .map(|(i, ((path, label), size))| {
+            let (width, height) = size?;
+            Ok(ImageRecord {
+                id: first_id + i as u64,
+                path,
+                width,
+                height,
+                boxes: vec![],
+                labels: label.into_iter().collect(),
+                crowd: vec![],
+            })
+        })
+        .collect()
+}
+
+/// Load an `ImageFolder` split. With `classes`, the split must have exactly those class
+/// folders (a val split against its training split).
+pub fn load_folder(root: &Path, classes: Option<&[String]>) -> Result<ClassificationData> {
+    if !root.is_dir() {
+        return Err(Error::msg(format!(
+            "{}: no such folder (an ImageFolder split: one sub-folder of images per class)",
+            root.display()
+        )));
+    }
+    let dirs: Vec<PathBuf> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        return Err(Error::msg(format!(
+            "{}: no class folders (an ImageFolder split has one sub-folder of images per class)",
+            root.display()
+        )));
+    }
+    let names: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(want) = classes {
+        if names != want {
+            let missing: Vec<&String> = want.iter().filter(|c| !names.contains(c)).collect();
+            let extra: Vec<&String> = names.iter().filter(|c| !want.contains(c)).collect();
+            return Err(Error::msg(format!(
+                "{}: its classes differ from the training split's (missing: {missing:?}; not in training: {extra:?})",
+                root.display()
+            )));
+        }
+    }
+    let mut files = vec![];
+    for (k, d) in dirs.iter().enumerate() {
+        let imgs: Vec<PathBuf> = sorted_entries(d)?
+            .into_iter()
+            .filter(|p| p.is_file() && is_image(p))
+            .collect();
+        if imgs.is_empty() {
+            return Err(Error::msg(format!(
+                "{}: class `{}` (class {} of {}) has no PNG or JPEG images",
+                d.display(),
+                names[k],
+                k + 1,
+                dirs.len()
+            )));
+        }
+        files.extend(imgs.into_iter().map(|p| (p, Some(k as u32 + 1))));
+    }
+    let cats: Vec<hotcoco::types::Category> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| hotcoco::types::Category {
+            id: i as u64 + 1,
+            name: n.clone(),
+            ..Default::default()
+        })
+        .collect();
+    Ok(ClassificationData {
+        root: root.to_path_buf(),
+        categories: CategoryMap::new(&cats),
+        records: records(files, 1)?,
+    })
+}
+
+/// Every image below `root` (sorted, any depth), unlabeled, ids from `first_id`.
+pub fn load_unlabeled(root: &Path, first_id: u64) -> Result<Vec<ImageRecord>> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for p in sorted_entries(d)? {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    if !root.is_dir() {
+        return Err(Error::msg(format!(
+            "{}: no such folder of unlabeled images",
+            root.display()
+        )));
+    }
+    let mut files = vec![];
+    walk(root, &mut files)?;
+    if files.is_empty() {
+        return Err(Error::msg(format!(
+            "{}: no PNG or JPEG images",
+            root.display()
+        )));
+    }
+    records(files.into_iter().map(|p| (p, None)).collect(), first_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(4, 3, image::Rgb([1, 2, 3]))
+            .save(p)
+            .unwrap();
+    }
+
+    #[test]
+    fn classes_labels_and_located_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        img(&r.join("train/b_square/1.png"));
+        img(&r.join("train/a_circle/2.png"));
+        img(&r.join("train/a_circle/1.png"));
+        std::fs::write(r.join("train/a_circle/notes.txt"), "x").unwrap();
+        let t = load_folder(&r.join("train"), None).unwrap();
+        assert_eq!(t.categories.names, ["a_circle", "b_square"]);
+        let labels: Vec<_> = t.records.iter().map(|x| x.labels.clone()).collect();
+        assert_eq!(labels, [vec![1], vec![1], vec![2]]);
+        assert!(t.records[0].path.ends_with("a_circle/1.png"));
+        assert_eq!((t.records[0].width, t.records[0].height), (4, 3));
+        assert_eq!(t.class_counts(), [2, 1]);
+        // Empty class.
+        std::fs::create_dir_all(r.join("train/c_empty")).unwrap();
+        let e = load_folder(&r.join("train"), None).unwrap_err().to_string();
+        assert!(
+            e.contains("c_empty") && e.contains("class 3 of 3") && e.contains("no PNG"),
+            "{e}"
+        );
+        std::fs::remove_dir(r.join("train/c_empty")).unwrap();
+        // Unreadable image.
+        std::fs::write(r.join("train/b_square/2.png"), b"not a png").unwrap();
+        let e = load_folder(&r.join("train"), None).unwrap_err().to_string();
+        assert!(e.contains("b_square/2.png") && e.contains("decode"), "{e}");
+        std::fs::remove_file(r.join("train/b_square/2.png")).unwrap();
+        // No classes; val classes must match.
+        std::fs::create_dir_all(r.join("none")).unwrap();
+        let e = load_folder(&r.join("none"), None).unwrap_err().to_string();
+        assert!(e.contains("no class folders"), "{e}");
+        img(&r.join("val/a_circle/1.png"));
+        let e = load_folder(&r.join("val"), Some(&t.categories.names))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b_square"), "{e}");
+        // Unlabeled: every image at any depth, no labels.
+        img(&r.join("u/x/1.png"));
+        img(&r.join("u/2.jpg"));
+        let u = load_unlabeled(&r.join("u"), 10).unwrap();
+        assert_eq!(u.len(), 2);
+        assert!(u.iter().all(|x| x.labels.is_empty()) && u[0].id == 10);
+    }
+}

@@ -1,0 +1,202 @@
+//! End to end through the binary: an image classifier on synthetic ImageFolder data — train,
+//! eval, infer, compare, export its backbone into a detector — and SimCLRv2 / CBD distillation
+//! with `--resume` continuing exactly.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fails, kdet, ok};
+
+/// A tiny classifier config over a synthetic classification set in `dir`.
+fn cls_config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({
+        "data": {"synthetic": {"task": "classification", "seed": 2, "classes": 4, "size": 16,
+                               "train": 26, "val": 8, "unlabeled": 8, "long_tail": 4,
+                               "cache_dir": dir.join("cache")},
+                 "workers": 1},
+        "model": {"arch": "classifier",
+                  "backbone": {"depth": 18, "width": 0.25, "norm": "bn", "trainable_layers": 5},
+                  "input": {"min_size": 16, "max_size": 16, "size_divisible": 1, "square": true},
+                  "head": {"type": "cosine"}},
+        "solver": {"lr": 0.05, "batch_size": 8, "iterations": 4, "warmup_iters": 1, "log_every": 1},
+        "output_dir": dir.join(name),
+        "seed": 0
+    });
+    merge(&mut v, extra);
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.display().to_string()
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+#[test]
+fn a_classifier_trains_evaluates_infers_compares_and_gives_a_detector_its_backbone() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let a = cls_config(dir, "a", serde_json::json!({}));
+    let out = ok(&kdet(&["train", &a]));
+    assert!(out.contains("student: val top-1"), "{out}");
+    let run = dir.join("a");
+    let ev: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(ev["task"], "classification");
+    // The long tail (ratio 4) gives frequency groups.
+    assert!(ev["summary"]["groups"].is_array(), "{ev}");
+    let preds: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(run.join("predictions.json")).unwrap()).unwrap();
+    assert_eq!(preds.len(), 8);
+    // kdet eval from config and weights: the same numbers.
+    let w = run.join("model.safetensors");
+    let e = ok(&kdet(&[
+        "eval",
+        "--config",
+        &a,
+        "--weights",
+        w.to_str().unwrap(),
+        "--per-class",
+    ]));
+    let top1 = ev["summary"]["top1"].as_f64().unwrap();
+    assert!(e.contains(&format!("top-1 accuracy {top1:.4}")), "{e}");
+    assert!(e.contains("| train images |"), "{e}");
+    // Infer: top-k classes printed and written.
+    let val = Path::new(ev["gt"].as_str().unwrap()).to_path_buf();
+    let inf = dir.join("inf");
+    let o = ok(&kdet(&[
+        "infer",
+        "--config",
+        &a,
+        "--weights",
+        w.to_str().unwrap(),
+        val.join("red_circle").to_str().unwrap(),
+        "--out",
+        inf.to_str().unwrap(),
+        "--top-k",
+        "3",
+    ]));
+    assert!(o.contains("red_circle/000") && o.contains("top-3"), "{o}");
+    let p: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(inf.join("predictions.json")).unwrap()).unwrap();
+    assert_eq!(p[0]["top"].as_array().unwrap().len(), 3);
+    // Compare with another seed: bootstrap intervals on top-1 and the groups.
+    let b = cls_config(dir, "b", serde_json::json!({"seed": 1}));
+    ok(&kdet(&["train", &b]));
+    let c = ok(&kdet(&[
+        "compare",
+        run.to_str().unwrap(),
+        dir.join("b").to_str().unwrap(),
+        "--bootstrap",
+        "50",
+    ]));
+    assert!(
+        c.contains("| top1 |")
+            && c.contains("| top1_few |")
+            && c.contains("| class | top-1 a | top-1 b |"),
+        "{c}"
+    );
+    // A detector run cannot be compared with a classifier run.
+    let gt = serde_json::json!({"gt": "x.json", "detections": "d.json"});
+    std::fs::create_dir_all(dir.join("det")).unwrap();
+    std::fs::write(dir.join("det/eval.json"), gt.to_string()).unwrap();
+    let e = fails(&kdet(&[
+        "compare",
+        run.to_str().unwrap(),
+        dir.join("det").to_str().unwrap(),
+    ]));
+    assert!(e.contains("not the same kind of run"), "{e}");
+    // The backbone, exported with torchvision's names, initialises a Faster R-CNN student.
+    let bb = dir.join("backbone.safetensors");
+    ok(&kdet(&[
+        "export",
+        "--config",
+        &a,
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        bb.to_str().unwrap(),
+        "--backbone-only",
+    ]));
+    let t = candle_core::safetensors::load(&bb, &candle_core::Device::Cpu).unwrap();
+    assert!(t.contains_key("conv1.weight") && t.contains_key("layer4.1.bn2.running_var"));
+    assert!(!t
+        .keys()
+        .any(|k| k.starts_with("fc.") || k.starts_with("backbone.")));
+    let det = common::config(
+        dir,
+        "det_from_cls",
+        r#"{"iterations": 1, "batch_size": 2, "warmup_iters": 1}"#,
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&det).unwrap()).unwrap();
+    v["model"]["backbone"] = serde_json::json!({"weights": bb});
+    std::fs::write(&det, v.to_string()).unwrap();
+    let o = ok(&kdet(&["train", &det]));
+    assert!(o.contains("loaded 100 backbone tensors"), "{o}");
+}
+
+#[test]
+fn simclr_and_cbd_train_and_resume_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    ok(&kdet(&[
+        "train",
+        &cls_config(dir, "teacher", serde_json::json!({})),
+    ]));
+    let tw = dir.join("teacher/model.safetensors");
+    let methods = [
+        (
+            "simclr",
+            serde_json::json!({"data": {"use_unlabeled": true},
+                "teachers": [{"weights": tw}], "method": {"type": "simclr", "temperature": 0.1, "alpha": 0.5}}),
+        ),
+        (
+            "cbd",
+            serde_json::json!({"data": {"sampler": "class_balanced"}, "model": {"projection": {"dim": 256}},
+                "teachers": [{"weights": tw}, {"weights": tw}], "method": {"type": "cbd"}}),
+        ),
+    ];
+    for (name, extra) in methods {
+        let full = cls_config(dir, &format!("{name}_full"), extra.clone());
+        let o = ok(&kdet(&["train", &full]));
+        assert!(o.contains("teacher 0: val top-1"), "{o}");
+        let log = std::fs::read_to_string(dir.join(format!("{name}_full/metrics.jsonl"))).unwrap();
+        let key = if name == "simclr" {
+            "distill.simclr.soft_ce"
+        } else {
+            "distill.cbd.feature"
+        };
+        assert!(log.contains(key), "{log}");
+        let split = cls_config(dir, &format!("{name}_split"), extra);
+        ok(&kdet(&["train", &split, "--stop-after", "2"]));
+        ok(&kdet(&["train", &split, "--resume"]));
+        let a = std::fs::read(dir.join(format!("{name}_full/model.safetensors"))).unwrap();
+        let b = std::fs::read(dir.join(format!("{name}_split/model.safetensors"))).unwrap();
+        assert!(
+            a == b,
+            "{name}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    // CBD's projection must match the teachers' features, named in the error.
+    let bad = cls_config(
+        dir,
+        "bad",
+        serde_json::json!({"model": {"projection": {"dim": 100}},
+        "teachers": [{"weights": tw}], "method": {"type": "cbd"}}),
+    );
+    let e = fails(&kdet(&["train", &bad]));
+    assert!(
+        e.contains(
+            "bad.json: model.projection.dim: 100 does not match the teachers' features: 128"
+        ),
+        "{e}"
+    );
+}
