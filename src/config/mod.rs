@@ -198,31 +198,44 @@ impl LoadedConfig {
     /// Class names and category ids of the training data (COCO categories, or ImageFolder
     /// classes).
     pub fn train_classes(&self) -> Result<(Vec<String>, Vec<u64>)> {
+        if !self.is_classification() {
+            // The annotation file alone: the images need not be there to name the classes.
+            let ann = self
+                .train_annotations()?
+                .ok_or_else(|| self.error("data.train", "the config has no training data"))?;
+            let gt = crate::data::coco::load_ground_truth(&ann, crate::data::coco::Purpose::Eval)?;
+            let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
+            return Ok((m.names, m.ids));
+        }
         match self.data_sources()? {
-            DataSources::Coco { train, .. } => {
-                let gt = crate::data::coco::load_ground_truth(
-                    &train.0,
-                    crate::data::coco::Purpose::Eval,
-                )?;
-                let m = crate::data::coco::CategoryMap::new(&gt.dataset.categories);
-                Ok((m.names, m.ids))
-            }
             DataSources::Folders { train, .. } => {
                 let d = crate::data::folder::load_folder(&train, None)?;
                 Ok((d.categories.names, d.categories.ids))
             }
+            DataSources::Coco { train, .. } => Err(self.error(
+                "data",
+                format!(
+                    "{}: COCO data where folders were expected",
+                    train.0.display()
+                ),
+            )),
         }
+    }
+
+    /// Whether the data are image classification folders (ImageFolder or synthetic crops).
+    pub fn is_classification(&self) -> bool {
+        let d = &self.config.data;
+        d.folders.is_some()
+            || d.synthetic
+                .as_ref()
+                .is_some_and(|s| s.task == crate::data::synth::SynthTask::Classification)
     }
 
     /// Annotation file and image folder of the train and val splits (COCO data), generating the
     /// synthetic dataset first when the config asks for one.
     pub fn data_splits(&self) -> Result<(SplitPaths, Option<SplitPaths>)> {
         let d = &self.config.data;
-        let classification = d.folders.is_some()
-            || d.synthetic
-                .as_ref()
-                .is_some_and(|s| s.task == crate::data::synth::SynthTask::Classification);
-        if classification {
+        if self.is_classification() {
             return Err(self.error(
                 "data",
                 "holds image classification data (ImageFolder), not COCO annotations",
