@@ -149,6 +149,16 @@ pub fn tune_allocator() {
     }
 }
 
+/// The process's resident memory now, MiB (`/proc/self/statm`; NaN where there is none).
+pub fn rss_mb() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * page / (1024.0 * 1024.0))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -63,7 +63,7 @@ a, b = sys.argv[1:]
 def recs(d):
     out = []
     for l in open(f"{d}/metrics.jsonl"):
-        r = json.loads(l); r.pop("time", None); out.append(r)
+        r = json.loads(l); [r.pop(k, None) for k in ("time", "data_wait", "rss_mb")]; out.append(r)
     return out
 assert recs(a) == recs(b), "metrics differ"
 for f in ["model.safetensors", "detections.json"]:

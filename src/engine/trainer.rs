@@ -360,6 +360,8 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, val_key)) {
         last_eval = evaluate_at(&*method, start, &mut log)?;
     }
+    // How long each step waited for its batch (the loader should never stall the step).
+    let mut wait_t = Instant::now();
     while it < end {
         let epoch = it / per_epoch;
         for batch in loader.epoch_from(epoch, (it % per_epoch) as usize) {
@@ -367,6 +369,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 break;
             }
             let batch = batch?;
+            let data_wait = wait_t.elapsed().as_secs_f64();
             let step_t = Instant::now();
             let mut rng =
                 StepRng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -399,7 +402,11 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let total_loss: f64 = terms.values().sum();
             pb.set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
             if it.is_multiple_of(s.log_every) || it == total {
-                let mut rec = json!({"iter": it, "epoch": epoch, "lr": lr_now, "loss": total_loss, "time": step_t.elapsed().as_secs_f64()});
+                // `time` (the step), `data_wait` (waiting for its batch) and `rss_mb` (resident
+                // memory now) are measurements, not results: they differ between equal runs.
+                let mut rec = json!({"iter": it, "epoch": epoch, "lr": lr_now, "loss": total_loss,
+                    "time": step_t.elapsed().as_secs_f64(), "data_wait": data_wait,
+                    "rss_mb": crate::util::rss_mb()});
                 for (k, v) in terms.iter().chain(&step.metrics) {
                     rec[k] = json!(v);
                 }
@@ -431,6 +438,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                     last_eval = Some(e);
                 }
             }
+            wait_t = Instant::now();
         }
     }
     pb.finish_and_clear();

@@ -91,14 +91,17 @@ pub fn command(args: &[&str]) -> Command {
     c
 }
 
-/// A run's metrics records without their wall-clock `time` (which differs between runs).
+/// A run's metrics records without their measurements (`time`, `data_wait`, `rss_mb`: they
+/// differ between runs).
 pub fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("time");
+            for k in ["time", "data_wait", "rss_mb"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
             v
         })
         .collect()
