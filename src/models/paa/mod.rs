@@ -182,6 +182,18 @@ impl Paa {
 
     /// Per image: `A × K` logits and `A × 4` deltas as f32 rows.
     fn host_outputs(f: &PaaForward) -> candle_core::Result<(PerImage, PerImage)> {
+        // The assignment (costs, top-k, the GMM's EM) runs on the host, as sklearn does in
+        // mmdetection's PAAHead; on another device the outputs are copied here every step.
+        static WARN: std::sync::Once = std::sync::Once::new();
+        let dev = f.out.cls.device();
+        if !dev.is_cpu() {
+            WARN.call_once(|| {
+                eprintln!(
+                    "kdet: PAA's label assignment has no {:?} kernel; it runs on the CPU",
+                    dev.location()
+                )
+            });
+        }
         let flat = |t: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> {
             let t = t.detach().to_dtype(DType::F32)?;
             let n = t.dim(0)?;
