@@ -329,6 +329,13 @@ def build(row, save_weights):
         rel = "configs/synth/frcnn_student.json" if "student" in row else "configs/synth/frcnn_r18_teacher.json"
         imgs, targets = images_and_targets(4, 128, 128, gen)
         return detector_step(synth_frcnn(rel), imgs, targets)
+    if row.startswith("scale_s"):
+        side, n = (int(x) for x in row[len("scale_s"):].split("_b"))
+        model = synth_frcnn("configs/synth/frcnn_student.json")
+        # No resizing: images enter at `side`, as kdet's rows give them.
+        model.transform.min_size, model.transform.max_size = (side,), side
+        imgs, targets = images_and_targets(n, side, side, gen)
+        return detector_step(model, imgs, targets)
     if row == "frcnn_step_r50_800":
         imgs, targets = images_and_targets(2, 800, 1088, gen)
         return detector_step(r50_frcnn(), imgs, targets)

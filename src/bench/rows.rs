@@ -89,7 +89,29 @@ pub const ROWS: &[(&str, &str)] = &[
         "anchors_decode",
         "anchors (5 levels × 3) + decoding, 800×1088: 217,413 boxes",
     ),
+    (
+        "scale_s400_b1",
+        "scaling: Faster R-CNN training step, synth student, 1×400²",
+    ),
+    (
+        "scale_s800_b1",
+        "scaling: Faster R-CNN training step, synth student, 1×800²",
+    ),
+    (
+        "scale_s400_b4",
+        "scaling: Faster R-CNN training step, synth student, 4×400²",
+    ),
+    (
+        "scale_s800_b4",
+        "scaling: Faster R-CNN training step, synth student, 4×800²",
+    ),
 ];
+
+/// Image side and batch of a scaling row (`scale_s<SIDE>_b<BATCH>`).
+fn scaling(name: &str) -> Option<(usize, usize)> {
+    let (side, batch) = name.strip_prefix("scale_s")?.split_once("_b")?;
+    Some((side.parse().ok()?, batch.parse().ok()?))
+}
 
 fn config(rel: &str) -> Result<LoadedConfig> {
     crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
@@ -246,6 +268,14 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
             detector_step(&c.config.model, 5, &batch(4, 128, 128, 1)?, timing)?
         }
         "frcnn_step_r50_800" => detector_step(&r50(), 90, &batch(2, 800, 1088, 1)?, timing)?,
+        _ if scaling(name).is_some() => {
+            // The synthetic student's architecture on larger images: how the step's cost grows
+            // with the image side and the batch (the PyTorch side sets its transform to the
+            // same size, so neither resizes).
+            let (side, n) = scaling(name).expect("checked");
+            let c = config("configs/synth/frcnn_student.json")?;
+            detector_step(&c.config.model, 5, &batch(n, side, side, 1)?, timing)?
+        }
         "distill_step_synth" => {
             let cfg = config("configs/synth/frcnn_distill.json")?;
             let dev = Device::Cpu;
