@@ -85,3 +85,35 @@ impl Split {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_classification_fingerprint_follows_files_and_labels_not_the_root() {
+        let png = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::RgbImage::new(4, 4).save(p).unwrap();
+        };
+        let fp = |root: &Path| {
+            Split::Classification(folder::load_folder(root, None).unwrap())
+                .fingerprint()
+                .unwrap()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for r in [&a, &b] {
+            png(&r.join("cat/1.png"));
+            png(&r.join("dog/2.png"));
+        }
+        // The same files and labels under another root: the same data.
+        assert_eq!(fp(&a), fp(&b));
+        // An image moved to another class, or one more image: other data.
+        std::fs::rename(b.join("dog/2.png"), b.join("cat/2.png")).unwrap();
+        png(&b.join("dog/3.png"));
+        assert_ne!(fp(&a), fp(&b));
+        png(&a.join("dog/3.png"));
+        assert_ne!(fp(&a), fp(&b));
+    }
+}
