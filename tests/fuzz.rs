@@ -1178,3 +1178,22 @@ fn regression_checkpoint_counters_of_another_type_name_the_file() {
         "{e}"
     );
 }
+
+/// Found by `weights_mutated` (tools/fuzz.sh, seed 1796179007): a PyTorch zip whose pickle gives
+/// a tensor fewer rebuild arguments than torch writes made candle's reader panic (`removal
+/// index (is 4) should be < len (is 4)`). kdet catches it: an error naming the file.
+#[test]
+fn regression_malformed_pytorch_pickle_is_an_error_not_a_panic() {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/pth_short_rebuild_args.pth"),
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    check_weights(d.path(), &bytes).unwrap();
+    let p = d.path().join("w.safetensors");
+    let e = kdet::models::weights::read_state_dict(&p, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a valid PyTorch checkpoint"), "{e}");
+}

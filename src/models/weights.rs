@@ -268,6 +268,23 @@ pub fn read_state_dict(path: &Path, rules: &KeyRules) -> Result<HashMap<String, 
 /// Tensors of a PyTorch zip checkpoint: the top-level dict, else the one under `state_dict`,
 /// else under `model`.
 fn read_pytorch(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    // candle's pickle reader panics on some malformed files (a tensor's rebuild arguments
+    // shorter than expected: `Vec::remove` out of range, found by tests/fuzz.rs): a bad file
+    // is an error naming it, never a crash.
+    std::panic::catch_unwind(|| read_pytorch_unguarded(path)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("the reader failed");
+        Err(Error::msg(format!(
+            "{}: not a valid PyTorch checkpoint (malformed pickle: {why})",
+            path.display()
+        )))
+    })
+}
+
+fn read_pytorch_unguarded(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let err = |e: candle_core::Error| Error::msg(format!("{}: {e}", path.display()));
     let top = candle_core::pickle::read_all(path).map_err(err)?;
     if !top.is_empty() {
