@@ -10,7 +10,8 @@
 #       _t1 at τ = 1)
 #   (b) long-tailed crops (imbalance 100), balanced val: cls_lt_instance, cls_lt_balanced,
 #       cls_lt_teacher_aug (stage-1 teacher 2: seed 1 + colour jitter), cls_lt_cbd (teacher:
-#       cls_lt_instance), cls_lt_cbd_ens (both teachers)
+#       cls_lt_instance), cls_lt_cbd_ens (both teachers), cls_lt_teacher_seed1 and
+#       cls_lt_cbd_ens_seeds (the second teacher as the first but seed 1)
 #   (c) the Faster R-CNN student from scratch, from cls_student's and from cls_simclr's
 #       exported backbones
 # then prints `kdet compare` tables (bootstrap 95 % intervals over the val images).
@@ -27,9 +28,10 @@ $KDET compare runs/cls_student runs/cls_teacher runs/cls_simclr runs/cls_simclr_
   runs/cls_simclr_self_t2 runs/cls_simclr_self_lr runs/cls_simclr_self_t1
 # The 4×-label teacher trained on another draw (its own cache folder): evaluated on this val set.
 $KDET eval --config configs/synth/cls_teacher.json --weights runs/cls_teacher_x4/model.safetensors
-for name in cls_lt_instance cls_lt_balanced cls_lt_teacher_aug cls_lt_cbd cls_lt_cbd_ens; do train $name; done
-$KDET compare runs/cls_lt_instance runs/cls_lt_balanced runs/cls_lt_cbd runs/cls_lt_cbd_ens
-$KDET compare runs/cls_lt_balanced runs/cls_lt_cbd runs/cls_lt_cbd_ens
+for name in cls_lt_instance cls_lt_balanced cls_lt_teacher_aug cls_lt_teacher_seed1 cls_lt_cbd \
+  cls_lt_cbd_ens cls_lt_cbd_ens_seeds; do train $name; done
+$KDET compare runs/cls_lt_instance runs/cls_lt_balanced runs/cls_lt_cbd runs/cls_lt_cbd_ens runs/cls_lt_cbd_ens_seeds
+$KDET compare runs/cls_lt_balanced runs/cls_lt_cbd runs/cls_lt_cbd_ens runs/cls_lt_cbd_ens_seeds
 for run in cls_simclr cls_student; do
   [ -f runs/$run/backbone.safetensors ] || $KDET export --config configs/synth/$run.json \
     --weights runs/$run/model.safetensors --out runs/$run/backbone.safetensors --backbone-only
