@@ -7,21 +7,22 @@
 #   lad                  LAD from the shipped PAA teacher (weights/synth_paa_r18w05_teacher.*)
 #   lad_kd               LAD + temperature KD on the dense head's logits
 #   paa_hint_from_frcnn  hints from the shipped Faster R-CNN teacher (P3–P6, paired by stride)
+#   paa_hint_from_frcnn_light  the same at a tenth of the hint weight
 #   paa_partner          network 2 of Co-LAD (R18 ×0.5) alone, same seed and schedule
 #   colad                Co-LAD: the student (network 1) and the partner (network 2) together
 # then prints `kdet compare` tables (AP, AP50 with bootstrap 95 % intervals over the val images)
 # and each run's mean step time (metrics.jsonl `time`, evaluation excluded).
 #
-#   tools/paa_evidence.sh            # from the repository root; ~45 minutes on a 2-core CPU
+#   tools/paa_evidence.sh            # from the repository root; about 2.5 hours on a 2-core CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 KDET=target/release/kdet
-for name in paa_student lad lad_kd paa_hint_from_frcnn paa_partner colad; do
+for name in paa_student lad lad_kd paa_hint_from_frcnn paa_hint_from_frcnn_light paa_partner colad; do
   [ -f "runs/$name/model.safetensors" ] || $KDET train "configs/synth/$name.json" --fresh
 done
 gt=$(python3 -c 'import json; print(json.load(open("runs/paa_student/eval.json"))["gt"])')
-$KDET compare runs/paa_student runs/lad runs/lad_kd runs/paa_hint_from_frcnn \
+$KDET compare runs/paa_student runs/lad runs/lad_kd runs/paa_hint_from_frcnn runs/paa_hint_from_frcnn_light \
   runs/colad/net1_detections.json --gt "$gt" --json > /tmp/kdet_paa_student.json
 $KDET compare runs/paa_partner runs/colad --json > /tmp/kdet_paa_partner.json
 python3 - <<'PY'
@@ -46,7 +47,8 @@ def table(path, base_label, base_run, rows):
 table("/tmp/kdet_paa_student.json", "PAA student alone (R18 ×0.25)", "paa_student", [
     ("LAD (teacher: PAA R18 ×0.5)", "lad"),
     ("LAD + KD (T = 1)", "lad_kd"),
-    ("hints from the Faster R-CNN teacher (P3–P6)", "paa_hint_from_frcnn"),
+    ("hints from the Faster R-CNN teacher (P3–P6, weight 0.5)", "paa_hint_from_frcnn"),
+    ("the same hints at weight 0.05", "paa_hint_from_frcnn_light"),
     ("Co-LAD network 1 (R18 ×0.25, with network 2)", "colad"),
 ])
 table("/tmp/kdet_paa_partner.json", "PAA R18 ×0.5 alone (Co-LAD's network 2)", "paa_partner", [
