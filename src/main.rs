@@ -786,6 +786,13 @@ fn eval_model(
 }
 
 fn main() -> ExitCode {
+    // candle runs its CPU elementwise ops on a thread pool of its own that spin-waits between
+    // ops, beside the rayon pool that runs kdet's convolutions, BatchNorm, pooling and
+    // RoIAlign: two busy pools contend for the cores (measured on 2 cores: ResNet-18 SGD step
+    // 249 → 205 ms, docs/benchmarks.md). One candle thread unless the user sets it.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     kdet::util::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
