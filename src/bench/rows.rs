@@ -274,7 +274,12 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
             // same size, so neither resizes).
             let (side, n) = scaling(name).expect("checked");
             let c = config("configs/synth/frcnn_student.json")?;
-            detector_step(&c.config.model, 5, &batch(n, side, side, 1)?, timing)?
+            // Padded to a multiple of 32, as the loader (and torchvision's transform) pads.
+            let padded = side.div_ceil(32) * 32;
+            let mut b = batch(n, padded, padded, 1)?;
+            b.image_sizes = vec![(side, side); n];
+            b.original_sizes = vec![(side, side); n];
+            detector_step(&c.config.model, 5, &b, timing)?
         }
         "distill_step_synth" => {
             let cfg = config("configs/synth/frcnn_distill.json")?;
@@ -416,6 +421,7 @@ mod tests {
             "frcnn_step_synth_student",
             "paa_step_synth_student",
             "infer_synth_student",
+            "scale_s400_b1",
         ] {
             let r = run(name, t, None).unwrap();
             assert!(r.median_ms > 0.0 && r.peak_rss_mb > 0.0, "{r:?}");
