@@ -5,6 +5,8 @@
 # weights. Prints the markdown table (median ms, ratio kdet / PyTorch, peak RSS of both).
 #
 #   tools/bench.sh [PYTHON] [ROW...]     # PYTHON defaults to /work/venv-paa/bin/python
+# PYTHON: a venv with torch 2.4.1, torchvision 0.19.1 and, for the PAA row, mmdetection 3.3.0
+# (made as tools/make_paa_fixture.py's header says).
 # Environment: RUNS (default 10), WARMUP (3), THREADS (2), PAUSE seconds between runs (10).
 # Run on an otherwise idle machine.
 set -euo pipefail
