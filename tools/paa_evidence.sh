@@ -13,7 +13,7 @@
 # then prints `kdet compare` tables (AP, AP50 with bootstrap 95 % intervals over the val images)
 # and each run's mean step time (metrics.jsonl `time`, evaluation excluded).
 #
-#   tools/paa_evidence.sh            # from the repository root; about 2.5 hours on a 2-core CPU
+#   tools/paa_evidence.sh            # from the repository root; about 40 minutes of training on an idle 2-core CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
