@@ -16,7 +16,7 @@
 #       exported backbones
 # then prints `kdet compare` tables (bootstrap 95 % intervals over the val images).
 #
-#   tools/cls_evidence.sh     # from the repository root; about 2 hours on a 2-core CPU
+#   tools/cls_evidence.sh     # from the repository root; about 1.5 hours on an idle 2-core CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
