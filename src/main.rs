@@ -697,14 +697,10 @@ fn read_classes(
     if let Some(s) = kdet::models::sidecar::Sidecar::find(weights)? {
         return Ok((s.field("classes")?, s.field("category_ids")?, None));
     }
-    let d = &cfg.config.data;
-    let missing = if d.synthetic.is_none() && d.train.is_none() && d.folders.is_none() {
-        "the config has no training data".to_string()
-    } else {
-        match cfg.train_classes() {
-            Ok((n, i)) => return Ok((n, i, None)),
-            Err(e) => e.to_string(),
-        }
+    // The training data's classes, or why there are none (no training data, a missing file).
+    let missing = match cfg.train_classes() {
+        Ok((n, i)) => return Ok((n, i, None)),
+        Err(e) => e.to_string(),
     };
     let (names, ids) = kdet::data::torchvision_coco::classes();
     match kdet::models::build::Network::load(model, names.len(), weights, &cfg.device()?) {

@@ -254,16 +254,7 @@ impl LoadedConfig {
             )
         })?;
         let split = |name: &str, s: &crate::data::config::SplitConfig| -> Result<SplitPaths> {
-            let images_key = format!("data.{name}.images");
-            let images = self.resolve(&images_key, &s.images);
-            if !images.is_dir() {
-                let what = if images.exists() {
-                    "is not a folder"
-                } else {
-                    "does not exist"
-                };
-                return Err(self.error(&images_key, format!("{} {what}", images.display())));
-            }
+            let images = self.existing(&format!("data.{name}.images"), &s.images, true)?;
             Ok((self.annotations(name, s)?, images))
         };
         let val = d.val.as_ref().map(|v| split("val", v)).transpose()?;
@@ -286,17 +277,22 @@ impl LoadedConfig {
     /// The annotation file of split `name`, which must exist: a missing one is reported
     /// against the config key that names it.
     fn annotations(&self, name: &str, s: &crate::data::config::SplitConfig) -> Result<PathBuf> {
-        let key = format!("data.{name}.annotations");
-        let p = self.resolve(&key, &s.annotations);
-        if !p.is_file() {
-            let what = if p.exists() {
-                "is not a file"
-            } else {
-                "does not exist"
-            };
-            return Err(self.error(&key, format!("{} {what}", p.display())));
+        self.existing(&format!("data.{name}.annotations"), &s.annotations, false)
+    }
+
+    /// The path the config sets at `key`, resolved, which must exist as a folder (`folder`) or
+    /// a file: otherwise an error at `key` saying which it is not.
+    fn existing(&self, key: &str, p: &Path, folder: bool) -> Result<PathBuf> {
+        let p = self.resolve(key, p);
+        if (folder && p.is_dir()) || (!folder && p.is_file()) {
+            return Ok(p);
         }
-        Ok(p)
+        let what = match (p.exists(), folder) {
+            (false, _) => "does not exist",
+            (true, true) => "is not a folder",
+            (true, false) => "is not a file",
+        };
+        Err(self.error(key, format!("{} {what}", p.display())))
     }
 }
 

@@ -316,6 +316,12 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     // Evaluate at iteration `it`: the record goes to the log unless it is there already (a
     // resumed run re-evaluates where the interrupted one may have stopped); the final one also
     // writes the predictions (detections.json or predictions.json) and eval.json.
+    // A model on the val split, with the run's batch size, device and class frequencies.
+    let evaluate_model = |model: &dyn crate::models::contract::Model,
+                          v: &crate::data::Split,
+                          input: &crate::data::transforms::InputConfig| {
+        evaluate(model, v, input, s.batch_size, &device, None, &train_counts)
+    };
     let evaluate_at =
         |method: &dyn Method, it: u64, log: &mut MetricsLog| -> Result<Option<Evaluation>> {
             let Some(v) = &run.val else {
@@ -325,15 +331,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 crate::util::kill_self();
             }
             let net = &method.networks()[eval_net];
-            let (summary, recs) = evaluate(
-                &*net.net.model,
-                v,
-                &input,
-                s.batch_size,
-                &device,
-                None,
-                &train_counts,
-            )?;
+            let (summary, recs) = evaluate_model(&*net.net.model, v, &input)?;
             if !log.has(it, val_key) {
                 let mut rec = json!({"iter": it});
                 for (k, x) in summary.named() {
@@ -469,15 +467,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let mut rec = json!({"iter": it});
             let mut missing = false;
             for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
-                let (e, recs) = evaluate(
-                    &*n.net.model,
-                    v,
-                    &input,
-                    s.batch_size,
-                    &device,
-                    None,
-                    &train_counts,
-                )?;
+                let (e, recs) = evaluate_model(&*n.net.model, v, &input)?;
                 recs.write(&out.join(format!("{}_{}", n.name, recs.file_name())))?;
                 missing |= !log.has(it, &format!("{}/{val_key}", n.name));
                 for (k, x) in e.named() {
@@ -497,15 +487,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             let mut rec = json!({"iter": it});
             let mut missing = false;
             for r in refs {
-                let (e, _) = evaluate(
-                    r.model,
-                    v,
-                    r.input,
-                    s.batch_size,
-                    &device,
-                    None,
-                    &train_counts,
-                )?;
+                let (e, _) = evaluate_model(r.model, v, r.input)?;
                 missing |= !log.has(it, &format!("{}/{}", r.key, &val_key[4..]));
                 for (k, x) in e.named() {
                     rec[format!("{}/{k}", r.key)] = json!(x);
