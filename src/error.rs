@@ -24,6 +24,10 @@ pub enum Error {
     /// Anything else, with a sentence that says what and where.
     #[error("{0}")]
     Msg(String),
+    /// A run stopped on a signal (Ctrl-C, SIGTERM) after writing a checkpoint; the CLI exits
+    /// with 128 + the signal, as a process the signal had ended would.
+    #[error("{msg}")]
+    Interrupted { signal: i32, msg: String },
 }
 
 /// Result alias used across the library.

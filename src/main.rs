@@ -507,6 +507,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_config(&config, &cli.device)?;
             let weights = local_weights(&weights)?;
+            let network = network.or_else(|| default_network(&cfg, &weights));
             let model = model_section(&cfg, network.as_deref())?;
             let (names, ids, _) = read_classes(&cfg, &weights, classes, &model)?;
             let opts = kdet::export::ExportOptions {
@@ -733,11 +734,20 @@ fn load_model(
     network: Option<&str>,
     classes: Option<ClassList>,
 ) -> anyhow::Result<(kdet::models::build::Network, Vec<String>, Vec<u64>)> {
-    let model = model_section(cfg, network)?;
+    let network = network
+        .map(String::from)
+        .or_else(|| default_network(cfg, weights));
+    let model = model_section(cfg, network.as_deref())?;
     let (names, ids, net) = read_classes(cfg, weights, classes, &model)?;
     let net = match net {
         Some(n) => n,
-        None => kdet::models::build::Network::load(&model, names.len(), weights, &cfg.device()?)?,
+        None => load_network(
+            &model,
+            names.len(),
+            weights,
+            network.as_deref(),
+            &cfg.device()?,
+        )?,
     };
     Ok((net, names, ids))
 }
@@ -751,6 +761,50 @@ fn model_section(
         Some(n) => cfg.network_model(n)?,
         None => cfg.config.model.clone(),
     })
+}
+
+/// The network `--weights` are, when `--network` is not given and the config trains several:
+/// the one whose architecture the weights' sidecar records (`net1.json` beside
+/// `net1.safetensors`), else the one the method evaluates (`model.safetensors`, and what a
+/// checkpoint exports by default).
+fn default_network(cfg: &LoadedConfig, weights: &std::path::Path) -> Option<String> {
+    let evaluated = cfg.evaluated_network()?;
+    let recorded = kdet::models::sidecar::Sidecar::find(weights)
+        .ok()
+        .flatten()
+        .and_then(|s| s.field::<kdet::models::config::ModelConfig>("model").ok());
+    let named = ["net1", "net2"]
+        .into_iter()
+        .find(|n| recorded.is_some() && cfg.network_model(n).ok().as_ref() == recorded.as_ref());
+    Some(named.unwrap_or(evaluated).to_string())
+}
+
+/// A model's tensors from a model file or, for a kdet training checkpoint, its network's
+/// (`network` of a multi-network run) without the optimizer state and the method's own
+/// variables, so eval, infer and export all accept either file.
+fn load_network(
+    model: &kdet::models::config::ModelConfig,
+    classes: usize,
+    weights: &std::path::Path,
+    network: Option<&str>,
+    device: &candle_core::Device,
+) -> anyhow::Result<kdet::models::build::Network> {
+    if !kdet::engine::checkpoint::is_checkpoint_file(weights) {
+        return Ok(kdet::models::build::Network::load(
+            model, classes, weights, device,
+        )?);
+    }
+    let (tensors, _) = kdet::export::read_model_tensors(weights, network)?;
+    let net = kdet::models::build::Network::new(model, classes, 0, device)?;
+    let r = kdet::models::weights::load_tensors(&net.vars.varmap, &tensors)?;
+    if !r.is_clean() {
+        bail!(
+            "{}: the checkpoint's network does not fit the config's model: {}",
+            weights.display(),
+            r.describe()
+        );
+    }
+    Ok(net)
 }
 
 /// `kdet eval --config --weights`: the model over the config's val split.
@@ -794,6 +848,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            // A run stopped by Ctrl-C / SIGTERM exits as the signal would have ended it, after
+            // saying how to resume.
+            if let Some(kdet::error::Error::Interrupted { signal, msg }) = e.downcast_ref() {
+                eprintln!("{msg}");
+                return ExitCode::from((128 + signal) as u8);
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -189,3 +189,130 @@ pub fn line_chart(
     }
     save_rgb(path, buf, w, h)
 }
+
+/// One panel of [`panels_chart`]: named series, horizontal reference lines (a teacher's AP),
+/// and whether to mark each point (a series of a few evaluations is points, not a line).
+pub struct Panel {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    pub references: Vec<(String, f64)>,
+    pub markers: bool,
+}
+
+/// A finite axis range around `values` (non-finite ones skipped, a flat or empty set widened),
+/// padded by 5 %: never NaN, infinite or empty, whatever the values span.
+pub fn axis_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    // Halved first, so the span of ±1e308 stays finite.
+    let half = hi / 2.0 - lo / 2.0;
+    let pad = (half * 0.1).max(1e-6 * lo.abs().max(1.0));
+    ((lo - pad).max(f64::MIN), (hi + pad).min(f64::MAX))
+}
+
+/// Panels stacked in one PNG over a shared x range (`x_range`: the run's iterations).
+pub fn panels_chart(
+    path: &Path,
+    x_desc: &str,
+    x_range: (f64, f64),
+    panels: &[Panel],
+) -> Result<()> {
+    register();
+    let (w, ph) = (900u32, 420u32);
+    let h = ph * panels.len().max(1) as u32;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let areas = root.split_evenly((panels.len().max(1), 1));
+        for (area, panel) in areas.iter().zip(panels) {
+            draw_panel(area, x_desc, x_range, panel)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    save_rgb(path, buf, w, h)
+}
+
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    x_desc: &str,
+    (x0, x1): (f64, f64),
+    p: &Panel,
+) -> Result<()> {
+    let ys = p.series.iter().flat_map(|s| s.1.iter().map(|q| q.1));
+    let (y0, y1) = axis_range(ys.chain(p.references.iter().map(|r| r.1)));
+    let x1 = if x1 - x0 < 1e-12 { x0 + 1.0 } else { x1 };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .draw()
+        .map_err(plot_err)?;
+    let finite = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        pts.iter()
+            .copied()
+            .filter(|q| q.0.is_finite() && q.1.is_finite())
+            .collect()
+    };
+    for (i, (name, pts)) in p.series.iter().enumerate() {
+        let c = Palette99::pick(i).to_rgba();
+        let pts = finite(pts);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        if p.markers {
+            chart
+                .draw_series(pts.iter().map(|&q| Circle::new(q, 4, c.filled())))
+                .map_err(plot_err)?;
+        }
+    }
+    for (j, (name, y)) in p.references.iter().enumerate() {
+        let c = Palette99::pick(p.series.len() + j).to_rgba();
+        // Dashed: a reference, not a series of this run.
+        let dashes = (0..40).map(|k| {
+            let a = x0 + (x1 - x0) * k as f64 / 40.0;
+            let b = x0 + (x1 - x0) * (k as f64 + 0.5) / 40.0;
+            PathElement::new(vec![(a, *y), (b, *y)], c.stroke_width(2))
+        });
+        chart
+            .draw_series(dashes)
+            .map_err(plot_err)?
+            .label(format!("{name} {y:.3}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod panel_tests {
+    use super::*;
+
+    #[test]
+    fn axis_range_is_finite_whatever_the_values() {
+        let (lo, hi) = axis_range([-1e308, 1e308, f64::NAN].into_iter());
+        assert!(lo.is_finite() && hi.is_finite() && lo < hi);
+        assert_eq!(axis_range(std::iter::empty()), (0.0, 1.0));
+        let (lo, hi) = axis_range([0.5].into_iter());
+        assert!(lo < 0.5 && hi > 0.5);
+    }
+}

@@ -122,6 +122,27 @@ fn format1_checkpoint_resumes_exactly_and_exports() {
     assert!(!keys.keys().any(|k| k.starts_with("distill.")));
 }
 
+/// An old checkpoint records no settings; its run's config.json is the only record. A corrupt
+/// one is named as corrupt (not as "written by an older kdet") and the resume refused.
+#[test]
+fn format1_checkpoint_with_a_corrupt_config_json_is_refused_as_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, student) = configs(d.path());
+    let run = d.path().join("student");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::copy(
+        fixture().join("student/checkpoint.safetensors"),
+        run.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(run.join("config.json"), "{\"seed\": 0, \"solver\": {").unwrap();
+    let e = common::fails(&kdet(&["train", &student, "--resume"]));
+    assert!(
+        e.contains("config.json is corrupt") && !e.contains("older kdet and records no"),
+        "{e}"
+    );
+}
+
 #[test]
 fn old_model_file_evaluates_and_infers() {
     let d = tempfile::tempdir().unwrap();

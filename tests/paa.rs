@@ -260,17 +260,100 @@ fn colad_trains_two_networks_resumes_exactly_and_serves_either() {
         ]));
         assert_same_tensors(&e, &w);
     }
-    // Without --network a Co-LAD checkpoint names no single model.
-    let e = fails(&kdet(&[
+    // Without --network: the network the method evaluates (network 2), from the checkpoint
+    // as from model.safetensors; net1.safetensors is network 1 by its sidecar.
+    let x = d.path().join("x.safetensors");
+    ok(&kdet(&[
         "export",
         "--config",
         c,
         "--weights",
         a.join("checkpoint.safetensors").to_str().unwrap(),
+        "--format",
+        "kdet",
         "--out",
-        d.path().join("x.safetensors").to_str().unwrap(),
+        x.to_str().unwrap(),
     ]));
-    assert!(e.contains("do not fit"), "{e}");
+    assert_same_tensors(&x, &a.join("net2.safetensors"));
+    let eval = |w: &str| {
+        let o = ok(&kdet(&[
+            "eval",
+            "--config",
+            c,
+            "--weights",
+            a.join(w).to_str().unwrap(),
+            "--format",
+            "json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+        v["stats"].clone()
+    };
+    assert_eq!(eval("model.safetensors"), eval("checkpoint.safetensors"));
+    assert_eq!(
+        eval("net1.safetensors").as_array().map(|a| a.len()),
+        Some(12)
+    );
+    let drawn = d.path().join("drawn");
+    let img = first_png(&d.path().join("cache")).expect("a synthetic image");
+    ok(&kdet(&[
+        "infer",
+        "--config",
+        c,
+        "--weights",
+        a.join("checkpoint.safetensors").to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        drawn.to_str().unwrap(),
+    ]));
+}
+
+/// The first PNG file under `dir`, depth first.
+fn first_png(dir: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    entries.into_iter().find_map(|e| {
+        if e.is_dir() {
+            first_png(&e)
+        } else {
+            e.extension().is_some_and(|x| x == "png").then_some(e)
+        }
+    })
+}
+
+/// Two networks of one architecture and no `partner_seed` start from different weights (a
+/// seed of their own each), so they never train as one network twice.
+#[test]
+fn colad_partners_of_one_architecture_start_different() {
+    let d = tempfile::tempdir().unwrap();
+    let model = serde_json::json!({
+        "arch": "paa",
+        "backbone": {"depth": 18, "width": 0.0625, "norm": "bn", "trainable_layers": 5},
+        "neck": {"out_channels": 8},
+        "head": {"channels": 8, "num_convs": 1, "gn_groups": 4},
+        "anchors": {"octave_base_scale": 2},
+        "input": {"min_size": 64, "max_size": 64}});
+    let c = config(
+        d.path(),
+        "twins",
+        serde_json::json!({"method": {"type": "colad", "partner": model},
+                           "solver": {"iterations": 1}}),
+    );
+    ok(&kdet(&["train", &c]));
+    let run = d.path().join("twins");
+    let (n1, n2) = (
+        tensors(&run.join("net1.safetensors")),
+        tensors(&run.join("net2.safetensors")),
+    );
+    let differ = n1.iter().filter(|(k, t)| {
+        let u = &n2[*k];
+        t.dims().len() > 1
+            && t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                != u.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    });
+    assert!(differ.count() > 10, "net1 and net2 start identical");
 }
 
 #[test]

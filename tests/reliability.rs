@@ -149,6 +149,74 @@ fn random_kills_then_resume_match_the_uninterrupted_run() {
     assert_same_run(&d.path().join("a"), &run);
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM: the step finishes, a checkpoint is written, the run says how to
+/// resume and exits as the signal would (128 + signal); the resumed run is the uninterrupted
+/// one bit for bit.
+#[test]
+fn ctrl_c_and_sigterm_checkpoint_then_resume_bit_exact() {
+    use std::os::unix::process::ExitStatusExt;
+    for (fault, code, says) in [
+        (
+            "sigint:1",
+            130,
+            "interrupted by Ctrl-C (SIGINT) at iteration 1 of 4",
+        ),
+        (
+            "sigterm:3",
+            143,
+            "interrupted by SIGTERM at iteration 3 of 4",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let b = config(d.path(), "b", SOLVER);
+        let o = train_with_fault(&b, &[], fault);
+        assert_eq!(o.status.code(), Some(code), "{fault}: {}", text(&o));
+        assert_eq!(o.status.signal(), None, "{fault}");
+        let t = text(&o);
+        assert!(t.contains(says) && t.contains("--resume"), "{fault}: {t}");
+        let run = d.path().join("b");
+        let at = fault[fault.len() - 1..].parse::<u64>().unwrap();
+        let r = ok(&kdet(&["train", &b, "--resume"]));
+        assert!(r.contains(&format!("resumed at {at}, now at 4")), "{r}");
+        assert_same_run(reference(), &run);
+    }
+}
+
+/// A second Ctrl-C exits at once, without waiting for the step and its checkpoint.
+#[test]
+fn second_ctrl_c_exits_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let solver = r#"{"iterations": 100000, "batch_size": 2, "lr": 0.01, "warmup_iters": 1, "log_every": 1, "schedule": {"type": "constant"}}"#;
+    let b = config(d.path(), "b", solver);
+    // Steps of about a second at 800 px, so the second signal lands inside one.
+    set(
+        &b,
+        "model",
+        json!({"input": {"min_size": 800, "max_size": 800}}),
+    );
+    let child = command(&["train", &b])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = d.path().join("b/metrics.jsonl");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2) {
+        assert!(t0.elapsed().as_secs() < 120, "the run never logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    // Apart, so the receiving thread sees two signals rather than one pending.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("Ctrl-C (SIGINT) again: exiting now"), "{t}");
+}
+
 /// Limit the size of any file the child writes (a full disk, portably and without root):
 /// writes past `bytes` fail with EFBIG instead of killing the process.
 fn with_file_size_limit(c: &mut std::process::Command, bytes: u64) {

@@ -209,8 +209,9 @@ pub enum MethodConfig {
         /// config evaluates network 2 (`test_cfg=dict(use_teacher=True)`).
         #[serde(default = "colad_evaluated")]
         evaluate: ColadNetwork,
-        /// Seed of network 2's initialisation; null = `seed`, as network 1 (so each network
-        /// starts exactly as the same config trained alone would).
+        /// Seed of network 2's initialisation; null = one derived from `seed`
+        /// (`models::build::network_seed`), so that two networks of the same architecture
+        /// never start identical. Network 1 draws from `seed`, as the config trained alone.
         #[serde(default)]
         partner_seed: Option<u64>,
     },

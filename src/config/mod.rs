@@ -156,6 +156,18 @@ impl LoadedConfig {
         }
     }
 
+    /// The network a multi-network method evaluates, writes as `model.safetensors` and
+    /// exports by default (Co-LAD's `method.evaluate`); `None` for a one-network run.
+    pub fn evaluated_network(&self) -> Option<&'static str> {
+        match &self.config.method {
+            Some(MethodConfig::Colad { evaluate, .. }) => Some(match evaluate {
+                distill::ColadNetwork::Net1 => "net1",
+                distill::ColadNetwork::Net2 => "net2",
+            }),
+            _ => None,
+        }
+    }
+
     /// The device the config (or `--device`) names, opened.
     pub fn device(&self) -> Result<candle_core::Device> {
         crate::device::open_named(&self.config.device)

@@ -82,8 +82,12 @@ pub struct SolverConfig {
     pub grad_clip: Option<f64>,
     /// Evaluate on val every N iterations (0 = only at the end).
     pub eval_every: u64,
-    /// Write a checkpoint every N iterations (0 = only at the end).
+    /// Write a checkpoint every N iterations (0 = only at the end and on Ctrl-C).
+    /// Default 500: a `kill -9` loses at most that many steps.
     pub checkpoint_every: u64,
+    /// Also write one when this many minutes have passed since the last (0 = never), so a
+    /// slow run (a large model on a CPU) loses minutes, not hours. Default 10.
+    pub checkpoint_minutes: f64,
     /// Log metrics every N iterations. references: print_freq 20.
     pub log_every: u64,
 }
@@ -109,7 +113,8 @@ impl Default for SolverConfig {
             batch_size: 2,
             grad_clip: None,
             eval_every: 0,
-            checkpoint_every: 0,
+            checkpoint_every: 500,
+            checkpoint_minutes: 10.0,
             log_every: 20,
         }
     }
@@ -211,6 +216,7 @@ impl SolverConfig {
         if s.log_every == 0 {
             return err("solver.log_every", "must be >= 1");
         }
+        nonneg("solver.checkpoint_minutes", s.checkpoint_minutes)?;
         Ok(())
     }
 }

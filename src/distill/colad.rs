@@ -45,7 +45,7 @@ impl Colad {
             ));
         };
         let n1 = network(cfg, &c.model, "model", c.seed, run)?;
-        let seed2 = partner_seed.unwrap_or(c.seed);
+        let seed2 = partner_seed.unwrap_or(crate::models::build::network_seed(c.seed, 1));
         let n2 = network(cfg, partner, "method.partner", seed2, run)?;
         for (net, path) in [(&n1, "model"), (&n2, "method.partner")] {
             if net.model.cost_assignment().is_none() {

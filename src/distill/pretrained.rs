@@ -366,9 +366,10 @@ impl PretrainedTeacher {
             Net::Resnet {
                 logits: Some(l), ..
             } => Some(l.forward(&x)?.to_dtype(DType::F32)?),
+            // One image at a time, as `features`: the ViT takes batches of one.
             Net::Dino {
                 vit, head: true, ..
-            } => Some(vit.forward(&x)?.to_dtype(DType::F32)?),
+            } => Some(per_image(&x, |xi| vit.forward(xi))?.to_dtype(DType::F32)?),
             _ => None,
         })
     }
@@ -514,4 +515,61 @@ pub fn ensemble_target(features: &[Tensor]) -> Result<Tensor> {
         .map(l2_normalize)
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(l2_normalize(&Tensor::cat(&normed, 1)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::distill::PretrainedInput;
+
+    /// A DINOv2 with its classifier gives soft labels for a batch of several images (the ViT
+    /// runs them one at a time), each row what the image alone gives.
+    #[test]
+    fn dinov2_soft_labels_for_a_batch_run_image_by_image() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let (depth, dim, heads) = (1, 8, 2);
+        let teacher = PretrainedTeacher {
+            index: 0,
+            path: PathBuf::from("tiny"),
+            sha256: String::new(),
+            config: PretrainedConfig::Dinov2 {
+                depth,
+                embed_dim: dim,
+                num_heads: heads,
+                input: PretrainedInput {
+                    size: 28,
+                    ..PretrainedInput::default()
+                },
+            },
+            net: Net::Dino {
+                vit: dinov2::DinoVisionTransformer::new(vb, depth, dim, heads).unwrap(),
+                depth,
+                head: true,
+            },
+            feature_dim: dim,
+            num_classes: Some(1000),
+            dtype: DType::F32,
+        };
+        let student = InputConfig::default();
+        let images = Tensor::randn(0f32, 1.0, (3, 3, 28, 28), &dev).unwrap();
+        let all = teacher.logits(&images, &student).unwrap().unwrap();
+        assert_eq!(all.dims(), [3, 1000]);
+        let one = teacher
+            .logits(&images.narrow(0, 1, 1).unwrap(), &student)
+            .unwrap()
+            .unwrap();
+        let d = (all.i(1..2).unwrap() - one)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+        let f = teacher.features(&images, &student).unwrap();
+        assert_eq!(f.dims(), [3, dim]);
+    }
 }

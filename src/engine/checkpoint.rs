@@ -141,6 +141,29 @@ pub fn is_checkpoint(tensors: &HashMap<String, Tensor>) -> bool {
     tensors.contains_key("meta.iter")
 }
 
+/// Whether `path` is a safetensors file holding a kdet checkpoint, from its header alone (a
+/// PyTorch file, another format or an unreadable file is not).
+pub fn is_checkpoint_file(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut len = [0u8; 8];
+    if std::io::Read::read_exact(&mut f, &mut len).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(len);
+    // A safetensors header is JSON of at most 100 MB (the format's own limit).
+    if n > 100_000_000 {
+        return false;
+    }
+    let mut header = vec![0u8; n as usize];
+    if std::io::Read::read_exact(&mut f, &mut header).is_err() {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
+        .is_ok_and(|h| h.contains_key("meta.iter"))
+}
+
 /// Read a checkpoint written by [`save`] (or by format 1).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     if !path.exists() {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::plot::line_chart;
 
 /// Appends metric records to `metrics.jsonl`.
 ///
@@ -132,9 +131,16 @@ fn read_lines(path: &Path) -> Result<(Vec<Value>, Option<usize>)> {
     Ok((recs, None))
 }
 
-/// Draw `loss.png` (every `loss*` term), `lr.png` and `ap.png` (eval AP/AP50) into `dir` from its
-/// metrics. Returns the files written.
+/// Bookkeeping of a step record: not a loss term.
+const NOT_TERMS: [&str; 6] = ["iter", "epoch", "lr", "time", "data_wait", "rss_mb"];
+
+/// Draw into `dir` from its metrics: `loss.png` (the total and every loss term, with the
+/// distillation terms in a second panel: their scale differs, and in a distilled run they are
+/// most of the loss), `lr.png`, and `ap.png` (each evaluation as a point — a run evaluated once
+/// is one point at its last iteration — other networks' too, with the teachers' final AP or
+/// top-1 as dashed reference lines). Returns the files written.
 pub fn plot_run(dir: &Path) -> Result<Vec<PathBuf>> {
+    use crate::plot::{panels_chart, Panel};
     let recs = read(&dir.join("metrics.jsonl"))?;
     if recs.is_empty() {
         return Err(Error::msg(format!(
@@ -142,51 +148,151 @@ pub fn plot_run(dir: &Path) -> Result<Vec<PathBuf>> {
             dir.display()
         )));
     }
-    let series = |filter: &dyn Fn(&str) -> bool| -> Vec<(String, Vec<(f64, f64)>)> {
-        let mut names: Vec<String> = recs
-            .iter()
-            .flat_map(|r| r.as_object().into_iter().flat_map(|o| o.keys().cloned()))
-            .filter(|k| filter(k))
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|n| {
-                let pts = recs
-                    .iter()
-                    .filter_map(|r| Some((r["iter"].as_f64()?, r[&n].as_f64()?)))
-                    .collect();
-                (n, pts)
-            })
-            .collect()
+    let series = |filter: &dyn Fn(&str) -> bool| series_of(&recs, filter);
+    let last_iter = recs
+        .iter()
+        .filter_map(|r| r["iter"].as_f64())
+        .fold(0.0, f64::max);
+    let x = (0.0, last_iter);
+    let panel = |title: &str, series, references, markers| Panel {
+        title: title.to_string(),
+        series,
+        references,
+        markers,
     };
     let mut out = vec![];
-    let loss = series(&|k| k.starts_with("loss"));
-    if !loss.is_empty() {
+    let is_term = |k: &str| !NOT_TERMS.contains(&k) && !k.contains('/');
+    let mut panels = vec![];
+    let losses = series(&|k| is_term(k) && !k.starts_with("distill.") && k.contains("loss"));
+    if !losses.is_empty() {
+        panels.push(panel("training losses", losses, vec![], false));
+    }
+    let distill = series(&|k| is_term(k) && k.starts_with("distill."));
+    if !distill.is_empty() {
+        panels.push(panel("distillation terms", distill, vec![], false));
+    }
+    if !panels.is_empty() {
         let p = dir.join("loss.png");
-        line_chart(&p, "training losses", "iteration", &loss)?;
+        panels_chart(&p, "iteration", x, &panels)?;
         out.push(p);
     }
     let lr = series(&|k| k == "lr");
     if !lr.is_empty() {
         let p = dir.join("lr.png");
-        line_chart(&p, "learning rate", "iteration", &lr)?;
+        panels_chart(
+            &p,
+            "iteration",
+            x,
+            &[panel("learning rate", lr, vec![], false)],
+        )?;
         out.push(p);
     }
-    let ap = series(&|k| k == "val/AP" || k == "val/AP50");
-    if !ap.is_empty() {
+    let (evals, references, title) = eval_series(&recs);
+    if !evals.is_empty() {
         let p = dir.join("ap.png");
-        line_chart(&p, "validation bbox AP", "iteration", &ap)?;
+        panels_chart(&p, "iteration", x, &[panel(title, evals, references, true)])?;
         out.push(p);
     }
     Ok(out)
+}
+
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Each key of the records that `filter` takes, as (iteration, value) points, by name.
+fn series_of(recs: &[Value], filter: &dyn Fn(&str) -> bool) -> Series {
+    let mut names: Vec<String> = recs
+        .iter()
+        .flat_map(|r| r.as_object().into_iter().flat_map(|o| o.keys().cloned()))
+        .filter(|k| filter(k))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let pts = recs
+                .iter()
+                .filter_map(|r| Some((r["iter"].as_f64()?, r[&n].as_f64()?)))
+                .collect();
+            (n, pts)
+        })
+        .collect()
+}
+
+/// The evaluations to plot (`val/AP`, `val/AP50` or `val/top1`, and other networks'
+/// `<net>/val/…`), the reference models' final values (`teacher0/AP`), and the chart's title.
+fn eval_series(recs: &[Value]) -> (Series, Vec<(String, f64)>, &'static str) {
+    let series = |filter: &dyn Fn(&str) -> bool| series_of(recs, filter);
+    let classification = recs.iter().any(|r| r.get("val/top1").is_some());
+    let (metrics, title): (&[&str], _) = if classification {
+        (&["top1"], "validation top-1 accuracy")
+    } else {
+        (&["AP", "AP50"], "validation bbox AP")
+    };
+    let is_eval = |k: &str| {
+        metrics.iter().any(|m| {
+            k == format!("val/{m}")
+                || (k.ends_with(&format!("/val/{m}")) && k.matches('/').count() == 2)
+        })
+    };
+    let evals = series(&is_eval);
+    let mut references = vec![];
+    for (name, pts) in series(&|k: &str| {
+        metrics.iter().any(|m| k.ends_with(&format!("/{m}")))
+            && k.matches('/').count() == 1
+            && !k.starts_with("val/")
+    }) {
+        if let Some(&(_, y)) = pts.last() {
+            references.push((name, y));
+        }
+    }
+    (evals, references, title)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A distilled run evaluated once: the distillation terms get a panel of their own in
+    /// loss.png, and ap.png has the one evaluation and the teacher's AP as a reference.
+    #[test]
+    fn plots_distillation_terms_and_a_single_evaluation() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = MetricsLog::open(d.path(), None).unwrap();
+        for it in 1..=3u64 {
+            m.write(
+                &json!({"iter": it, "loss": 4.0, "loss_classifier": 0.5, "lr": 0.01,
+                            "distill.hint.fpn.p3": 3.0, "time": 0.1, "rss_mb": 100.0}),
+            )
+            .unwrap();
+        }
+        m.write(&json!({"iter": 3, "val/AP": 0.3, "val/AP50": 0.6}))
+            .unwrap();
+        m.write(&json!({"iter": 3, "teacher0/AP": 0.5, "teacher0/AP50": 0.7}))
+            .unwrap();
+        drop(m);
+        let recs = read(&d.path().join("metrics.jsonl")).unwrap();
+        let (evals, refs, _) = eval_series(&recs);
+        let names: Vec<&str> = evals.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["val/AP", "val/AP50"]);
+        assert_eq!(evals[0].1, [(3.0, 0.3)]);
+        assert_eq!(
+            refs,
+            [
+                ("teacher0/AP".to_string(), 0.5),
+                ("teacher0/AP50".to_string(), 0.7)
+            ]
+        );
+        let files = plot_run(d.path()).unwrap();
+        let loss = image::open(d.path().join("loss.png")).unwrap();
+        assert_eq!(
+            loss.height(),
+            2 * 420,
+            "two panels: losses and distillation terms"
+        );
+        assert_eq!(files.len(), 3);
+    }
 
     #[test]
     fn resume_truncates_and_plots() {

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod evaluator;
+pub mod interrupt;
 pub mod method;
 pub mod metrics;
 pub mod optim;

@@ -48,6 +48,7 @@ const MAY_CHANGE: &[&str] = &[
     "solver.grad_clip",
     "solver.eval_every",
     "solver.checkpoint_every",
+    "solver.checkpoint_minutes",
     "solver.log_every",
     "data.workers",
     "data.prefetch",
@@ -59,6 +60,9 @@ const MAY_CHANGE: &[&str] = &[
     "teachers[].weights",
     "device",
     "output_dir",
+    // Which of Co-LAD's networks evaluation and export describe: a choice about the outputs,
+    // not the training.
+    "method.evaluate",
 ];
 
 /// The checkpoint strings recording the run's identity: its config and training annotations.
@@ -109,37 +113,58 @@ pub fn check_settings(
         })?,
         None => {
             let p = run_dir.join("config.json");
-            let old = p
-                .is_file()
-                .then(|| crate::error::read_file(&p))
-                .transpose()?
-                .and_then(|b| crate::error::parse_json::<Value>(&p, &b).ok());
-            match old {
-                Some(v) => v,
-                None => {
-                    eprintln!(
-                        "note: {} was written by an older kdet and records no settings, and the \
-                         run has no config.json: the settings are not compared",
-                        ckpt.display()
-                    );
-                    return Ok(vec![]);
-                }
+            if !p.is_file() {
+                eprintln!(
+                    "note: {} was written by an older kdet and records no settings, and the \
+                     run has no config.json: the settings are not compared",
+                    ckpt.display()
+                );
+                return Ok(vec![]);
             }
+            let bytes = crate::error::read_file(&p)?;
+            crate::error::parse_json::<Value>(&p, &bytes).map_err(|e| {
+                Error::msg(format!(
+                    "{} is corrupt ({e}): it is the only record of the settings {} was trained \
+                     with (an older kdet wrote that checkpoint), so they cannot be checked; \
+                     restore the file, or start over with --fresh",
+                    p.display(),
+                    ckpt.display()
+                ))
+            })?
         }
     };
-    // Through the schema, so both sides have every default (an older record lacks newer
-    // settings).
-    let Ok(old) = serde_json::from_value::<Config>(old) else {
-        eprintln!(
-            "note: the settings {} records are not this kdet's config schema: not compared",
-            ckpt.display()
-        );
-        return Ok(vec![]);
-    };
-    let old = serde_json::to_value(&old).expect("config serialises");
     let new = serde_json::to_value(&cfg.config).expect("config serialises");
     let mut diffs = vec![];
-    diff("", &old, &new, &mut diffs);
+    match serde_json::from_value::<Config>(old.clone()) {
+        // Through the schema, so both sides have every default (an older record lacks newer
+        // settings).
+        Ok(old) => {
+            let mut old = serde_json::to_value(&old).expect("config serialises");
+            legacy_defaults(&mut old, &new);
+            diff("", &old, &new, &mut diffs);
+        }
+        // A record of another schema (a setting renamed or removed since): compare what both
+        // have, as JSON; what only one side has is said, not compared.
+        Err(e) => {
+            let mut old = old;
+            legacy_defaults(&mut old, &new);
+            let mut skipped = vec![];
+            diff_recorded("", &old, &new, &mut diffs, &mut skipped);
+            eprintln!(
+                "note: the settings {} records do not fit this kdet's config schema ({e}); \
+                 compared as recorded{}",
+                ckpt.display(),
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", except settings only one side has: {}",
+                        skipped.join(", ")
+                    )
+                }
+            );
+        }
+    }
     let (ok, refused): (Vec<Change>, Vec<Change>) =
         diffs.into_iter().partition(|c| may_change(&c.path));
     if !refused.is_empty() {
@@ -157,6 +182,46 @@ pub fn check_settings(
         )));
     }
     Ok(ok)
+}
+
+/// Settings whose default changed, so a record of the old default reads as the new value.
+/// Co-LAD's `partner_seed` was null = `seed` before network 2 got a seed of its own: it only
+/// initialises network 2, which the checkpoint's weights replace on resume, so a recorded null
+/// accepts what the config gives now (null, or the old default written out).
+fn legacy_defaults(old: &mut Value, new: &Value) {
+    let is_colad = |v: &Value| v["method"]["type"] == "colad";
+    if is_colad(old) && is_colad(new) && old["method"]["partner_seed"].is_null() {
+        old["method"]["partner_seed"] = new["method"]["partner_seed"].clone();
+    }
+}
+
+/// Like [`diff`] for a record of another schema: only paths both sides have are compared; the
+/// others are listed in `skipped`.
+fn diff_recorded(
+    path: &str,
+    old: &Value,
+    new: &Value,
+    out: &mut Vec<Change>,
+    skipped: &mut Vec<String>,
+) {
+    let (Value::Object(a), Value::Object(b)) = (old, new) else {
+        diff(path, old, new, out);
+        return;
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let p = if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        };
+        match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) => diff_recorded(&p, x, y, out, skipped),
+            _ => skipped.push(p),
+        }
+    }
 }
 
 /// Whether the setting at `path` may change on `--resume`.
@@ -249,5 +314,41 @@ mod tests {
         assert!(!may_change("seed") && !may_change("solver.batch_size"));
         assert!(!may_change("solver.optimizer") && !may_change("teachers[0].model"));
         assert!(!may_change("solver.lrx") && !may_change("data.train"));
+    }
+
+    #[test]
+    fn a_record_of_another_schema_compares_what_both_sides_have() {
+        let (mut d, mut skipped) = (vec![], vec![]);
+        diff_recorded(
+            "",
+            &json!({"seed": 0, "solver": {"lr": 0.1, "old_knob": 3}}),
+            &json!({"seed": 1, "solver": {"lr": 0.1, "new_knob": 4}}),
+            &mut d,
+            &mut skipped,
+        );
+        let paths: Vec<&str> = d.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["seed"]);
+        assert_eq!(skipped, ["solver.new_knob", "solver.old_knob"]);
+    }
+
+    #[test]
+    fn colad_partner_seed_recorded_as_the_old_default_accepts_the_new_config() {
+        let new = json!({"seed": 0, "method": {"type": "colad", "partner_seed": null}});
+        let mut old = new.clone();
+        legacy_defaults(&mut old, &new);
+        assert_eq!(old, new);
+        // The old default written out: accepted too.
+        let explicit = json!({"seed": 0, "method": {"type": "colad", "partner_seed": 0}});
+        let mut old = new.clone();
+        legacy_defaults(&mut old, &explicit);
+        assert_eq!(old, explicit);
+        // A recorded seed stays what it was: a change is refused as before.
+        let mut old = json!({"seed": 0, "method": {"type": "colad", "partner_seed": 5}});
+        legacy_defaults(&mut old, &explicit);
+        let mut d = vec![];
+        diff("", &old, &explicit, &mut d);
+        assert_eq!(d.len(), 1);
+        assert!(!may_change(&d[0].path));
+        assert!(may_change("method.evaluate"));
     }
 }

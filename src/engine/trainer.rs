@@ -358,6 +358,9 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, val_key)) {
         last_eval = evaluate_at(&*method, start, &mut log)?;
     }
+    // From here a Ctrl-C or SIGTERM finishes the step, checkpoints and stops (`interrupt`).
+    let _signals = super::interrupt::Guard::new()?;
+    let mut last_checkpoint = Instant::now();
     // How long each step waited for its batch (the loader should never stall the step).
     let mut wait_t = Instant::now();
     while it < end {
@@ -413,7 +416,12 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                     eprintln!("iter {it}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
                 }
             }
-            if s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every) || it == end {
+            super::interrupt::fault_hooks();
+            let stop = super::interrupt::requested();
+            let every = s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every);
+            let timely = s.checkpoint_minutes > 0.0
+                && last_checkpoint.elapsed().as_secs_f64() >= 60.0 * s.checkpoint_minutes;
+            if every || timely || it == end || stop.is_some() {
                 // Never overwrite a good checkpoint with diverged weights.
                 check_finite_params(&optimizers, it, saved)?;
                 let (st, step) = optim_state(&optimizers);
@@ -430,6 +438,11 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                     },
                 )?;
                 saved = Some(it);
+                last_checkpoint = Instant::now();
+            }
+            if let Some(sig) = stop {
+                pb.finish_and_clear();
+                return Err(interrupted(cfg, sig, it, total));
             }
             if eval_due(it) {
                 if let Some(e) = evaluate_at(&*method, it, &mut log)? {
@@ -441,6 +454,13 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     }
     pb.finish_and_clear();
     let mut references = vec![];
+    // A signal during the final evaluation stops before the outputs: the final checkpoint is
+    // on disk and `--resume` completes them.
+    let check_signal = || match super::interrupt::requested() {
+        Some(sig) => Err(interrupted(cfg, sig, it, total)),
+        None => Ok(()),
+    };
+    check_signal()?;
     if it == total {
         // The evaluated network is `model.safetensors`; a method with several networks also
         // writes each under its name, with its sidecar, so any of them can be evaluated,
@@ -479,6 +499,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             if missing {
                 log.write(&rec)?;
             }
+            check_signal()?;
         }
         // The reference models on the same validation set, for the comparison the user came
         // for (logged once, however often a finished run is resumed).
@@ -539,6 +560,19 @@ fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
             gt.outside_boxes
         ),
     ))
+}
+
+/// The stop a signal asked for, after the checkpoint at `it` was written.
+fn interrupted(cfg: &LoadedConfig, sig: i32, it: u64, total: u64) -> Error {
+    Error::Interrupted {
+        signal: sig,
+        msg: format!(
+            "interrupted by {} at iteration {it} of {total}; the checkpoint is written: resume \
+             with `kdet train {} --resume`",
+            super::interrupt::signal_name(sig),
+            cfg.path.display()
+        ),
+    }
 }
 
 /// What a stop can say about the checkpoint on disk.

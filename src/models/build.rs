@@ -13,6 +13,20 @@ use super::init::SeededVarMap;
 use super::weights::{load_weights, named_tensors, KeyRules};
 use crate::error::Result;
 
+/// The initialisation seed of a method's `index`-th network (0-based) in a run seeded `seed`:
+/// the first network draws from the run's seed (it starts as the same config trained alone
+/// would), every other from a seed of its own, so that two networks of the same architecture
+/// never start identical by accident. SplitMix64's finaliser spreads nearby seeds apart.
+pub fn network_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        return seed;
+    }
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A model with its variables, as a training method owns it.
 pub struct Network {
     pub model: Box<dyn Model>,
@@ -53,5 +67,24 @@ impl Network {
     /// The model's parameters and buffers by name (sorted): what `model.safetensors` holds.
     pub fn named_tensors(&self) -> Vec<(String, candle_core::Tensor)> {
         named_tensors(&self.vars.varmap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_seed;
+
+    #[test]
+    fn every_network_of_a_run_has_its_own_seed() {
+        for seed in [0u64, 1, 42, u64::MAX] {
+            assert_eq!(network_seed(seed, 0), seed);
+            let seeds: Vec<u64> = (0..4).map(|i| network_seed(seed, i)).collect();
+            let mut unique = seeds.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), 4, "{seeds:?}");
+        }
+        // A run seeded 1 does not give network 2 the seed another run's network 1 has.
+        assert_ne!(network_seed(0, 1), 1);
     }
 }
