@@ -110,143 +110,270 @@ fn optim_state(opts: &[Optimizer]) -> (HashMap<String, Tensor>, u64) {
     (all, step)
 }
 
-/// Train with the method `build` makes for the config.
+/// Train with the method `build` makes for the config: check the output folder, load the data
+/// and the method (its teachers are checked before anything is written), plan the run, restore
+/// a checkpoint on `--resume`, open the run folder, train the steps, then write the outputs.
 pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Result<TrainSummary> {
-    let resume = opts.resume;
     let c = &cfg.config;
     let out = cfg.resolve("output_dir", &c.output_dir);
-    if out.exists() && !out.is_dir() {
-        return Err(cfg.error(
-            "output_dir",
-            format!("{} is a file, not a folder", out.display()),
-        ));
-    }
-    let ckpt_path = out.join("checkpoint.safetensors");
-    if !resume && !opts.fresh && ckpt_path.exists() {
-        return Err(Error::msg(format!(
-            "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
-            out.display()
-        )));
-    }
+    check_output_dir(cfg, &out, opts)?;
     let run = RunData::load(cfg)?;
     check_training_data(cfg, &run)?;
-    let device = run.device.clone();
-    // The method loads and checks its teachers before anything is written.
     let mut method = build(cfg, &run)?;
-    let s = &c.solver;
     let settings = run_strings(c, run.train.fingerprint()?)?;
     let mut strings = frozen_strings(&method.frozen_inputs());
     strings.extend(settings.clone());
     let mut optimizers: Vec<Optimizer> = method
         .param_groups()
         .into_iter()
-        .map(|g| Optimizer::new(params_with_decay(g, s), s))
+        .map(|g| Optimizer::new(params_with_decay(g, &c.solver), &c.solver))
         .collect();
-    let eval_net = method.eval_network();
-    let input = method.networks()[eval_net].net.config.input().clone();
-
-    let train_records = run.train_records();
-    let train_counts = run.train_counts();
-    let loader = Loader {
-        sampler: Sampler::new(c.data.sampler, &train_records, true),
-        dataset: Arc::new(DetectionDataset {
-            records: train_records,
-            input: input.clone(),
-            flip_prob: c.data.flip_prob,
-            color_jitter: c.data.color_jitter,
-        }),
-        batch_size: s.batch_size,
-        workers: c.data.workers,
-        prefetch: c.data.prefetch,
-        seed: c.seed,
-        device: device.clone(),
+    let plan = Plan::new(cfg, &run, &*method)?;
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let (start, changes) = if opts.resume {
+        restore(
+            cfg,
+            &ckpt_path,
+            &plan,
+            &mut *method,
+            &mut optimizers,
+            &settings,
+            &out,
+        )?
+    } else {
+        (0, vec![])
     };
-    let samples = loader.sampler.order(c.seed, 0).len();
-    if s.batch_size > samples {
+    let (out, log) = open_run_folder(cfg, &out, &*method, &run, opts.resume, start, &changes)?;
+    let mut session = Session {
+        cfg,
+        run: &run,
+        plan: &plan,
+        ckpt_path: out.join("checkpoint.safetensors"),
+        out,
+        strings,
+        pb: progress(plan.total, start),
+        log,
+        saved: opts.resume.then_some(start),
+        val_key: match &run.val {
+            Some(crate::data::Split::Classification(_)) => "val/top1",
+            _ => "val/AP",
+        },
+    };
+    let t0 = Instant::now();
+    let end = opts
+        .stop_after
+        .map_or(plan.total, |n| (start + n).min(plan.total));
+    let mut last_eval = None;
+    // A resumed run completes the evaluation due at its checkpoint when the interrupted run
+    // did not log it (killed between checkpoint and evaluation); at the end of the run it is
+    // always done, to report and rewrite the final results.
+    let logged = session.log.has(start, session.val_key);
+    if opts.resume && start > 0 && session.eval_due(start) && (start == plan.total || !logged) {
+        last_eval = session.evaluate_at(&*method, start)?;
+    }
+    // From here a Ctrl-C or SIGTERM finishes the step, checkpoints and stops (`interrupt`).
+    let _signals = super::interrupt::Guard::new()?;
+    let it = session.run_steps(&mut *method, &mut optimizers, start, end, &mut last_eval)?;
+    session.pb.finish_and_clear();
+    let references = if it == plan.total {
+        session.finish(&*method, it)?
+    } else {
+        vec![]
+    };
+    let _ = plot_run(&session.out);
+    Ok(TrainSummary {
+        output_dir: session.out,
+        iterations: it,
+        start,
+        seconds: t0.elapsed().as_secs_f64(),
+        eval: last_eval,
+        references,
+        evaluated: method.networks()[plan.eval_net].name.to_string(),
+    })
+}
+
+/// `output_dir` must be a folder (or not exist yet), and a checkpoint in it is only continued
+/// (`--resume`) or replaced (`--fresh`) when asked to.
+fn check_output_dir(cfg: &LoadedConfig, out: &Path, opts: TrainOptions) -> Result<()> {
+    if out.exists() && !out.is_dir() {
         return Err(cfg.error(
-            "solver.batch_size",
-            format!(
-                "{} is more than the {samples} training images an epoch draws; at most {samples}",
-                s.batch_size
-            ),
+            "output_dir",
+            format!("{} is a file, not a folder", out.display()),
         ));
     }
-    let per_epoch = loader.batches_per_epoch().max(1) as u64;
-    let (len, in_epochs) = s.length();
-    let total = if in_epochs { len * per_epoch } else { len };
-    let lr = LrSchedule::new(s, per_epoch, total);
+    if !opts.resume && !opts.fresh && out.join("checkpoint.safetensors").exists() {
+        return Err(Error::msg(format!(
+            "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
+            out.display()
+        )));
+    }
+    Ok(())
+}
 
-    let mut start = 0u64;
-    let mut changes = vec![];
-    // The iteration of the last checkpoint on disk, if any: what a stop can fall back on.
-    let mut saved: Option<u64> = None;
-    if resume {
-        let ck = checkpoint::load(&ckpt_path)?;
-        // The settings first, so a changed optimizer or batch size is named as such rather
-        // than as tensors or optimizer state that do not fit.
-        changes = resume::check_settings(cfg, &ckpt_path, &ck.strings, &settings, &out)?;
-        if ck.iter > total {
-            let key = if in_epochs {
-                "solver.epochs"
-            } else {
-                "solver.iterations"
-            };
-            let was = changes
-                .iter()
-                .find(|ch| ch.path == key)
-                .map(|ch| format!(" (it was {})", ch.old))
-                .unwrap_or_default();
-            let (now, need) = if in_epochs {
-                (
-                    format!("{len} epochs = {total} iterations"),
-                    ck.iter.div_ceil(per_epoch),
-                )
-            } else {
-                (total.to_string(), ck.iter)
-            };
+/// What the loop needs about the run's data and length, fixed at its start.
+struct Plan {
+    loader: Loader,
+    per_epoch: u64,
+    total: u64,
+    lr: LrSchedule,
+    /// The evaluated network's input, and its index among the method's networks.
+    input: crate::data::transforms::InputConfig,
+    eval_net: usize,
+    /// Training images per class (classification's frequency groups).
+    train_counts: Vec<usize>,
+}
+
+impl Plan {
+    fn new(cfg: &LoadedConfig, run: &RunData, method: &dyn Method) -> Result<Self> {
+        let c = &cfg.config;
+        let s = &c.solver;
+        let eval_net = method.eval_network();
+        let input = method.networks()[eval_net].net.config.input().clone();
+        let train_records = run.train_records();
+        let loader = Loader {
+            sampler: Sampler::new(c.data.sampler, &train_records, true),
+            dataset: Arc::new(DetectionDataset {
+                records: train_records,
+                input: input.clone(),
+                flip_prob: c.data.flip_prob,
+                color_jitter: c.data.color_jitter,
+            }),
+            batch_size: s.batch_size,
+            workers: c.data.workers,
+            prefetch: c.data.prefetch,
+            seed: c.seed,
+            device: run.device.clone(),
+        };
+        let samples = loader.sampler.order(c.seed, 0).len();
+        if s.batch_size > samples {
             return Err(cfg.error(
-                key,
+                "solver.batch_size",
                 format!(
-                    "is now {now}{was}, but {} is already at iteration {}: resuming would \
-                     train nothing and write no model; set it to at least {need}, or start \
-                     over with --fresh",
-                    ckpt_path.display(),
-                    ck.iter
+                    "{} is more than the {samples} training images an epoch draws; at most {samples}",
+                    s.batch_size
                 ),
             ));
         }
-        let mut tensors = ck.model;
-        tensors.extend(ck.aux);
-        let r = load_tensors(&state_vars(&*method), &tensors)?;
-        if !r.is_clean() {
-            return Err(Error::msg(format!(
-                "{}: checkpoint does not fit the config's model: {}",
-                ckpt_path.display(),
-                r.describe()
-            )));
-        }
-        checkpoint::check_frozen_inputs(&ckpt_path, &ck.strings, &method.frozen_inputs())?;
-        // Each optimizer takes its parameters' state; the last takes what is left, and refuses
-        // entries for no parameter of its own.
-        let mut state = ck.optim;
-        let last = optimizers.len() - 1;
-        for (i, o) in optimizers.iter_mut().enumerate() {
-            let mine = if i == last {
-                std::mem::take(&mut state)
-            } else {
-                let (mine, rest) = state.into_iter().partition(|(k, _)| o.owns_state_key(k));
-                state = rest;
-                mine
-            };
-            o.load_state(mine, ck.optim_step)
-                .map_err(|e| Error::msg(format!("{}: {e}", ckpt_path.display())))?;
-        }
-        start = ck.iter;
-        saved = Some(start);
-        eprintln!("resuming from {} at iteration {start}", ckpt_path.display());
+        let per_epoch = loader.batches_per_epoch().max(1) as u64;
+        let (len, in_epochs) = s.length();
+        let total = if in_epochs { len * per_epoch } else { len };
+        Ok(Self {
+            lr: LrSchedule::new(s, per_epoch, total),
+            loader,
+            per_epoch,
+            total,
+            input,
+            eval_net,
+            train_counts: run.train_counts(),
+        })
     }
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let out = std::fs::canonicalize(&out).unwrap_or(out);
+}
+
+/// `--resume`: the checkpoint's settings checked against the config's, its tensors loaded into
+/// the method's networks and variables, its optimizer state into each optimizer. Returns the
+/// iteration to continue from and the accepted changes of settings.
+fn restore(
+    cfg: &LoadedConfig,
+    ckpt_path: &Path,
+    plan: &Plan,
+    method: &mut dyn Method,
+    optimizers: &mut [Optimizer],
+    settings: &BTreeMap<String, String>,
+    out: &Path,
+) -> Result<(u64, Vec<rundir::Change>)> {
+    let ck = checkpoint::load(ckpt_path)?;
+    // The settings first, so a changed optimizer or batch size is named as such rather than as
+    // tensors or optimizer state that do not fit.
+    let changes = resume::check_settings(cfg, ckpt_path, &ck.strings, settings, out)?;
+    if ck.iter > plan.total {
+        return Err(too_short(cfg, ckpt_path, ck.iter, plan, &changes));
+    }
+    let mut tensors = ck.model;
+    tensors.extend(ck.aux);
+    let r = load_tensors(&state_vars(method), &tensors)?;
+    if !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: checkpoint does not fit the config's model: {}",
+            ckpt_path.display(),
+            r.describe()
+        )));
+    }
+    checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, &method.frozen_inputs())?;
+    // Each optimizer takes its parameters' state; the last takes what is left, and refuses
+    // entries for no parameter of its own.
+    let mut state = ck.optim;
+    let last = optimizers.len() - 1;
+    for (i, o) in optimizers.iter_mut().enumerate() {
+        let mine = if i == last {
+            std::mem::take(&mut state)
+        } else {
+            let (mine, rest) = state.into_iter().partition(|(k, _)| o.owns_state_key(k));
+            state = rest;
+            mine
+        };
+        o.load_state(mine, ck.optim_step)
+            .map_err(|e| Error::msg(format!("{}: {e}", ckpt_path.display())))?;
+    }
+    eprintln!(
+        "resuming from {} at iteration {}",
+        ckpt_path.display(),
+        ck.iter
+    );
+    Ok((ck.iter, changes))
+}
+
+/// The refusal of a run length below the checkpoint's iteration.
+fn too_short(
+    cfg: &LoadedConfig,
+    ckpt_path: &Path,
+    at: u64,
+    plan: &Plan,
+    changes: &[rundir::Change],
+) -> Error {
+    let (len, in_epochs) = cfg.config.solver.length();
+    let key = if in_epochs {
+        "solver.epochs"
+    } else {
+        "solver.iterations"
+    };
+    let was = changes
+        .iter()
+        .find(|ch| ch.path == key)
+        .map(|ch| format!(" (it was {})", ch.old))
+        .unwrap_or_default();
+    let (now, need) = if in_epochs {
+        (
+            format!("{len} epochs = {} iterations", plan.total),
+            at.div_ceil(plan.per_epoch),
+        )
+    } else {
+        (plan.total.to_string(), at)
+    };
+    cfg.error(
+        key,
+        format!(
+            "is now {now}{was}, but {} is already at iteration {at}: resuming would train \
+             nothing and write no model; set it to at least {need}, or start over with --fresh",
+            ckpt_path.display()
+        ),
+    )
+}
+
+/// Create the run folder and ready it: temporaries of killed writes removed, a run from
+/// iteration 0 clears the earlier run's outputs, `config.json` (the config the run started
+/// with), the evaluated network's sidecar, the metrics log (with the accepted changes of a
+/// resume). Returns the folder's canonical path and the log.
+fn open_run_folder(
+    cfg: &LoadedConfig,
+    out: &Path,
+    method: &dyn Method,
+    run: &RunData,
+    resume: bool,
+    start: u64,
+    changes: &[rundir::Change],
+) -> Result<(PathBuf, MetricsLog)> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let out = std::fs::canonicalize(out).unwrap_or(out.to_path_buf());
     let stale = rundir::remove_stale_temporaries(&out)?;
     if !stale.is_empty() {
         eprintln!(
@@ -271,7 +398,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             );
         }
     }
-    let config_json = serde_json::to_value(c).expect("config serialises");
+    let config_json = serde_json::to_value(&cfg.config).expect("config serialises");
     // config.json is the config the run started with; later changes go to the history.
     if !resume || !out.join("config.json").exists() {
         crate::util::write_atomic(
@@ -281,11 +408,13 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
                 .as_bytes(),
         )?;
     }
+    let eval_net = &method.networks()[method.eval_network()];
+    let cats = run.train.categories();
     Sidecar::write(
         &out.join("model.json"),
-        &method.networks()[eval_net].net.config,
-        &run.train.categories().names,
-        &run.train.categories().ids,
+        &eval_net.net.config,
+        &cats.names,
+        &cats.ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
     if !changes.is_empty() {
@@ -298,238 +427,319 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             list.join("; ")
         );
         log.write(
-            &json!({"iter": start, "event": "resume", "changed": rundir::changes_json(&changes)}),
+            &json!({"iter": start, "event": "resume", "changed": rundir::changes_json(changes)}),
         )?;
-        rundir::append_history(&out, start, &changes, &config_json)?;
+        rundir::append_history(&out, start, changes, &config_json)?;
+    }
+    Ok((out, log))
+}
+
+/// A run in progress: where it writes, what it has written, and how it reports.
+struct Session<'a> {
+    cfg: &'a LoadedConfig,
+    run: &'a RunData,
+    plan: &'a Plan,
+    out: PathBuf,
+    ckpt_path: PathBuf,
+    /// The checkpoint's strings: the run's settings and frozen inputs.
+    strings: BTreeMap<String, String>,
+    pb: ProgressBar,
+    log: MetricsLog,
+    /// The iteration of the last checkpoint on disk, if any: what a stop can fall back on.
+    saved: Option<u64>,
+    /// The record that says an evaluation at an iteration was logged.
+    val_key: &'static str,
+}
+
+impl Session<'_> {
+    fn eval_due(&self, it: u64) -> bool {
+        let every = self.cfg.config.solver.eval_every;
+        (every > 0 && it.is_multiple_of(every)) || it == self.plan.total
     }
 
-    let pb = progress(total, start);
-    let t0 = Instant::now();
-    let mut it = start;
-    let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
-    let mut last_eval = None;
-    // The record that says an evaluation at an iteration was logged.
-    let val_key = match &run.val {
-        Some(crate::data::Split::Classification(_)) => "val/top1",
-        _ => "val/AP",
-    };
-    // Evaluate at iteration `it`: the record goes to the log unless it is there already (a
-    // resumed run re-evaluates where the interrupted one may have stopped); the final one also
-    // writes the predictions (detections.json or predictions.json) and eval.json.
-    // A model on the val split, with the run's batch size, device and class frequencies.
-    let evaluate_model = |model: &dyn crate::models::contract::Model,
-                          v: &crate::data::Split,
-                          input: &crate::data::transforms::InputConfig| {
-        evaluate(model, v, input, s.batch_size, &device, None, &train_counts)
-    };
-    let evaluate_at =
-        |method: &dyn Method, it: u64, log: &mut MetricsLog| -> Result<Option<Evaluation>> {
-            let Some(v) = &run.val else {
-                return Ok(None);
-            };
-            if crate::util::fault_point("eval") {
-                crate::util::kill_self();
-            }
-            let net = &method.networks()[eval_net];
-            let (summary, recs) = evaluate_model(&*net.net.model, v, &input)?;
-            if !log.has(it, val_key) {
-                let mut rec = json!({"iter": it});
-                for (k, x) in summary.named() {
-                    rec[format!("val/{k}")] = json!(x);
-                }
-                log.write(&rec)?;
-            }
-            let line = format!("iter {it}: val {}", summary.headline());
-            // A hidden bar (no terminal) drops println: log lines go to stderr then.
-            if pb.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                pb.println(line);
-            }
-            if it == total {
-                write_eval(&out, v, &summary, &recs, it, &train_counts)?;
-            }
-            Ok(Some(summary))
-        };
-    let eval_due = |it: u64| (s.eval_every > 0 && it.is_multiple_of(s.eval_every)) || it == total;
-    // A resumed run completes the evaluation due at its checkpoint when the interrupted run
-    // did not log it (killed between checkpoint and evaluation); at the end of the run it is
-    // always done, to report and rewrite the final results.
-    if resume && start > 0 && eval_due(start) && (start == total || !log.has(start, val_key)) {
-        last_eval = evaluate_at(&*method, start, &mut log)?;
+    /// A model on the val split, with the run's batch size, device and class frequencies.
+    fn evaluate_model(
+        &self,
+        model: &dyn crate::models::contract::Model,
+        val: &crate::data::Split,
+        input: &crate::data::transforms::InputConfig,
+    ) -> Result<(Evaluation, Predicted)> {
+        let bs = self.cfg.config.solver.batch_size;
+        evaluate(
+            model,
+            val,
+            input,
+            bs,
+            &self.run.device,
+            None,
+            &self.plan.train_counts,
+        )
     }
-    // From here a Ctrl-C or SIGTERM finishes the step, checkpoints and stops (`interrupt`).
-    let _signals = super::interrupt::Guard::new()?;
-    let mut last_checkpoint = Instant::now();
-    // How long each step waited for its batch (the loader should never stall the step).
-    let mut wait_t = Instant::now();
-    while it < end {
-        let epoch = it / per_epoch;
-        for batch in loader.epoch_from(epoch, (it % per_epoch) as usize) {
-            if it >= end {
-                break;
+
+    /// Evaluate at iteration `it`: the record goes to the log unless it is there already (a
+    /// resumed run re-evaluates where the interrupted one may have stopped); the final one also
+    /// writes the predictions (detections.json or predictions.json) and eval.json.
+    fn evaluate_at(&mut self, method: &dyn Method, it: u64) -> Result<Option<Evaluation>> {
+        let Some(v) = &self.run.val else {
+            return Ok(None);
+        };
+        if crate::util::fault_point("eval") {
+            crate::util::kill_self();
+        }
+        let net = &method.networks()[self.plan.eval_net];
+        let (summary, recs) = self.evaluate_model(&*net.net.model, v, &self.plan.input)?;
+        if !self.log.has(it, self.val_key) {
+            let mut rec = json!({"iter": it});
+            for (k, x) in summary.named() {
+                rec[format!("val/{k}")] = json!(x);
             }
-            let batch = batch?;
-            let data_wait = wait_t.elapsed().as_secs_f64();
-            let step_t = Instant::now();
-            let mut rng =
-                StepRng::seed_from_u64(c.seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut step = method.step(&batch, &mut rng)?;
-            if crate::util::fault_point("nan-loss") {
-                // Test hook: a NaN loss, as a diverging run produces.
-                if let Some(t) = step.losses.values_mut().next() {
-                    *t = (&*t * f64::NAN)?;
-                }
-            }
-            let (loss, terms) = sum_losses(&step.losses, it + 1, saved)?;
-            drop(step.losses);
-            let mut grads = loss.backward()?;
-            if let Some(max) = s.grad_clip {
-                clip_grad_norm(
-                    &mut grads,
-                    optimizers
-                        .iter()
-                        .flat_map(|o| o.params())
-                        .map(|p| p.var.as_tensor()),
-                    max,
-                )?;
-            }
-            let lr_now = lr.lr(it);
-            for o in &mut optimizers {
-                o.step(&grads, lr_now)?;
-            }
-            it += 1;
-            pb.set_position(it);
-            let total_loss: f64 = terms.values().sum();
-            pb.set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
-            if it.is_multiple_of(s.log_every) || it == total {
-                // `time` (the step), `data_wait` (waiting for its batch) and `rss_mb` (resident
-                // memory now) are measurements, not results: they differ between equal runs.
-                let mut rec = json!({"iter": it, "epoch": epoch, "lr": lr_now, "loss": total_loss,
-                    "time": step_t.elapsed().as_secs_f64(), "data_wait": data_wait,
-                    "rss_mb": crate::util::rss_mb()});
-                for (k, v) in terms.iter().chain(&step.metrics) {
-                    rec[k] = json!(v);
-                }
-                log.write(&rec)?;
-                if pb.is_hidden() {
-                    eprintln!("iter {it}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
-                }
-            }
-            super::interrupt::fault_hooks();
-            let stop = super::interrupt::requested();
-            let every = s.checkpoint_every > 0 && it.is_multiple_of(s.checkpoint_every);
-            let timely = s.checkpoint_minutes > 0.0
-                && last_checkpoint.elapsed().as_secs_f64() >= 60.0 * s.checkpoint_minutes;
-            if every || timely || it == end || stop.is_some() {
-                // Never overwrite a good checkpoint with diverged weights.
-                check_finite_params(&optimizers, it, saved)?;
-                let (st, step) = optim_state(&optimizers);
-                let aux = method.own_vars().map(named_tensors).unwrap_or_default();
-                checkpoint::save(
-                    &ckpt_path,
-                    &checkpoint::State {
-                        model: &network_tensors(&*method),
-                        aux: &aux,
-                        optim: &st,
-                        optim_step: step,
-                        iter: it,
-                        strings: &strings,
-                    },
-                )?;
-                saved = Some(it);
-                last_checkpoint = Instant::now();
-            }
-            if let Some(sig) = stop {
-                pb.finish_and_clear();
-                return Err(interrupted(cfg, sig, it, total));
-            }
-            if eval_due(it) {
-                if let Some(e) = evaluate_at(&*method, it, &mut log)? {
-                    last_eval = Some(e);
-                }
-            }
-            wait_t = Instant::now();
+            self.log.write(&rec)?;
+        }
+        self.say(format!("iter {it}: val {}", summary.headline()));
+        if it == self.plan.total {
+            write_eval(&self.out, v, &summary, &recs, it, &self.plan.train_counts)?;
+        }
+        Ok(Some(summary))
+    }
+
+    /// A line beside the progress bar (a hidden bar, without a terminal, drops println: log
+    /// lines go to stderr then).
+    fn say(&self, line: String) {
+        if self.pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.pb.println(line);
         }
     }
-    pb.finish_and_clear();
-    let mut references = vec![];
-    // A signal during the final evaluation stops before the outputs: the final checkpoint is
-    // on disk and `--resume` completes them.
-    let check_signal = || match super::interrupt::requested() {
-        Some(sig) => Err(interrupted(cfg, sig, it, total)),
-        None => Ok(()),
-    };
-    check_signal()?;
-    if it == total {
-        // The evaluated network is `model.safetensors`; a method with several networks also
-        // writes each under its name, with its sidecar, so any of them can be evaluated,
-        // inferred with or exported.
+
+    /// The steps from `start` to `end`, with checkpoints and evaluations when due; a signal
+    /// stops after its step's checkpoint. Returns the iteration reached.
+    fn run_steps(
+        &mut self,
+        method: &mut dyn Method,
+        optimizers: &mut [Optimizer],
+        start: u64,
+        end: u64,
+        last_eval: &mut Option<Evaluation>,
+    ) -> Result<u64> {
+        let plan = self.plan;
+        let mut it = start;
+        let mut last_checkpoint = Instant::now();
+        // How long each step waited for its batch (the loader should never stall the step).
+        let mut wait_t = Instant::now();
+        while it < end {
+            let epoch = it / plan.per_epoch;
+            for batch in plan
+                .loader
+                .epoch_from(epoch, (it % plan.per_epoch) as usize)
+            {
+                if it >= end {
+                    break;
+                }
+                let batch = batch?;
+                let data_wait = wait_t.elapsed().as_secs_f64();
+                self.step(method, optimizers, &batch, it, epoch, data_wait)?;
+                it += 1;
+                super::interrupt::fault_hooks();
+                let stop = super::interrupt::requested();
+                let minutes = self.cfg.config.solver.checkpoint_minutes;
+                let every = self.cfg.config.solver.checkpoint_every;
+                let timely =
+                    minutes > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= 60.0 * minutes;
+                if (every > 0 && it.is_multiple_of(every)) || timely || it == end || stop.is_some()
+                {
+                    self.checkpoint(method, optimizers, it)?;
+                    last_checkpoint = Instant::now();
+                }
+                if let Some(sig) = stop {
+                    self.pb.finish_and_clear();
+                    return Err(interrupted(self.cfg, sig, it, plan.total));
+                }
+                if self.eval_due(it) {
+                    if let Some(e) = self.evaluate_at(method, it)? {
+                        *last_eval = Some(e);
+                    }
+                }
+                wait_t = Instant::now();
+            }
+        }
+        Ok(it)
+    }
+
+    /// One step at iteration `it`: the method's losses, summed (a non-finite one stops the run),
+    /// backward, clipping, the optimizers' steps, the progress bar and the step's record.
+    fn step(
+        &mut self,
+        method: &mut dyn Method,
+        optimizers: &mut [Optimizer],
+        batch: &crate::data::loader::Batch,
+        it: u64,
+        epoch: u64,
+        data_wait: f64,
+    ) -> Result<()> {
+        let s = &self.cfg.config.solver;
+        let step_t = Instant::now();
+        let seed = self.cfg.config.seed;
+        let mut rng = StepRng::seed_from_u64(seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut step = method.step(batch, &mut rng)?;
+        if crate::util::fault_point("nan-loss") {
+            // Test hook: a NaN loss, as a diverging run produces.
+            if let Some(t) = step.losses.values_mut().next() {
+                *t = (&*t * f64::NAN)?;
+            }
+        }
+        let (loss, terms) = sum_losses(&step.losses, it + 1, self.saved)?;
+        drop(step.losses);
+        let mut grads = loss.backward()?;
+        if let Some(max) = s.grad_clip {
+            let params = optimizers.iter().flat_map(|o| o.params());
+            clip_grad_norm(&mut grads, params.map(|p| p.var.as_tensor()), max)?;
+        }
+        let lr_now = self.plan.lr.lr(it);
+        for o in optimizers.iter_mut() {
+            o.step(&grads, lr_now)?;
+        }
+        let done = it + 1;
+        self.pb.set_position(done);
+        let total_loss: f64 = terms.values().sum();
+        self.pb
+            .set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
+        if done.is_multiple_of(s.log_every) || done == self.plan.total {
+            // `time` (the step), `data_wait` (waiting for its batch) and `rss_mb` (resident
+            // memory now) are measurements, not results: they differ between equal runs.
+            let mut rec = json!({"iter": done, "epoch": epoch, "lr": lr_now, "loss": total_loss,
+                "time": step_t.elapsed().as_secs_f64(), "data_wait": data_wait,
+                "rss_mb": crate::util::rss_mb()});
+            for (k, v) in terms.iter().chain(&step.metrics) {
+                rec[k] = json!(v);
+            }
+            self.log.write(&rec)?;
+            if self.pb.is_hidden() {
+                let total = self.plan.total;
+                eprintln!("iter {done}/{total} loss {total_loss:.4} lr {lr_now:.3e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// An atomic checkpoint at `it`: the networks, the method's variables, the optimizers'
+    /// state and the run's strings — never of diverged weights.
+    fn checkpoint(&mut self, method: &dyn Method, optimizers: &[Optimizer], it: u64) -> Result<()> {
+        check_finite_params(optimizers, it, self.saved)?;
+        let (st, step) = optim_state(optimizers);
+        let aux = method.own_vars().map(named_tensors).unwrap_or_default();
+        checkpoint::save(
+            &self.ckpt_path,
+            &checkpoint::State {
+                model: &network_tensors(method),
+                aux: &aux,
+                optim: &st,
+                optim_step: step,
+                iter: it,
+                strings: &self.strings,
+            },
+        )?;
+        self.saved = Some(it);
+        Ok(())
+    }
+
+    /// The finished run's outputs: `model.safetensors` (the evaluated network; a method with
+    /// several also writes each under its name, with its sidecar, so any can be evaluated,
+    /// inferred with or exported), the other networks' and the reference models' evaluations.
+    /// A signal between these stops before the rest: `--resume` completes them.
+    fn finish(&mut self, method: &dyn Method, it: u64) -> Result<Vec<(String, Evaluation)>> {
+        self.check_signal(it)?;
         let nets = method.networks();
+        let cats = self.run.train.categories();
         for (i, n) in nets.iter().enumerate() {
             let model: HashMap<String, Tensor> = n.net.named_tensors().into_iter().collect();
-            if i == eval_net {
-                write_safetensors(&model, &out.join("model.safetensors"))?;
+            if i == self.plan.eval_net {
+                write_safetensors(&model, &self.out.join("model.safetensors"))?;
             }
             if nets.len() > 1 {
-                write_safetensors(&model, &out.join(format!("{}.safetensors", n.name)))?;
-                Sidecar::write(
-                    &out.join(format!("{}.json", n.name)),
-                    &n.net.config,
-                    &run.train.categories().names,
-                    &run.train.categories().ids,
-                )?;
+                write_safetensors(&model, &self.out.join(format!("{}.safetensors", n.name)))?;
+                let side = self.out.join(format!("{}.json", n.name));
+                Sidecar::write(&side, &n.net.config, &cats.names, &cats.ids)?;
             }
         }
-        // A method's other networks on the validation set too (Co-LAD's network 1 when
-        // network 2 is the evaluated one): `<name>_detections.json` and `<name>/val/*`.
-        if let (true, Some(v)) = (nets.len() > 1, &run.val) {
-            let mut rec = json!({"iter": it});
-            let mut missing = false;
-            for (i, n) in nets.iter().enumerate().filter(|(i, _)| *i != eval_net) {
-                let (e, recs) = evaluate_model(&*n.net.model, v, &input)?;
-                recs.write(&out.join(format!("{}_{}", n.name, recs.file_name())))?;
-                missing |= !log.has(it, &format!("{}/{val_key}", n.name));
-                for (k, x) in e.named() {
-                    rec[format!("{}/val/{k}", n.name)] = json!(x);
-                }
-                references.push((format!("{} (network {})", n.name, i + 1), e));
-            }
-            // Logged once, however often a finished run is resumed.
-            if missing {
-                log.write(&rec)?;
-            }
-            check_signal()?;
+        let Some(v) = &self.run.val else {
+            return Ok(vec![]);
+        };
+        let mut references = self.other_networks(method, v, it)?;
+        self.check_signal(it)?;
+        references.extend(self.reference_models(method, v, it)?);
+        Ok(references)
+    }
+
+    /// A method's other networks on the validation set (Co-LAD's network 1 when network 2 is
+    /// the evaluated one): `<name>_detections.json`, `<name>/val/*` logged once, however often a
+    /// finished run is resumed.
+    fn other_networks(
+        &mut self,
+        method: &dyn Method,
+        v: &crate::data::Split,
+        it: u64,
+    ) -> Result<Vec<(String, Evaluation)>> {
+        let nets = method.networks();
+        let mut references = vec![];
+        if nets.len() < 2 {
+            return Ok(references);
         }
-        // The reference models on the same validation set, for the comparison the user came
-        // for (logged once, however often a finished run is resumed).
+        let mut rec = json!({"iter": it});
+        let mut missing = false;
+        for (i, n) in nets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.plan.eval_net)
+        {
+            let (e, recs) = self.evaluate_model(&*n.net.model, v, &self.plan.input)?;
+            recs.write(&self.out.join(format!("{}_{}", n.name, recs.file_name())))?;
+            missing |= !self.log.has(it, &format!("{}/{}", n.name, self.val_key));
+            for (k, x) in e.named() {
+                rec[format!("{}/val/{k}", n.name)] = json!(x);
+            }
+            references.push((format!("{} (network {})", n.name, i + 1), e));
+        }
+        if missing {
+            self.log.write(&rec)?;
+        }
+        Ok(references)
+    }
+
+    /// The reference models (teachers) on the same validation set, for the comparison the user
+    /// came for, logged once however often a finished run is resumed.
+    fn reference_models(
+        &mut self,
+        method: &dyn Method,
+        v: &crate::data::Split,
+        it: u64,
+    ) -> Result<Vec<(String, Evaluation)>> {
         let refs = method.references();
-        if let (false, Some(v)) = (refs.is_empty(), &run.val) {
-            let mut rec = json!({"iter": it});
-            let mut missing = false;
-            for r in refs {
-                let (e, _) = evaluate_model(r.model, v, r.input)?;
-                missing |= !log.has(it, &format!("{}/{}", r.key, &val_key[4..]));
-                for (k, x) in e.named() {
-                    rec[format!("{}/{k}", r.key)] = json!(x);
-                }
-                references.push((r.label, e));
+        let mut references = vec![];
+        let mut rec = json!({"iter": it});
+        let mut missing = false;
+        for r in refs {
+            let (e, _) = self.evaluate_model(r.model, v, r.input)?;
+            missing |= !self
+                .log
+                .has(it, &format!("{}/{}", r.key, &self.val_key[4..]));
+            for (k, x) in e.named() {
+                rec[format!("{}/{k}", r.key)] = json!(x);
             }
-            if missing {
-                log.write(&rec)?;
-            }
+            references.push((r.label, e));
+        }
+        if missing {
+            self.log.write(&rec)?;
+        }
+        Ok(references)
+    }
+
+    fn check_signal(&self, it: u64) -> Result<()> {
+        match super::interrupt::requested() {
+            Some(sig) => Err(interrupted(self.cfg, sig, it, self.plan.total)),
+            None => Ok(()),
         }
     }
-    let _ = plot_run(&out);
-    Ok(TrainSummary {
-        output_dir: out,
-        iterations: it,
-        start,
-        seconds: t0.elapsed().as_secs_f64(),
-        eval: last_eval,
-        references,
-        evaluated: method.networks()[eval_net].name.to_string(),
-    })
 }
 
 /// Refuse detection training data that cannot train a detector: no boxes at all (after dropping
