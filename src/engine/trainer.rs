@@ -115,12 +115,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let resume = opts.resume;
     let c = &cfg.config;
     let out = cfg.resolve("output_dir", &c.output_dir);
-    if out.exists() && !out.is_dir() {
-        return Err(cfg.error(
-            "output_dir",
-            format!("{} is a file, not a folder", out.display()),
-        ));
-    }
+    rundir::check_output_dir(cfg, &out)?;
     let ckpt_path = out.join("checkpoint.safetensors");
     if !resume && !opts.fresh && ckpt_path.exists() {
         return Err(Error::msg(format!(
@@ -255,21 +250,20 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
             out.display()
         );
     }
-    if !resume {
-        // A run from iteration 0 (--fresh, or no checkpoint): the folder's earlier outputs
-        // describe another run.
-        let old = rundir::remove_outputs(&out)?;
-        if !old.is_empty() {
-            let names: Vec<String> = old
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
-            eprintln!(
-                "removed the previous run's files from {}: {}",
-                out.display(),
-                names.join(", ")
-            );
-        }
+    // Before anything else is written: the manifest, and (a run from iteration 0: --fresh, or
+    // no checkpoint) the earlier run's files removed, for they describe another run.
+    let names: Vec<&str> = method.networks().iter().map(|n| n.name).collect();
+    let old = rundir::claim(cfg, &out, &rundir::run_files(&names), resume)?;
+    if !old.is_empty() {
+        let names: Vec<String> = old
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        eprintln!(
+            "removed the previous run's files from {}: {}",
+            out.display(),
+            names.join(", ")
+        );
     }
     let config_json = serde_json::to_value(c).expect("config serialises");
     // config.json is the config the run started with; later changes go to the history.
