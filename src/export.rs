@@ -21,10 +21,11 @@ use serde_json::json;
 use crate::config::LoadedConfig;
 use crate::engine::checkpoint;
 use crate::error::{Error, Result};
+use crate::manifest::same_file;
 use crate::models::build::Network;
 use crate::models::config::ModelConfig;
 use crate::models::layers::NormKind;
-use crate::models::weights::{load_tensors, write_safetensors};
+use crate::models::weights::{in_file, load_tensors, write_safetensors};
 
 /// Output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +68,8 @@ pub fn read_model_tensors(
     path: &Path,
     network: Option<&str>,
 ) -> Result<(HashMap<String, Tensor>, usize)> {
-    let all = crate::models::weights::read_safetensors(path)?;
+    // The reader of eval and infer: safetensors and PyTorch files alike, told by content.
+    let all = crate::models::weights::read_state_dict(path, &Default::default())?;
     let total = all.len();
     let model = if checkpoint::is_checkpoint(&all) {
         let model = checkpoint::from_tensors(path, all)?.model;
@@ -96,6 +98,35 @@ pub fn read_model_tensors(
     Ok((model, dropped))
 }
 
+/// Refuse an `--out` whose sidecar is itself (`x.json`), or that would replace an input: the
+/// weights, their sidecar, the config and its `base` files, or any file the config reads.
+fn check_out(cfg: &LoadedConfig, weights: &Path, out: &Path, sidecar: &Path) -> Result<()> {
+    if out == sidecar {
+        return Err(Error::msg(format!(
+            "--out {}: the sidecar would be written over the weights (same name): name the \
+             weights file with another extension, such as .safetensors",
+            out.display()
+        )));
+    }
+    let mut inputs: Vec<(String, PathBuf)> = vec![("--weights".into(), weights.to_path_buf())];
+    if let Ok(Some(s)) = crate::models::sidecar::Sidecar::find(weights) {
+        inputs.push(("the sidecar of --weights".into(), s.file));
+    }
+    let run_inputs = crate::engine::rundir::inputs(cfg).into_iter();
+    inputs.extend(run_inputs.map(|i| (i.key, i.path)));
+    for file in [out, sidecar] {
+        if let Some((what, _)) = inputs.iter().find(|(_, p)| same_file(p, file)) {
+            return Err(Error::msg(format!(
+                "--out {}: {} is {what}, an input of this export, and would be overwritten; \
+                 name another file",
+                out.display(),
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Export `weights` (trained for `model_cfg`, with `classes`/`category_ids`) to `out`; `cfg` is
 /// the config the user named (its path must not be overwritten by the sidecar).
 #[allow(clippy::too_many_arguments)]
@@ -115,24 +146,17 @@ pub fn export(
         )));
     }
     let sidecar = out.with_extension("json");
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same(&sidecar, &cfg.path) {
-        return Err(Error::msg(format!(
-            "--out {}: its sidecar {} would overwrite the config; choose another name",
-            out.display(),
-            sidecar.display()
-        )));
-    }
+    check_out(cfg, weights, out, &sidecar)?;
     let (tensors, dropped) = read_model_tensors(weights, opts.network.as_deref())?;
     // Strict: every tensor of the architecture present with its shape, nothing left over.
     let net = Network::new(model_cfg, classes.len(), 0, &Device::Cpu)?;
-    let report = load_tensors(&net.vars.varmap, &tensors)?;
+    let report = load_tensors(&net.vars.varmap, &tensors).map_err(|e| in_file(weights, e))?;
     if !report.is_clean() {
+        let why = crate::models::sidecar::mismatch_hint(weights, model_cfg)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
         return Err(Error::msg(format!(
-            "{}: weights do not fit {}'s model: {}",
+            "{}: weights do not fit {}'s model: {}{why}",
             weights.display(),
             cfg.path.display(),
             report.describe()

@@ -15,7 +15,11 @@ use serde::Serialize;
 use crate::data::loader::{collate, Sample, Target};
 use crate::data::transforms::{normalize, resize_bilinear, ImageF32, InputConfig};
 use crate::error::{Error, Result};
+use crate::manifest::{same_file, Manifest};
 use crate::models::contract::{Detections, Model, Predictions};
+
+/// The manifest of an infer output folder: the drawings and JSON this infer wrote there.
+pub const MANIFEST: &str = "kdet-infer.json";
 
 /// Image files under the given files and folders (JPEG/PNG, sorted within a folder).
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -155,6 +159,88 @@ pub fn drawing_names(images: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// Take `out` for an infer writing `files`: it must be a new or empty folder, or one an
+/// earlier infer wrote (its manifest), whose listed files are removed — they are stale. No
+/// file written or removed may be one of the input `images`. Writes the manifest listing
+/// `files` before anything else; returns the files removed.
+pub fn claim_output(out: &Path, images: &[PathBuf], files: &[String]) -> Result<Vec<PathBuf>> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::msg(format!(
+            "--out {}: is a file, not a folder",
+            out.display()
+        )));
+    }
+    let earlier = match Manifest::read(out, MANIFEST)? {
+        Some(m) if m.kind == "infer" => m.files,
+        Some(m) => {
+            return Err(Error::msg(format!(
+                "--out {}: its {MANIFEST} is of a `{}`, not of an infer: name a new folder",
+                out.display(),
+                m.kind
+            )))
+        }
+        None => {
+            refuse_unknown_contents(out)?;
+            Default::default()
+        }
+    };
+    let touched = earlier.iter().chain(files).map(String::as_str);
+    for name in touched.chain([MANIFEST]) {
+        if let Some(img) = images.iter().find(|i| same_file(i, &out.join(name))) {
+            return Err(Error::msg(format!(
+                "--out {}: {} is an input image, and this infer would replace it (as {name}): \
+                 name another folder as --out",
+                out.display(),
+                img.display()
+            )));
+        }
+    }
+    let all = earlier.iter().cloned().chain(files.iter().cloned());
+    Manifest::new("infer", all).write(out, MANIFEST)?;
+    let mut removed = vec![];
+    for path in Manifest::new("infer", earlier).present(out) {
+        if path.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Manifest::new("infer", files.iter().cloned()).write(out, MANIFEST)?;
+    Ok(removed)
+}
+
+/// Refuse a folder that holds anything: with no infer manifest, nothing there is kdet's.
+fn refuse_unknown_contents(out: &Path) -> Result<()> {
+    let mut names: Vec<String> = match std::fs::read_dir(out) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let more = if names.len() > 5 {
+        format!(" … ({} in all)", names.len())
+    } else {
+        String::new()
+    };
+    let run = if out.join(crate::engine::rundir::MANIFEST).exists() {
+        " (a training run's folder)"
+    } else {
+        ""
+    };
+    Err(Error::msg(format!(
+        "--out {}: the folder is not empty{run} ({}{more}) and no earlier `kdet infer` wrote it \
+         (no {MANIFEST}): infer writes only into a new or empty folder, or one of an earlier \
+         infer, so that it never overwrites files it did not write. Name a new folder",
+        out.display(),
+        names[..names.len().min(5)].join(", ")
+    )))
+}
+
 /// Run the model on each image. A detector: `DIR/<name>.png` drawings (see [`drawing_names`]) and
 /// `DIR/detections.json` (detections scoring at least `score_thr`); a classifier: the `top_k`
 /// classes of each image in `DIR/predictions.json`. `category_ids[l-1]` and `names[l-1]`
@@ -178,8 +264,17 @@ pub fn infer(
             category_ids.len()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let drawings = drawing_names(images);
+    let mut files = drawings.clone();
+    files.extend(["detections.json".into(), "predictions.json".into()]);
+    let stale = claim_output(out, images, &files)?;
+    if !stale.is_empty() {
+        eprintln!(
+            "removed {} file(s) of the earlier infer into {}",
+            stale.len(),
+            out.display()
+        );
+    }
     let mut recs = vec![];
     let mut classes = vec![];
     for (i, path) in images.iter().enumerate() {
@@ -260,17 +355,24 @@ pub fn infer(
             });
         }
     }
-    if classes.is_empty() {
+    let written: Vec<String> = if classes.is_empty() {
         crate::util::write_atomic(
             &out.join("detections.json"),
             &serde_json::to_vec_pretty(&recs).expect("json"),
         )?;
+        drawings
+            .into_iter()
+            .chain(["detections.json".into()])
+            .collect()
     } else {
         crate::util::write_atomic(
             &out.join("predictions.json"),
             &serde_json::to_vec_pretty(&classes).expect("json"),
         )?;
-    }
+        vec!["predictions.json".into()]
+    };
+    // What was written, exactly: the next infer into this folder removes these and only these.
+    Manifest::new("infer", written).write(out, MANIFEST)?;
     Ok(InferOutput {
         detections: recs,
         classes,
@@ -293,5 +395,40 @@ mod tests {
             drawing_names(&[p("a/x.png"), p("b/x.jpg"), p("x-2.png")]),
             ["x-1.png", "x-2.png", "x-2_.png"]
         );
+    }
+
+    #[test]
+    fn infer_writes_only_into_its_own_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // A new folder, then an earlier infer's: its listed files go, the rest stays.
+        claim_output(&out, &[], &s(&["a.png", "b.png", "detections.json"])).unwrap();
+        for f in ["a.png", "b.png", "detections.json", "notes.txt"] {
+            std::fs::write(out.join(f), b"x").unwrap();
+        }
+        let removed = claim_output(&out, &[], &s(&["c.png", "detections.json"])).unwrap();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(out.join("notes.txt").is_file() && !out.join("a.png").exists());
+        // A drawing of an earlier infer given as an input is never replaced nor removed.
+        std::fs::write(out.join("c.png"), b"x").unwrap();
+        let e = claim_output(&out, &[out.join("c.png")], &s(&["c.png"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is an input image") && e.contains("(as c.png)"),
+            "{e}"
+        );
+        assert!(out.join("c.png").is_file());
+        // A folder of other files: refused, untouched.
+        let mine = d.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("x.png"), b"x").unwrap();
+        let e = claim_output(&mine, &[mine.join("x.png")], &s(&["x.png"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the folder is not empty (x.png)"), "{e}");
+        assert_eq!(std::fs::read(mine.join("x.png")).unwrap(), b"x");
+        assert!(!mine.join(MANIFEST).exists());
     }
 }

@@ -13,6 +13,7 @@
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs, `kdet data check`; classification accuracy (top-1/5, per class, many/medium/few) and its bootstrap comparison ([`eval::classify`]). |
 //! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign), box machinery (coder, IoU, NMS, anchors, matcher) and the 1-D GMM of PAA. |
 //! | [`infer`] | `kdet infer`: detections drawn on images + COCO results JSON; a classifier's top-k classes per image. |
+//! | [`manifest`] | A folder's manifest (`kdet-run.json`, `kdet-infer.json`): the files a command writes there, its proof of ownership before anything is removed or overwritten. |
 //! | [`export`] | `kdet export`: torchvision- or kdet-format safetensors + sidecar JSON. |
 //! | [`hub`] | `hf://owner/repo/file@rev` weight specs: found in the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`), downloaded unless `HF_HUB_OFFLINE`. |
 //! | [`device`] | `cpu` / `cuda:N` / `metal` selection, with the cargo feature to enable when missing; the precision of frozen models. |
@@ -38,6 +39,7 @@ pub mod eval;
 pub mod export;
 pub mod hub;
 pub mod infer;
+pub mod manifest;
 pub mod models;
 pub mod ops;
 pub mod plot;

@@ -122,7 +122,9 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
         .any(|k| k.starts_with("distill.") || k.starts_with("optim.")));
 
     // Another file in the teacher's place (same architecture, f16) is refused on resume.
+    // (Exported beside it, then moved there: export never writes over its own input.)
     let tc = d.path().join("teacher.json");
+    let f16 = d.path().join("teacher_f16.safetensors");
     ok(&kdet(&[
         "export",
         "--config",
@@ -134,8 +136,9 @@ fn distillation_end_to_end_with_baseline_and_resume_checks() {
         "--dtype",
         "f16",
         "--out",
-        weights.to_str().unwrap(),
+        f16.to_str().unwrap(),
     ]));
+    std::fs::rename(&f16, &weights).unwrap();
     let e = fails(&kdet(&["train", &c, "--resume"]));
     assert!(
         e.contains("the checkpoint was trained with teachers[0]") && e.contains("--fresh"),

@@ -156,3 +156,122 @@ fn kdet_format_f16_and_backbone_only() {
         "{e}"
     );
 }
+
+/// Export the shipped teacher with `config` (beside the repository's) and `weights` to `out`.
+fn try_export(config: &Path, weights: &Path, out: &Path) -> std::process::Output {
+    kdet(&[
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn export_never_writes_over_its_inputs_or_itself() {
+    let d = tempfile::tempdir().unwrap();
+    let shipped = root().join("weights/synth_frcnn_r18w05_teacher.safetensors");
+    let w = d.path().join("w.safetensors");
+    std::fs::copy(&shipped, &w).unwrap();
+    std::fs::copy(shipped.with_extension("json"), d.path().join("w.json")).unwrap();
+    let cfg = d.path().join("c.json");
+    let base = root().join("configs/synth/frcnn_r18_teacher.json");
+    std::fs::write(&cfg, serde_json::json!({"base": base}).to_string()).unwrap();
+    let unchanged = |p: &Path, before: &[u8]| assert_eq!(std::fs::read(p).unwrap(), before);
+    let w_bytes = std::fs::read(&w).unwrap();
+    let cfg_bytes = std::fs::read(&cfg).unwrap();
+    // The sidecar of x.json is x.json.
+    let e = common::fails(&try_export(&cfg, &w, &d.path().join("exported.json")));
+    assert!(
+        e.contains("the sidecar would be written over the weights"),
+        "{e}"
+    );
+    assert!(!d.path().join("exported.json").exists());
+    // The weights, or their sidecar, or the config.
+    let e = common::fails(&try_export(&cfg, &w, &w));
+    assert!(e.contains("is --weights, an input of this export"), "{e}");
+    let e = common::fails(&try_export(&cfg, &w, &d.path().join("c.safetensors")));
+    assert!(e.contains("c.json is the config, an input"), "{e}");
+    unchanged(&w, &w_bytes);
+    unchanged(&cfg, &cfg_bytes);
+}
+
+#[test]
+fn broken_weights_are_refused_at_load_naming_file_and_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = root().join("configs/synth/frcnn_r18_teacher.json");
+    let shipped = root().join("weights/synth_frcnn_r18w05_teacher.safetensors");
+    let mut tensors = kdet::models::weights::read_safetensors(&shipped).unwrap();
+    let key = "roi_heads.box_predictor.cls_score.bias";
+    let good = tensors[key].clone();
+    let write = |name: &str, t: candle_core::Tensor| {
+        let mut m = tensors.clone();
+        m.insert(key.to_string(), t);
+        let p = d.path().join(name);
+        kdet::models::weights::write_safetensors(&m, &p).unwrap();
+        std::fs::copy(shipped.with_extension("json"), p.with_extension("json")).unwrap();
+        p
+    };
+    let nan = (good.ones_like().unwrap() * f64::NAN).unwrap();
+    let nan = write("nan.safetensors", nan);
+    let int = write(
+        "int.safetensors",
+        good.to_dtype(candle_core::DType::I64).unwrap(),
+    );
+    tensors.clear();
+    let out = d.path().join("x.safetensors");
+    let e = common::fails(&try_export(&cfg, &nan, &out));
+    assert!(
+        e.contains(
+            "nan.safetensors: tensor `roi_heads.box_predictor.cls_score.bias` holds 6 non-finite"
+        ),
+        "{e}"
+    );
+    let e = common::fails(&kdet(&[
+        "infer",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--weights",
+        nan.to_str().unwrap(),
+        root()
+            .join("tests/fixtures/export/val_000001.png")
+            .to_str()
+            .unwrap(),
+        "--out",
+        d.path().join("drawn").to_str().unwrap(),
+    ]));
+    assert!(e.contains("nan.safetensors: tensor `roi_heads"), "{e}");
+    let e = common::fails(&try_export(&cfg, &int, &out));
+    assert!(
+        e.contains("int.safetensors: tensor `roi_heads.box_predictor.cls_score.bias` is i64"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn export_reads_what_eval_reads_and_mismatches_say_why() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("x.safetensors");
+    // A PyTorch file: read (it used to fail with "header too large"), and found not to fit.
+    let cfg = root().join("configs/synth/frcnn_r18_teacher.json");
+    let pth = root().join("tests/fixtures/pth/tiny_state_dict.pth");
+    let e = common::fails(&try_export(&cfg, &pth, &out));
+    assert!(
+        e.contains("do not fit") && !e.contains("header too large"),
+        "{e}"
+    );
+    // Weights whose sidecar records another width than the config builds.
+    let student = root().join("configs/synth/frcnn_student.json");
+    let teacher = root().join("weights/synth_frcnn_r18w05_teacher.safetensors");
+    let e = common::fails(&try_export(&student, &teacher, &out));
+    let says = "the weights are faster_rcnn ResNet-18 ×0.5 (sidecar ";
+    assert!(
+        e.contains(says) && e.contains("but the config builds faster_rcnn ResNet-18 ×0.25"),
+        "{e}"
+    );
+    assert!(!e.contains("strict"), "{e}");
+}

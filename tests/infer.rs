@@ -158,3 +158,74 @@ fn torchvision_coco_weights_name_their_boxes_without_annotations() {
         "{e}"
     );
 }
+
+/// Every file of `dir` with its contents.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn infer_never_overwrites_what_it_did_not_write() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = root().join("configs/synth/frcnn_r18_teacher.json");
+    let w = root().join("weights/synth_frcnn_r18w05_teacher.safetensors");
+    let images = d.path().join("ow");
+    std::fs::create_dir(&images).unwrap();
+    for (name, src) in [("a.png", "val_000001.png"), ("b.png", "val_000002.png")] {
+        let src = root().join("tests/fixtures/export").join(src);
+        std::fs::copy(src, images.join(name)).unwrap();
+    }
+    let infer = |inputs: &[&Path], out: &Path| {
+        let mut args = vec![
+            "infer".to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "--weights".into(),
+            w.display().to_string(),
+        ];
+        args.extend(inputs.iter().map(|p| p.display().to_string()));
+        args.extend(["--out".into(), out.display().to_string()]);
+        kdet(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // `--out ow ow`: the images are not replaced by their drawings.
+    let before = snapshot(&images);
+    let e = fails(&infer(&[&images], &images));
+    assert!(
+        e.contains("the folder is not empty (a.png, b.png)") && e.contains("kdet-infer.json"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&images), before);
+    // A new folder, then again into it with fewer images: the stale drawing goes.
+    let out = d.path().join("out");
+    ok(&infer(&[&images], &out));
+    assert!(out.join("a.png").is_file() && out.join("b.png").is_file());
+    let o = ok(&infer(&[&images.join("a.png")], &out));
+    assert!(o.contains("removed 3 file(s) of the earlier infer"), "{o}");
+    assert!(out.join("a.png").is_file() && !out.join("b.png").exists());
+    // A drawing fed back as an input is not overwritten by its own drawing.
+    let before = snapshot(&out);
+    let e = fails(&infer(&[&out.join("a.png")], &out));
+    assert!(
+        e.contains("is an input image") && e.contains("(as a.png)"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&out), before);
+    // A training run's folder: its detections.json (what `kdet compare` reads) stays.
+    let run = d.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("detections.json"), "[]").unwrap();
+    std::fs::write(run.join("kdet-run.json"), "{}").unwrap();
+    let before = snapshot(&run);
+    let e = fails(&infer(&[&images], &run));
+    assert!(e.contains("(a training run's folder)"), "{e}");
+    assert_eq!(snapshot(&run), before);
+}

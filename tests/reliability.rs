@@ -493,3 +493,94 @@ fn a_corrupted_checkpoint_is_detected() {
     ]));
     assert!(e.contains("corrupted checkpoint"), "{e}");
 }
+
+/// Every file of `dir` with its contents, to show a refused command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_run_never_removes_or_overwrites_files_it_did_not_write() {
+    let d = tempfile::tempdir().unwrap();
+    // The user's folder: their config is called config.json and writes beside itself.
+    let c = config(d.path(), "config", SOLVER);
+    set(&c, "output_dir", json!("."));
+    std::fs::write(d.path().join("eval.json"), "mine").unwrap();
+    std::fs::write(d.path().join("detections.json"), "mine too").unwrap();
+    let before = snapshot(d.path());
+    let e = fails(&kdet(&["train", &c, "--fresh"]));
+    assert!(
+        e.contains("config.json: output_dir: ")
+            && e.contains("config.json is the config")
+            && e.contains("never replaces an input"),
+        "{e}"
+    );
+    assert_eq!(snapshot(d.path()), before);
+    // Under another name, the config is safe, but the folder holds files named as a run's
+    // outputs and no manifest proving kdet wrote them.
+    let mine = d.path().join("mine.json");
+    std::fs::copy(&c, &mine).unwrap();
+    let before = snapshot(d.path());
+    let e = fails(&kdet(&["train", mine.to_str().unwrap(), "--fresh"]));
+    assert!(
+        e.contains("mine.json: output_dir: ")
+            && e.contains("holds config.json, eval.json, detections.json but no kdet-run.json")
+            && e.contains("Name a new folder"),
+        "{e}"
+    );
+    assert_eq!(snapshot(d.path()), before);
+    // Folders that are no run's: the root, a path under a file.
+    set(&c, "output_dir", json!("/"));
+    let e = fails(&kdet(&["train", &c]));
+    assert!(e.contains("output_dir: / is the root folder"), "{e}");
+    set(&c, "output_dir", json!("eval.json/run"));
+    let e = fails(&kdet(&["train", &c]));
+    assert!(
+        e.contains("output_dir: ") && e.contains("which is a file, not a folder"),
+        "{e}"
+    );
+    assert!(!e.contains("Not a directory"), "{e}");
+}
+
+#[test]
+fn a_teacher_inside_output_dir_is_never_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let t = config(d.path(), "t", SOLVER);
+    ok(&kdet(&["train", &t]));
+    let run = d.path().join("t");
+    assert!(run.join("kdet-run.json").is_file());
+    // A student distilled from that run into the same folder.
+    let s = config(d.path(), "s", SOLVER);
+    set(&s, "output_dir", json!(run));
+    set(
+        &s,
+        "teachers",
+        json!([{"weights": run.join("model.safetensors"), "check_images": 0}]),
+    );
+    set(&s, "distill", json!([{"type": "kd", "temperature": 2.0}]));
+    let refused = |args: &[&str]| {
+        let before = snapshot(&run);
+        let e = fails(&kdet(args));
+        assert!(
+            e.contains("s.json: output_dir: ")
+                && e.contains("model.safetensors is teachers[0].weights")
+                && e.contains("never replaces an input"),
+            "{e}"
+        );
+        assert_eq!(snapshot(&run), before);
+    };
+    refused(&["train", &s, "--fresh"]);
+    // Without a checkpoint there, a run from iteration 0 would replace it just the same.
+    std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
+    refused(&["train", &s]);
+}

@@ -95,7 +95,8 @@ impl Teacher {
         model_cfg
             .family()
             .build(probe.builder(DType::F32, &Device::Cpu), num_classes)?;
-        let report = load_tensors(&probe.varmap, &tensors)?;
+        let report = load_tensors(&probe.varmap, &tensors)
+            .map_err(|e| cfg.error(&field, format!("{}: {e}", path.display())))?;
         if !report.is_clean() {
             let msg = format!(
                 "{} does not fit teachers[{index}].model: {}",

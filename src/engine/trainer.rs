@@ -195,12 +195,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
 /// `output_dir` must be a folder (or not exist yet), and a checkpoint in it is only continued
 /// (`--resume`) or replaced (`--fresh`) when asked to.
 fn check_output_dir(cfg: &LoadedConfig, out: &Path, opts: TrainOptions) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        return Err(cfg.error(
-            "output_dir",
-            format!("{} is a file, not a folder", out.display()),
-        ));
-    }
+    rundir::check_output_dir(cfg, out)?;
     if !opts.resume && !opts.fresh && out.join("checkpoint.safetensors").exists() {
         return Err(Error::msg(format!(
             "{} already holds a checkpoint: pass --resume to continue it or --fresh to start over (it will be replaced)",
@@ -382,21 +377,20 @@ fn open_run_folder(
             out.display()
         );
     }
-    if !resume {
-        // A run from iteration 0 (--fresh, or no checkpoint): the folder's earlier outputs
-        // describe another run.
-        let old = rundir::remove_outputs(&out)?;
-        if !old.is_empty() {
-            let names: Vec<String> = old
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
-            eprintln!(
-                "removed the previous run's files from {}: {}",
-                out.display(),
-                names.join(", ")
-            );
-        }
+    // Before anything else is written: the manifest, and (a run from iteration 0: --fresh, or
+    // no checkpoint) the earlier run's files removed, for they describe another run.
+    let names: Vec<&str> = method.networks().iter().map(|n| n.name).collect();
+    let old = rundir::claim(cfg, &out, &rundir::run_files(&names), resume)?;
+    if !old.is_empty() {
+        let names: Vec<String> = old
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        eprintln!(
+            "removed the previous run's files from {}: {}",
+            out.display(),
+            names.join(", ")
+        );
     }
     let config_json = serde_json::to_value(&cfg.config).expect("config serialises");
     // config.json is the config the run started with; later changes go to the history.

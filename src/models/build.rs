@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use super::config::ModelConfig;
 use super::contract::Model;
 use super::init::SeededVarMap;
-use super::weights::{load_weights, named_tensors, KeyRules};
+use super::weights::{in_file, load_tensors, locate, named_tensors, read_state_dict, KeyRules};
 use crate::error::Result;
 
 /// The initialisation seed of a method's `index`-th network (0-based) in a run seeded `seed`:
@@ -60,7 +60,19 @@ impl Network {
         device: &Device,
     ) -> Result<Self> {
         let n = Self::new(cfg, num_classes, 0, device)?;
-        load_weights(&n.vars.varmap, weights, &KeyRules::default(), true)?;
+        let tensors = read_state_dict(&locate(weights)?, &KeyRules::default())?;
+        let r = load_tensors(&n.vars.varmap, &tensors).map_err(|e| in_file(weights, e))?;
+        if !r.is_clean() {
+            // The sidecar says why when it records another architecture; key rules are no
+            // answer here (eval, infer and export load weights as they are).
+            let why = super::sidecar::mismatch_hint(weights, cfg)
+                .unwrap_or_else(|| "were they trained with this config?".into());
+            return Err(crate::error::Error::msg(format!(
+                "{}: weights do not fit the config's model: {} ({why})",
+                weights.display(),
+                r.describe()
+            )));
+        }
         Ok(n)
     }
 

@@ -85,6 +85,52 @@ impl Sidecar {
     }
 }
 
+/// Why `weights` may not fit `model`, read from their sidecar: the architecture it records when
+/// that differs from `model` ("the weights are faster_rcnn ResNet-18 ×0.5 (sidecar x.json) but
+/// the config builds faster_rcnn ResNet-18 ×0.25"), or the settings that differ. `None` without
+/// a readable sidecar, or when it records `model` itself.
+pub fn mismatch_hint(weights: &Path, model: &ModelConfig) -> Option<String> {
+    let s = Sidecar::find(weights).ok()??;
+    let theirs: ModelConfig = s.field("model").ok()?;
+    if &theirs == model {
+        return None;
+    }
+    let (a, b) = (describe(&theirs), describe(model));
+    if a != b {
+        return Some(format!(
+            "the weights are {a} (sidecar {}) but the config builds {b}: use the config (or \
+             `model` section) they were trained with",
+            s.file.display()
+        ));
+    }
+    let (a, b) = (
+        serde_json::to_value(&theirs).ok()?,
+        serde_json::to_value(model).ok()?,
+    );
+    let keys: Vec<String> = a
+        .as_object()?
+        .iter()
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, _)| format!("model.{k}"))
+        .collect();
+    Some(format!(
+        "the sidecar {} records another model section than the config's (it differs at {}): use \
+         the config (or `model` section) the weights were trained with",
+        s.file.display(),
+        keys.join(", ")
+    ))
+}
+
+/// "faster_rcnn ResNet-18 ×0.5": family, depth and width.
+fn describe(m: &ModelConfig) -> String {
+    let arch = serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v["arch"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let b = m.backbone();
+    format!("{arch} ResNet-{} ×{}", b.depth, b.width)
+}
+
 /// Class names and category ids of trained weights: from their [`Sidecar`], else from
 /// `training_classes` (called only then: it may generate a synthetic dataset).
 pub fn read_classes(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use serde::{Deserialize, Serialize};
@@ -195,7 +195,7 @@ pub fn load_weights(
 ) -> Result<LoadReport> {
     let file = locate(path)?;
     let tensors = read_state_dict(&file, rules)?;
-    let r = load_tensors(varmap, &tensors)?;
+    let r = load_tensors(varmap, &tensors).map_err(|e| in_file(path, e))?;
     if r.is_clean() {
         return Ok(r);
     }
@@ -218,8 +218,13 @@ pub fn load_weights(
     Ok(r)
 }
 
+/// `e` (about a tensor) said of the weights file `path`.
+pub fn in_file(path: &Path, e: Error) -> Error {
+    Error::msg(format!("{}: {e}", path.display()))
+}
+
 /// The local file for a weights path: `hf://…` goes through [`crate::hub::resolve`].
-fn locate(path: &Path) -> Result<PathBuf> {
+pub fn locate(path: &Path) -> Result<PathBuf> {
     match path.to_str() {
         Some(s) if crate::hub::is_hub(s) => crate::hub::resolve(s),
         _ => Ok(path.to_path_buf()),
@@ -348,6 +353,7 @@ fn copy_into(
                     .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
             }
             Some(t) => {
+                check_loadable(name, t)?;
                 var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
                 r.loaded += 1;
             }
@@ -362,6 +368,28 @@ fn copy_into(
     r.unexpected.sort();
     r.mismatched.sort();
     Ok(r)
+}
+
+/// Refuse a tensor no model weight can be: an integer one (it would be cast silently, and fail
+/// later as "empty tensor for reduce"), or one holding NaN or inf (the model would predict
+/// nothing and score AP 0 without a word). The caller adds the file.
+fn check_loadable(name: &str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(Error::msg(format!(
+            "tensor `{name}` is {}: model weights are floating-point (f32, f16, bf16 or f64)",
+            t.dtype().as_str()
+        )));
+    }
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::msg(format!(
+            "tensor `{name}` holds {bad} non-finite value(s) (NaN or inf) of {}: these weights \
+             are broken (a diverged training?); use an earlier checkpoint or other weights",
+            values.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Load ImageNet-style backbone weights (a torchvision/timm ResNet state_dict: `conv1.weight`,
@@ -391,7 +419,7 @@ pub fn load_backbone(
         })
         .collect();
     let data = varmap.data().lock().expect("varmap lock");
-    let r = copy_into(&data, &tensors, |k| k.starts_with(prefix))?;
+    let r = copy_into(&data, &tensors, |k| k.starts_with(prefix)).map_err(|e| in_file(path, e))?;
     if !r.is_clean() {
         return Err(Error::msg(format!(
             "{}: backbone weights do not fit model.backbone: {} (rename the file's keys with \
