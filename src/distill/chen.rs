@@ -74,7 +74,7 @@ impl Method for ChenDistillation {
             .map(|t| t.forward(batch, &a, self.terms.heads()))
             .collect::<Result<Vec<_>>>()?;
         Ok(StepOutput {
-            losses: self.terms.losses(&fwd.taps, out, &touts)?,
+            losses: self.terms.losses(batch, rng, &fwd.taps, out, &touts)?,
             metrics: BTreeMap::new(),
         })
     }

@@ -104,7 +104,7 @@ impl Method for Lad {
             });
         }
         Ok(StepOutput {
-            losses: self.terms.losses(&fwd.taps, out, &touts)?,
+            losses: self.terms.losses(batch, rng, &fwd.taps, out, &touts)?,
             metrics: BTreeMap::new(),
         })
     }
