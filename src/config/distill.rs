@@ -898,3 +898,89 @@ pub fn describe_taps(taps: &[TapSpec]) -> String {
         n => format!("{} or {}", parts[..n - 1].join(", "), parts[n - 1]),
     }
 }
+
+#[cfg(test)]
+mod feature_term_tests {
+    /// The error a config gives, as the user sees it.
+    fn err(json: serde_json::Value) -> String {
+        crate::config::from_str("x.json", &json.to_string())
+            .err()
+            .expect("an error")
+            .to_string()
+    }
+
+    fn with_terms(terms: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"teachers": [{"weights": "t", "model": {"arch": "faster_rcnn"}}],
+                           "distill": terms})
+    }
+
+    #[test]
+    fn feature_terms_name_the_key_of_what_is_wrong() {
+        let cases = [
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p9", "teacher": "fpn.p3"}])),
+                "x.json: distill[0].student: `fpn.p9` is not a tap",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "cwd", "student": "fpn.p3", "teacher": "fpn.p8"}])),
+                "x.json: distill[0].teacher: `fpn.p8` is not a tap",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p4"}])),
+                "x.json: distill[0]: student tap `fpn.p3` (stride 8) and teachers[0] tap `fpn.p4` (stride 16) differ in stride; mgd pairs maps of the same stride",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "cwd", "student": "fpn.p3", "teacher": "fpn.p3", "temperature": 0}])),
+                "x.json: distill[0].temperature: must be > 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3", "temperature": -0.5}])),
+                "x.json: distill[0].temperature: must be > 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3", "mask_ratio": 1.0}])),
+                "x.json: distill[0].mask_ratio: must be in (0, 1)",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3", "mask_ratio": 0}])),
+                "x.json: distill[0].mask_ratio: must be in (0, 1)",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3", "lambda": -1}])),
+                "x.json: distill[0].lambda: must be >= 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3", "weight": -6}])),
+                "x.json: distill[0].weight: must be >= 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3", "tau": 1}])),
+                "x.json: distill[0]: unknown field `tau`",
+            ),
+            (
+                serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                    "distill": [{"type": "mgd", "student": "pool", "teacher": "pool"}]}),
+                "x.json: distill[0].student: `pool` is a pooled vector; mgd needs a spatial map (its generator's 3×3 convolutions and spatial mask)",
+            ),
+            (
+                serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                    "distill": [{"type": "fgd", "student": "backbone.c5", "teacher": "backbone.c5"}]}),
+                "x.json: distill[0]: fgd masks the maps with the ground-truth boxes",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = err(json.clone());
+            assert!(e.contains(want), "{json}\n  gave: {e}\n  want: {want}");
+        }
+        // PKD reads a classifier's pooled vector; a teacher without `model` pairs at load time.
+        for ok in [
+            serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                "distill": [{"type": "pkd", "student": "pool", "teacher": "pool"}]}),
+            serde_json::json!({"teachers": [{"weights": "t"}],
+                "distill": [{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3"},
+                            {"type": "mgd", "student": "fpn.p4", "teacher": "fpn.p4"}]}),
+        ] {
+            crate::config::from_str("x.json", &ok.to_string()).unwrap();
+        }
+    }
+}
