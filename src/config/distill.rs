@@ -478,6 +478,64 @@ pub enum DistillTerm {
         #[serde(default = "kd_weight")]
         weight: f32,
     },
+    /// PKD (Cao et al., NeurIPS 2022): per-channel standardised maps, `MSE / 2` (= 1 − Pearson
+    /// r), MMRazor's `PKDLoss`. A 1×1 align conv when the channel counts differ.
+    Pkd {
+        /// Student tap (`fpn.p3`; a classifier's `pool` too).
+        student: String,
+        /// Teacher tap of the same stride.
+        teacher: String,
+        /// MMRazor's Faster R-CNN config: `loss_weight=6` per FPN level (its RetinaNet
+        /// students: 10).
+        #[serde(default = "pkd_weight")]
+        weight: f32,
+    },
+    /// CWD (Shu et al., ICCV 2021): per-channel spatial softmax at τ, `KL(t‖s)·τ² / (N·C)`.
+    Cwd {
+        student: String,
+        teacher: String,
+        /// τ. MMRazor's FPN configs: 1.
+        #[serde(default = "cwd_temperature")]
+        temperature: f32,
+        /// MMRazor's Faster R-CNN / RetinaNet FPN configs: `loss_weight=10` per level.
+        #[serde(default = "cwd_weight")]
+        weight: f32,
+    },
+    /// MGD (Yang et al., ECCV 2022): a generator rebuilds the teacher's map from the randomly
+    /// masked student map, `α·Σ(G(M⊙S) − T)² / N`.
+    Mgd {
+        student: String,
+        teacher: String,
+        /// α. The official `FeatureLoss` default (and RetinaNet config): 2e-5; its Faster R-CNN
+        /// config: 5e-7.
+        #[serde(default = "mgd_alpha")]
+        alpha: f32,
+        /// λ, the share of positions masked, in (0, 1). Official default 0.65; Faster R-CNN
+        /// config 0.45.
+        #[serde(default = "mgd_mask_ratio")]
+        mask_ratio: f32,
+    },
+    /// FGD (Yang et al., CVPR 2022): focal (box-masked, attention-weighted) feature loss,
+    /// attention loss and GcBlock global loss. Detectors only (it reads the boxes).
+    Fgd {
+        student: String,
+        teacher: String,
+        /// T of the attention softmaxes. Official: 0.5.
+        #[serde(default = "fgd_temperature")]
+        temperature: f32,
+        /// α, foreground. Official default 1e-3 (Faster R-CNN config 5e-5).
+        #[serde(default = "fgd_alpha")]
+        alpha: f32,
+        /// β, background. Official default 5e-4 (Faster R-CNN config 2.5e-5).
+        #[serde(default = "fgd_beta")]
+        beta: f32,
+        /// γ, attention. Official default 1e-3 (Faster R-CNN config 5e-5, RetinaNet 5e-4).
+        #[serde(default = "fgd_gamma")]
+        gamma: f32,
+        /// λ, global. Official default 5e-6 (Faster R-CNN config 5e-7).
+        #[serde(default = "fgd_lambda")]
+        lambda: f32,
+    },
 }
 
 /// Chen et al. 2017 §3: γ = 0.5 (hint weight).
@@ -515,6 +573,47 @@ fn hinton_temperature() -> f32 {
 /// torchdistill's KD default.
 fn kd_weight() -> f32 {
     1.0
+}
+
+/// MMRazor `pkd_fpn_frcnn_r101_frcnn_r50_2x_coco.py`: `loss_weight=6`.
+fn pkd_weight() -> f32 {
+    6.0
+}
+/// MMRazor `cwd_fpn_frcnn_r101_frcnn_r50_1x_coco.py`: `tau=1`.
+fn cwd_temperature() -> f32 {
+    1.0
+}
+/// MMRazor `cwd_fpn_frcnn_r101_frcnn_r50_1x_coco.py`: `loss_weight=10`.
+fn cwd_weight() -> f32 {
+    10.0
+}
+/// yzd-v/MGD `FeatureLoss`: `alpha_mgd=0.00002`.
+fn mgd_alpha() -> f32 {
+    2e-5
+}
+/// yzd-v/MGD `FeatureLoss`: `lambda_mgd=0.65`.
+fn mgd_mask_ratio() -> f32 {
+    0.65
+}
+/// yzd-v/FGD `FeatureLoss`: `temp=0.5`.
+fn fgd_temperature() -> f32 {
+    0.5
+}
+/// yzd-v/FGD `FeatureLoss`: `alpha_fgd=0.001`.
+fn fgd_alpha() -> f32 {
+    1e-3
+}
+/// yzd-v/FGD `FeatureLoss`: `beta_fgd=0.0005`.
+fn fgd_beta() -> f32 {
+    5e-4
+}
+/// yzd-v/FGD `FeatureLoss`: `gamma_fgd=0.001`.
+fn fgd_gamma() -> f32 {
+    1e-3
+}
+/// yzd-v/FGD `FeatureLoss`: `lambda_fgd=0.000005`.
+fn fgd_lambda() -> f32 {
+    5e-6
 }
 
 impl TeacherConfig {
@@ -600,6 +699,151 @@ pub fn validate_terms(
                 positive(&format!("{p}.temperature"), *temperature as f64)?;
                 nonneg(&format!("{p}.weight"), *weight as f64)?;
             }
+            DistillTerm::Pkd { weight, .. } => {
+                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                check_feature_pair(&p, d, teachers, student)?;
+            }
+            DistillTerm::Cwd {
+                temperature,
+                weight,
+                ..
+            } => {
+                positive(&format!("{p}.temperature"), *temperature as f64)?;
+                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                check_feature_pair(&p, d, teachers, student)?;
+            }
+            DistillTerm::Mgd {
+                alpha, mask_ratio, ..
+            } => {
+                nonneg(&format!("{p}.alpha"), *alpha as f64)?;
+                if !(*mask_ratio > 0.0 && *mask_ratio < 1.0) {
+                    return Err(invalid(format!("{p}.mask_ratio"), "must be in (0, 1)"));
+                }
+                check_feature_pair(&p, d, teachers, student)?;
+            }
+            DistillTerm::Fgd {
+                temperature,
+                alpha,
+                beta,
+                gamma,
+                lambda,
+                ..
+            } => {
+                positive(&format!("{p}.temperature"), *temperature as f64)?;
+                for (k, v) in [
+                    ("alpha", alpha),
+                    ("beta", beta),
+                    ("gamma", gamma),
+                    ("lambda", lambda),
+                ] {
+                    nonneg(&format!("{p}.{k}"), *v as f64)?;
+                }
+                if student.arch() == "classifier" {
+                    return Err(invalid(
+                        &p,
+                        "fgd masks the maps with the ground-truth boxes, which a classifier's data has not; use pkd, cwd or mgd",
+                    ));
+                }
+                check_feature_pair(&p, d, teachers, student)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl DistillTerm {
+    /// The method name of a feature-distillation term (PKD, CWD, MGD, FGD), else none.
+    pub fn feature_method(&self) -> Option<&'static str> {
+        match self {
+            DistillTerm::Pkd { .. } => Some("pkd"),
+            DistillTerm::Cwd { .. } => Some("cwd"),
+            DistillTerm::Mgd { .. } => Some("mgd"),
+            DistillTerm::Fgd { .. } => Some("fgd"),
+            _ => None,
+        }
+    }
+
+    /// The (student, teacher) taps of a tap-reading term.
+    pub fn tap_pair(&self) -> Option<(&str, &str)> {
+        match self {
+            DistillTerm::Hint {
+                student, teacher, ..
+            }
+            | DistillTerm::Pkd {
+                student, teacher, ..
+            }
+            | DistillTerm::Cwd {
+                student, teacher, ..
+            }
+            | DistillTerm::Mgd {
+                student, teacher, ..
+            }
+            | DistillTerm::Fgd {
+                student, teacher, ..
+            } => Some((student, teacher)),
+            _ => None,
+        }
+    }
+}
+
+/// A feature term's taps: names that exist, a spatial map where the method needs one, and —
+/// for teachers whose architecture the config gives — equal strides (taps pair by stride, as
+/// hints do; teachers from a sidecar are checked when they load).
+fn check_feature_pair(
+    p: &str,
+    d: &DistillTerm,
+    teachers: &[TeacherConfig],
+    student: &ModelConfig,
+) -> Check {
+    let (Some(method), Some((st, tt))) = (d.feature_method(), d.tap_pair()) else {
+        return Ok(());
+    };
+    let student_taps = student.taps();
+    check_tap(&format!("{p}.student"), st, &student_taps)?;
+    let stap = student_taps
+        .iter()
+        .find(|t| t.name == st)
+        .expect("checked above");
+    if stap.stride == 0 && method != "pkd" {
+        return Err(invalid(
+            format!("{p}.student"),
+            format!(
+                "`{st}` is a pooled vector; {method} needs a spatial map ({})",
+                match method {
+                    "mgd" => "its generator's 3×3 convolutions and spatial mask",
+                    "cwd" => "a softmax over positions",
+                    _ => "attention over positions and box masks",
+                }
+            ),
+        ));
+    }
+    if method == "fgd" && stap.channels < 2 {
+        return Err(invalid(
+            format!("{p}.student"),
+            "fgd's GcBlock halves the channels; the tap needs at least 2",
+        ));
+    }
+    for (j, t) in teachers.iter().enumerate() {
+        let taps = match &t.model {
+            Some(m) => m.taps(),
+            None => any_family_taps(),
+        };
+        check_tap(&format!("{p}.teacher"), tt, &taps)?;
+        if let Some(m) = &t.model {
+            let ttap = m
+                .taps()
+                .into_iter()
+                .find(|x| x.name == tt)
+                .expect("checked above");
+            if ttap.stride != stap.stride {
+                return Err(invalid(
+                    p,
+                    format!(
+                        "student tap `{st}` (stride {}) and teachers[{j}] tap `{tt}` (stride {}) differ in stride; {method} pairs maps of the same stride",
+                        stap.stride, ttap.stride
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -653,5 +897,91 @@ pub fn describe_taps(taps: &[TapSpec]) -> String {
         0 => "none (the model has no taps)".into(),
         1 => parts[0].clone(),
         n => format!("{} or {}", parts[..n - 1].join(", "), parts[n - 1]),
+    }
+}
+
+#[cfg(test)]
+mod feature_term_tests {
+    /// The error a config gives, as the user sees it.
+    fn err(json: serde_json::Value) -> String {
+        match crate::config::from_str("x.json", &json.to_string()) {
+            Ok(_) => panic!("{json} loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn with_terms(terms: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"teachers": [{"weights": "t", "model": {"arch": "faster_rcnn"}}],
+                           "distill": terms})
+    }
+
+    #[test]
+    fn feature_terms_name_the_key_of_what_is_wrong() {
+        let cases = [
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p9", "teacher": "fpn.p3"}])),
+                "x.json: distill[0].student: `fpn.p9` is not a tap",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "cwd", "student": "fpn.p3", "teacher": "fpn.p8"}])),
+                "x.json: distill[0].teacher: `fpn.p8` is not a tap",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p4"}])),
+                "x.json: distill[0]: student tap `fpn.p3` (stride 8) and teachers[0] tap `fpn.p4` (stride 16) differ in stride; mgd pairs maps of the same stride",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "cwd", "student": "fpn.p3", "teacher": "fpn.p3", "temperature": 0}])),
+                "x.json: distill[0].temperature: must be > 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3", "temperature": -0.5}])),
+                "x.json: distill[0].temperature: must be > 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3", "mask_ratio": 1.0}])),
+                "x.json: distill[0].mask_ratio: must be in (0, 1)",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3", "mask_ratio": 0}])),
+                "x.json: distill[0].mask_ratio: must be in (0, 1)",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3", "lambda": -1}])),
+                "x.json: distill[0].lambda: must be >= 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3", "weight": -6}])),
+                "x.json: distill[0].weight: must be >= 0",
+            ),
+            (
+                with_terms(serde_json::json!([{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3", "tau": 1}])),
+                "x.json: distill[0]: unknown field `tau`",
+            ),
+            (
+                serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                    "distill": [{"type": "mgd", "student": "pool", "teacher": "pool"}]}),
+                "x.json: distill[0].student: `pool` is a pooled vector; mgd needs a spatial map (its generator's 3×3 convolutions and spatial mask)",
+            ),
+            (
+                serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                    "distill": [{"type": "fgd", "student": "backbone.c5", "teacher": "backbone.c5"}]}),
+                "x.json: distill[0]: fgd masks the maps with the ground-truth boxes",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = err(json.clone());
+            assert!(e.contains(want), "{json}\n  gave: {e}\n  want: {want}");
+        }
+        // PKD reads a classifier's pooled vector; a teacher without `model` pairs at load time.
+        for ok in [
+            serde_json::json!({"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}],
+                "distill": [{"type": "pkd", "student": "pool", "teacher": "pool"}]}),
+            serde_json::json!({"teachers": [{"weights": "t"}],
+                "distill": [{"type": "fgd", "student": "fpn.p3", "teacher": "fpn.p3"},
+                            {"type": "mgd", "student": "fpn.p4", "teacher": "fpn.p4"}]}),
+        ] {
+            crate::config::from_str("x.json", &ok.to_string()).unwrap();
+        }
     }
 }

@@ -74,7 +74,7 @@ impl Method for ChenDistillation {
             .map(|t| t.forward(batch, &a, self.terms.heads()))
             .collect::<Result<Vec<_>>>()?;
         Ok(StepOutput {
-            losses: self.terms.losses(&fwd.taps, out, &touts)?,
+            losses: self.terms.losses(batch, rng, &fwd.taps, out, &touts)?,
             metrics: BTreeMap::new(),
         })
     }
@@ -260,6 +260,141 @@ mod tests {
             .to_string();
         assert!(
             e.contains("teachers[0].model.rpn") && e.contains("anchor_sizes"),
+            "{e}"
+        );
+    }
+
+    /// A teacher over plain tensors whose FPN is twice as wide as the student's (an align conv
+    /// each), seeded by `seed`.
+    fn wide_teacher(seed: u64) -> Teacher {
+        let dev = Device::Cpu;
+        let mut cfg = tiny();
+        let ModelConfig::FasterRcnn(f) = &mut cfg else {
+            unreachable!("tiny() is a Faster R-CNN")
+        };
+        f.fpn.out_channels = 32;
+        let tv = Network::new(&cfg, 2, seed, &dev).unwrap();
+        let plain: HashMap<String, Tensor> = tv
+            .named_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect();
+        let tm = cfg
+            .family()
+            .build(VarBuilder::from_tensors(plain, DType::F32, &dev), 2)
+            .unwrap();
+        Teacher::from_model(tm, cfg, 0)
+    }
+
+    #[test]
+    fn feature_terms_train_the_student_and_their_variables_never_the_teacher() {
+        let dev = Device::Cpu;
+        let cfg = crate::config::from_str(
+            "x.json",
+            r#"{"teachers": [{"weights": "t.safetensors"}], "distill": [
+                {"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3"},
+                {"type": "cwd", "student": "fpn.p4", "teacher": "fpn.p4"},
+                {"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3"},
+                {"type": "fgd", "student": "fpn.p2", "teacher": "fpn.p2"},
+                {"type": "hint", "student": "fpn.p5", "teacher": "fpn.p5"}]}"#,
+        )
+        .unwrap();
+        let student = Network::new(&tiny(), 2, 1, &dev).unwrap();
+        let mut d = ChenDistillation::with_teachers(&cfg, student, vec![wide_teacher(2)]).unwrap();
+        let batch = batch();
+        let losses = d
+            .step(&batch, &mut StepRng::seed_from_u64(0))
+            .unwrap()
+            .losses;
+        for name in [
+            "distill.pkd.fpn.p3",
+            "distill.cwd.fpn.p4",
+            "distill.mgd.fpn.p3",
+            "distill.fgd.fpn.p2.fg",
+            "distill.fgd.fpn.p2.bg",
+            "distill.fgd.fpn.p2.attention",
+            "distill.fgd.fpn.p2.global",
+            "distill.hint.fpn.p5",
+        ] {
+            let v = losses[name].to_scalar::<f32>().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+        }
+        // The MGD mask is the step RNG's: the same seed gives the same loss, another seed
+        // another one.
+        let mut mgd = |seed| {
+            d.step(&batch, &mut StepRng::seed_from_u64(seed))
+                .unwrap()
+                .losses["distill.mgd.fpn.p3"]
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (a, b, c) = (mgd(0), mgd(0), mgd(1));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let total = losses
+            .values()
+            .cloned()
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        let grads = total.backward().unwrap();
+        let student_vars = d.student.vars.varmap.data().lock().unwrap();
+        let own_vars = d.terms.own_vars().data().lock().unwrap();
+        for name in [
+            "distill.0.teacher0.align.weight",
+            "distill.1.teacher0.align.weight",
+            "distill.2.teacher0.generation.0.weight",
+            "distill.2.teacher0.generation.2.weight",
+            "distill.3.teacher0.channel_add_conv_s.3.weight",
+            "distill.3.teacher0.channel_add_conv_t.3.weight",
+            "backbone.fpn.layer_blocks.1.0.weight",
+            "backbone.fpn.layer_blocks.0.0.weight",
+        ] {
+            let var = student_vars.get(name).or(own_vars.get(name)).expect(name);
+            let g = grads.get(var.as_tensor()).expect(name);
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0, "{name} got a zero gradient");
+        }
+        // GcBlock's context convs are in the graph; their gradient passes the zero-initialised
+        // last conv, so it is zero at the first step (as in the official initialisation).
+        assert!(grads
+            .get(own_vars["distill.3.teacher0.conv_mask_s.weight"].as_tensor())
+            .is_some());
+        // Method variables, not the student's (never exported).
+        assert!(!student_vars.keys().any(|k| k.starts_with("distill.")));
+        let a = batch_assignment(&d, &batch);
+        let to = d.teachers[0].forward(&batch, &a, &[]).unwrap();
+        assert!(!to.taps["fpn.p2"].track_op());
+    }
+
+    fn batch_assignment(d: &ChenDistillation, b: &Batch) -> crate::models::contract::Assignment {
+        let m = &d.student.model;
+        let fwd = m.forward(&b.images, true).unwrap();
+        m.assign(&fwd, b, &mut StepRng::seed_from_u64(0)).unwrap()
+    }
+
+    #[test]
+    fn feature_terms_pair_taps_by_stride_when_the_teacher_loads() {
+        let dev = Device::Cpu;
+        // The teacher's architecture comes from its sidecar: the config cannot pair the taps,
+        // building the method does.
+        let cfg = crate::config::from_str(
+            "x.json",
+            r#"{"teachers": [{"weights": "t"}], "distill": [{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p4"}]}"#,
+        )
+        .unwrap();
+        let s = Network::new(&tiny(), 2, 1, &dev).unwrap();
+        let e = ChenDistillation::with_teachers(&cfg, s, vec![plain_teacher(1)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("distill[0]") && e.contains("stride 8") && e.contains("stride 16"),
             "{e}"
         );
     }

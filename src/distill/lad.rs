@@ -104,7 +104,7 @@ impl Method for Lad {
             });
         }
         Ok(StepOutput {
-            losses: self.terms.losses(&fwd.taps, out, &touts)?,
+            losses: self.terms.losses(batch, rng, &fwd.taps, out, &touts)?,
             metrics: BTreeMap::new(),
         })
     }
@@ -237,5 +237,39 @@ mod tests {
         // The teacher is plain tensors: nothing of it tracks an operation.
         let out = lad.teachers[0].run(&b).unwrap();
         assert!(out.taps.values().all(|t| !t.track_op()));
+    }
+
+    #[test]
+    fn lad_with_pkd_adds_the_feature_term_on_the_same_step() {
+        let b = batch();
+        let cfg = crate::config::from_str(
+            "x.json",
+            &serde_json::json!({"model": tiny(), "teachers": [{"weights": "t"}],
+                                "method": {"type": "lad"},
+                                "distill": [{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3"},
+                                            {"type": "cwd", "student": "fpn.p4", "teacher": "fpn.p4"}]})
+            .to_string(),
+        )
+        .unwrap();
+        let student = Network::new(&tiny(), 2, 3, &Device::Cpu).unwrap();
+        let mut lad = Lad::with_teachers(&cfg, student, vec![teacher(1, 0)]).unwrap();
+        let losses = lad.step(&b, &mut StepRng::seed_from_u64(0)).unwrap().losses;
+        assert_eq!(
+            losses.keys().collect::<Vec<_>>(),
+            [
+                "distill.cwd.fpn.p4",
+                "distill.pkd.fpn.p3",
+                "loss_bbox",
+                "loss_cls",
+                "loss_iou"
+            ]
+        );
+        let pkd = &losses["distill.pkd.fpn.p3"];
+        assert!(pkd.to_scalar::<f32>().unwrap() > 0.0);
+        let grads = pkd.backward().unwrap();
+        let vars = lad.student.vars.varmap.data().lock().unwrap();
+        assert!(grads
+            .get(vars["neck.fpn_convs.0.conv.weight"].as_tensor())
+            .is_some());
     }
 }

@@ -16,16 +16,26 @@
 //! | [`weighted_kd`] | soft cross-entropy with a background weight, softmax (RCN) and sigmoid (RPN) |
 //! | [`bounded_reg`] | teacher-bounded L2 regression (Chen et al. 2017 Eq. 4) |
 //! | [`kd`] | temperature KD (Hinton et al. 2015) |
+//! | [`pkd`] | PKD (Cao et al. 2022): per-channel standardised maps, MSE / 2 (MMRazor `PKDLoss`) |
+//! | [`cwd`] | CWD (Shu et al. 2021): channel-wise spatial softmax, KL · τ² / (N·C) |
+//! | [`mgd`] | MGD (Yang et al. 2022): masked student map, generator rebuilds the teacher's |
+//! | [`fgd`] | FGD (Yang et al. 2022): box-masked attention-weighted features, attention and GcBlock global losses |
+//! | [`align`] | the 1×1 align conv of the feature terms (channels differ), teacher resize |
 //!
 //! [`build_method`] is the one place that maps a config onto a training method.
 
+pub mod align;
 pub mod bounded_reg;
 pub mod cbd;
 pub mod chen;
 pub mod colad;
+pub mod cwd;
+pub mod fgd;
 pub mod hint;
 pub mod kd;
 pub mod lad;
+pub mod mgd;
+pub mod pkd;
 pub mod pretrained;
 pub mod simclr;
 pub mod teacher;

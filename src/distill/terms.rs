@@ -13,15 +13,19 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarMap;
 
+use super::align::{self, Align};
+use super::fgd::{self, Fgd};
 use super::hint::{self, Adaptation};
+use super::mgd::{self, Generator};
 use super::teacher::{Teacher, TeacherOutput};
-use super::{bounded_reg, kd, weighted_kd};
+use super::{bounded_reg, cwd, kd, pkd, weighted_kd};
 use crate::config::distill::{DistillTerm, SpatialMatch, Stage};
 use crate::config::LoadedConfig;
+use crate::data::loader::Batch;
 use crate::engine::method::RunData;
 use crate::error::{Error, Result};
 use crate::models::build::Network;
-use crate::models::contract::{find_tap, ClassScores, Head, LossKind, Taps, TrainOutput};
+use crate::models::contract::{find_tap, ClassScores, Head, LossKind, StepRng, Taps, TrainOutput};
 use crate::models::init::SeededVarMap;
 
 struct Term {
@@ -30,7 +34,17 @@ struct Term {
     head: Option<Head>,
     /// One adaptation layer per teacher (hint terms with `adaptation: true`).
     adapt: Vec<Option<Adaptation>>,
+    /// The variables of a feature term (PKD, CWD, MGD, FGD), one set per teacher.
+    feat: Vec<FeatureVars>,
     name: String,
+}
+
+/// A feature term's variables against one teacher: the align conv (channels differ) and MGD's
+/// generator or FGD's GcBlocks.
+struct FeatureVars {
+    align: Align,
+    generator: Option<Generator>,
+    fgd: Option<Fgd>,
 }
 
 /// The terms of a config, checked against a student and its teachers.
@@ -99,7 +113,78 @@ impl Terms {
         for (i, d) in cfg.config.distill.iter().enumerate() {
             let p = format!("distill[{i}]");
             let mut adapt = vec![];
+            let mut feat = vec![];
             let base = match d {
+                DistillTerm::Pkd {
+                    student: st,
+                    teacher: tt,
+                    ..
+                }
+                | DistillTerm::Cwd {
+                    student: st,
+                    teacher: tt,
+                    ..
+                }
+                | DistillTerm::Mgd {
+                    student: st,
+                    teacher: tt,
+                    ..
+                }
+                | DistillTerm::Fgd {
+                    student: st,
+                    teacher: tt,
+                    ..
+                } => {
+                    let method = d.feature_method().expect("a feature term");
+                    let stap = find_tap(&student_taps, st, student.model.family())
+                        .map_err(|e| cfg.error(&format!("{p}.student"), e.to_string()))?;
+                    if stap.stride == 0 && method != "pkd" {
+                        return Err(cfg.error(
+                            &format!("{p}.student"),
+                            format!("`{st}` is a pooled vector; {method} needs a spatial map"),
+                        ));
+                    }
+                    if method == "fgd" && student.model.class_head() == Head::Classifier {
+                        return Err(cfg.error(
+                            &p,
+                            "fgd masks the maps with the ground-truth boxes, which a classifier's data has not",
+                        ));
+                    }
+                    for (j, t) in teachers.iter().enumerate() {
+                        let ttaps = t.model.taps();
+                        let ttap = find_tap(&ttaps, tt, t.model.family())
+                            .map_err(|e| cfg.error(&format!("{p}.teacher"), e.to_string()))?;
+                        if ttap.stride != stap.stride {
+                            return Err(cfg.error(
+                                &p,
+                                format!(
+                                    "student tap `{st}` (stride {}) and teachers[{j}] tap `{tt}` (stride {}) differ in stride; {method} pairs maps of the same stride",
+                                    stap.stride, ttap.stride
+                                ),
+                            ));
+                        }
+                        let tc = ttap.channels;
+                        if method == "fgd" && tc < 2 {
+                            return Err(cfg.error(
+                                &format!("{p}.teacher"),
+                                format!("fgd's GcBlock halves the channels; `{tt}` has {tc}"),
+                            ));
+                        }
+                        let vbj = vb.pp(format!("distill.{i}.teacher{j}"));
+                        feat.push(FeatureVars {
+                            align: Align::new(vbj.pp("align"), stap.channels, tc)?,
+                            generator: match method {
+                                "mgd" => Some(Generator::new(vbj.clone(), tc)?),
+                                _ => None,
+                            },
+                            fgd: match method {
+                                "fgd" => Some(Fgd::new(vbj.clone(), tc)?),
+                                _ => None,
+                            },
+                        });
+                    }
+                    format!("distill.{method}.{st}")
+                }
                 DistillTerm::Hint {
                     student: st,
                     teacher: tt,
@@ -175,12 +260,17 @@ impl Terms {
                 DistillTerm::WeightedKd { stage, .. }
                 | DistillTerm::BoundedRegression { stage, .. } => Some(head_of(*stage)),
                 DistillTerm::Kd { .. } => Some(student.model.class_head()),
-                DistillTerm::Hint { .. } => None,
+                DistillTerm::Hint { .. }
+                | DistillTerm::Pkd { .. }
+                | DistillTerm::Cwd { .. }
+                | DistillTerm::Mgd { .. }
+                | DistillTerm::Fgd { .. } => None,
             };
             terms.push(Term {
                 cfg: d.clone(),
                 head,
                 adapt,
+                feat,
                 name,
             });
         }
@@ -199,15 +289,19 @@ impl Terms {
         &self.heads
     }
 
-    /// The adaptation layers.
+    /// The adaptation layers and the feature terms' variables (align convs, MGD's generators,
+    /// FGD's GcBlocks).
     pub fn own_vars(&self) -> &VarMap {
         &self.adaptation.varmap
     }
 
     /// The student's own losses `out` plus every term against the teachers' outputs `touts`
-    /// (its hard classification losses scaled by μ where a weighted-KD term asks for it).
+    /// (its hard classification losses scaled by μ where a weighted-KD term asks for it). FGD
+    /// reads `batch`'s boxes; MGD draws its masks from the step's `rng`.
     pub fn losses(
         &self,
+        batch: &Batch,
+        rng: &mut StepRng,
         taps: &Taps,
         out: TrainOutput,
         touts: &[TeacherOutput],
@@ -215,6 +309,25 @@ impl Terms {
         let n = touts.len() as f64;
         let mut losses = BTreeMap::new();
         for term in &self.terms {
+            if term.cfg.feature_method().is_some() {
+                // Each part averaged over the teachers.
+                let mut sums: Vec<(String, Tensor)> = vec![];
+                for (j, to) in touts.iter().enumerate() {
+                    for (k, (suffix, l)) in feature_losses(term, j, batch, rng, taps, to)?
+                        .into_iter()
+                        .enumerate()
+                    {
+                        match sums.get_mut(k) {
+                            Some((_, s)) => *s = (&*s + l)?,
+                            None => sums.push((format!("{}{suffix}", term.name), l)),
+                        }
+                    }
+                }
+                for (name, s) in sums {
+                    losses.insert(name, (s / n)?);
+                }
+                continue;
+            }
             let mut sum: Option<Tensor> = None;
             for (j, to) in touts.iter().enumerate() {
                 let l = term_loss(term, j, taps, &out, to)?;
@@ -361,5 +474,74 @@ fn term_loss(
             };
             (l * *weight as f64)?
         }
+        DistillTerm::Pkd { .. }
+        | DistillTerm::Cwd { .. }
+        | DistillTerm::Mgd { .. }
+        | DistillTerm::Fgd { .. } => unreachable!("feature terms go through feature_losses"),
+    })
+}
+
+/// A feature term (PKD, CWD, MGD, FGD) against teacher `j`: its weighted losses, by the suffix
+/// of their names (FGD logs its four parts: `.fg`, `.bg`, `.attention`, `.global`).
+fn feature_losses(
+    term: &Term,
+    j: usize,
+    batch: &Batch,
+    rng: &mut StepRng,
+    taps: &Taps,
+    to: &TeacherOutput,
+) -> Result<Vec<(&'static str, Tensor)>> {
+    let missing = |what: &str| Error::msg(format!("internal: the teacher did not compute {what}"));
+    let (st, tt) = term.cfg.tap_pair().expect("a feature term reads taps");
+    let s = taps.get(st).ok_or_else(|| missing(st))?;
+    let t = to.taps.get(tt).ok_or_else(|| missing(tt))?;
+    let vars = &term.feat[j];
+    let s = vars.align.forward(&align::as_map(s)?)?;
+    let t = align::teacher_to(&s, &align::as_map(t)?)?;
+    Ok(match &term.cfg {
+        DistillTerm::Pkd { weight, .. } => vec![("", (pkd::pkd_loss(&s, &t)? * *weight as f64)?)],
+        DistillTerm::Cwd {
+            temperature,
+            weight,
+            ..
+        } => vec![(
+            "",
+            (cwd::cwd_loss(&s, &t, *temperature as f64)? * *weight as f64)?,
+        )],
+        DistillTerm::Mgd {
+            alpha, mask_ratio, ..
+        } => {
+            let (n, _, h, w) = s.dims4()?;
+            let mask = mgd::random_mask(n, h, w, *mask_ratio as f64, rng, s.device())?;
+            let g = vars.generator.as_ref().expect("mgd has a generator");
+            vec![("", (mgd::mgd_loss(&s, &t, &mask, g)? * *alpha as f64)?)]
+        }
+        DistillTerm::Fgd {
+            temperature,
+            alpha,
+            beta,
+            gamma,
+            lambda,
+            ..
+        } => {
+            let (_, _, h, w) = s.dims4()?;
+            let (_, _, ih, iw) = batch.images.dims4()?;
+            let boxes: Vec<Vec<[f32; 4]>> = batch.targets.iter().map(|t| t.boxes.clone()).collect();
+            let (fg, bg) = fgd::masks(
+                &boxes,
+                (w as f64 / iw as f64, h as f64 / ih as f64),
+                (h, w),
+                s.device(),
+            )?;
+            let v = vars.fgd.as_ref().expect("fgd has its GcBlocks");
+            let l = fgd::fgd_losses(v, &s, &t, &fg, &bg, *temperature as f64)?;
+            vec![
+                (".fg", (l.foreground * *alpha as f64)?),
+                (".bg", (l.background * *beta as f64)?),
+                (".attention", (l.attention * *gamma as f64)?),
+                (".global", (l.global * *lambda as f64)?),
+            ]
+        }
+        _ => unreachable!("not a feature term"),
     })
 }
