@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 
 use super::align::{self, Align};
 use super::fgd::{self, Fgd};
@@ -101,13 +101,134 @@ pub fn load_teachers(cfg: &LoadedConfig, run: &RunData) -> Result<Vec<Teacher>> 
     Ok(teachers)
 }
 
+/// The student's tap `st` and, for each teacher, its tap `tt` of the same stride: maps pair by
+/// stride, so the two cover the image alike (a Faster R-CNN's P2–P6 against a PAA's P3–P7).
+fn paired_taps(
+    cfg: &LoadedConfig,
+    p: &str,
+    what: &str,
+    (st, tt): (&str, &str),
+    student: &Network,
+    teachers: &[Teacher],
+) -> Result<(
+    crate::models::contract::TapSpec,
+    Vec<crate::models::contract::TapSpec>,
+)> {
+    let student_taps = student.model.taps();
+    let stap = find_tap(&student_taps, st, student.model.family())
+        .map_err(|e| cfg.error(&format!("{p}.student"), e.to_string()))?
+        .clone();
+    let mut paired = vec![];
+    for (j, t) in teachers.iter().enumerate() {
+        let ttaps = t.model.taps();
+        let ttap = find_tap(&ttaps, tt, t.model.family())
+            .map_err(|e| cfg.error(&format!("{p}.teacher"), e.to_string()))?;
+        if ttap.stride != stap.stride {
+            return Err(cfg.error(
+                p,
+                format!(
+                    "student tap `{st}` (stride {}) and teachers[{j}] tap `{tt}` (stride {}) differ in stride; {what} pairs maps of the same stride",
+                    stap.stride, ttap.stride
+                ),
+            ));
+        }
+        paired.push(ttap.clone());
+    }
+    Ok((stap, paired))
+}
+
+/// A feature term's (PKD, CWD, MGD, FGD) variables for each teacher: the align layer, and
+/// MGD's generator or FGD's GcBlocks, under `distill.<i>.teacher<j>`.
+#[allow(clippy::too_many_arguments)]
+fn feature_vars(
+    cfg: &LoadedConfig,
+    p: &str,
+    method: &str,
+    (st, tt): (&str, &str),
+    student: &Network,
+    teachers: &[Teacher],
+    vb: &VarBuilder,
+    i: usize,
+) -> Result<Vec<FeatureVars>> {
+    let (stap, ttaps) = paired_taps(cfg, p, method, (st, tt), student, teachers)?;
+    if stap.stride == 0 && method != "pkd" {
+        return Err(cfg.error(
+            &format!("{p}.student"),
+            format!("`{st}` is a pooled vector; {method} needs a spatial map"),
+        ));
+    }
+    if method == "fgd" && student.model.class_head() == Head::Classifier {
+        return Err(cfg.error(
+            p,
+            "fgd masks the maps with the ground-truth boxes, which a classifier's data has not",
+        ));
+    }
+    let mut feat = vec![];
+    for (j, ttap) in ttaps.iter().enumerate() {
+        let tc = ttap.channels;
+        if method == "fgd" && tc < 2 {
+            return Err(cfg.error(
+                &format!("{p}.teacher"),
+                format!("fgd's GcBlock halves the channels; `{tt}` has {tc}"),
+            ));
+        }
+        let vbj = vb.pp(format!("distill.{i}.teacher{j}"));
+        feat.push(FeatureVars {
+            align: Align::new(vbj.pp("align"), stap.channels, tc)?,
+            generator: match method {
+                "mgd" => Some(Generator::new(vbj.clone(), tc)?),
+                _ => None,
+            },
+            fgd: match method {
+                "fgd" => Some(Fgd::new(vbj.clone(), tc)?),
+                _ => None,
+            },
+        });
+    }
+    Ok(feat)
+}
+
+/// A hint term's adaptation layer for each teacher (`None` where `adaptation: false`, which
+/// needs equal channels), under `distill.<i>.teacher<j>.adaptation`.
+#[allow(clippy::too_many_arguments)]
+fn adaptations(
+    cfg: &LoadedConfig,
+    p: &str,
+    (st, tt): (&str, &str),
+    with_adaptation: bool,
+    student: &Network,
+    teachers: &[Teacher],
+    vb: &VarBuilder,
+    i: usize,
+) -> Result<Vec<Option<Adaptation>>> {
+    let (stap, ttaps) = paired_taps(cfg, p, "a hint", (st, tt), student, teachers)?;
+    let sc = stap.channels;
+    let mut adapt = vec![];
+    for (j, ttap) in ttaps.iter().enumerate() {
+        let tc = ttap.channels;
+        if with_adaptation {
+            let vbj = vb.pp(format!("distill.{i}.teacher{j}.adaptation"));
+            adapt.push(Some(Adaptation::new(vbj, sc, tc)?));
+        } else if sc != tc {
+            return Err(cfg.error(
+                &format!("{p}.adaptation"),
+                format!(
+                    "false needs equal channels, but student `{st}` has {sc} and teachers[{j}] `{tt}` has {tc}; keep the adaptation layer"
+                ),
+            ));
+        } else {
+            adapt.push(None);
+        }
+    }
+    Ok(adapt)
+}
+
 impl Terms {
     /// Check each term of `cfg` against the student and teachers and create the adaptation
     /// layers (drawn from the student's seed stream, after its own variables).
     pub fn new(cfg: &LoadedConfig, student: &Network, teachers: &[Teacher]) -> Result<Self> {
         let adaptation = student.vars.sibling();
         let vb = adaptation.builder(DType::F32, &student.device);
-        let student_taps = student.model.taps();
         let mut terms: Vec<Term> = vec![];
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (i, d) in cfg.config.distill.iter().enumerate() {
@@ -136,53 +257,7 @@ impl Terms {
                     ..
                 } => {
                     let method = d.feature_method().expect("a feature term");
-                    let stap = find_tap(&student_taps, st, student.model.family())
-                        .map_err(|e| cfg.error(&format!("{p}.student"), e.to_string()))?;
-                    if stap.stride == 0 && method != "pkd" {
-                        return Err(cfg.error(
-                            &format!("{p}.student"),
-                            format!("`{st}` is a pooled vector; {method} needs a spatial map"),
-                        ));
-                    }
-                    if method == "fgd" && student.model.class_head() == Head::Classifier {
-                        return Err(cfg.error(
-                            &p,
-                            "fgd masks the maps with the ground-truth boxes, which a classifier's data has not",
-                        ));
-                    }
-                    for (j, t) in teachers.iter().enumerate() {
-                        let ttaps = t.model.taps();
-                        let ttap = find_tap(&ttaps, tt, t.model.family())
-                            .map_err(|e| cfg.error(&format!("{p}.teacher"), e.to_string()))?;
-                        if ttap.stride != stap.stride {
-                            return Err(cfg.error(
-                                &p,
-                                format!(
-                                    "student tap `{st}` (stride {}) and teachers[{j}] tap `{tt}` (stride {}) differ in stride; {method} pairs maps of the same stride",
-                                    stap.stride, ttap.stride
-                                ),
-                            ));
-                        }
-                        let tc = ttap.channels;
-                        if method == "fgd" && tc < 2 {
-                            return Err(cfg.error(
-                                &format!("{p}.teacher"),
-                                format!("fgd's GcBlock halves the channels; `{tt}` has {tc}"),
-                            ));
-                        }
-                        let vbj = vb.pp(format!("distill.{i}.teacher{j}"));
-                        feat.push(FeatureVars {
-                            align: Align::new(vbj.pp("align"), stap.channels, tc)?,
-                            generator: match method {
-                                "mgd" => Some(Generator::new(vbj.clone(), tc)?),
-                                _ => None,
-                            },
-                            fgd: match method {
-                                "fgd" => Some(Fgd::new(vbj.clone(), tc)?),
-                                _ => None,
-                            },
-                        });
-                    }
+                    feat = feature_vars(cfg, &p, method, (st, tt), student, teachers, &vb, i)?;
                     format!("distill.{method}.{st}")
                 }
                 DistillTerm::Hint {
@@ -191,42 +266,16 @@ impl Terms {
                     adaptation: with_adaptation,
                     ..
                 } => {
-                    let stap = find_tap(&student_taps, st, student.model.family())
-                        .map_err(|e| cfg.error(&format!("{p}.student"), e.to_string()))?;
-                    let sc = stap.channels;
-                    for (j, t) in teachers.iter().enumerate() {
-                        let ttaps = t.model.taps();
-                        let ttap = find_tap(&ttaps, tt, t.model.family())
-                            .map_err(|e| cfg.error(&format!("{p}.teacher"), e.to_string()))?;
-                        // Taps pair by stride: the two maps must cover the image alike (a
-                        // Faster R-CNN's P2–P6 against a PAA's P3–P7 pair at equal strides).
-                        if ttap.stride != stap.stride {
-                            return Err(cfg.error(
-                                &p,
-                                format!(
-                                    "student tap `{st}` (stride {}) and teachers[{j}] tap `{tt}` (stride {}) differ in stride; a hint pairs maps of the same stride",
-                                    stap.stride, ttap.stride
-                                ),
-                            ));
-                        }
-                        let tc = ttap.channels;
-                        if *with_adaptation {
-                            adapt.push(Some(Adaptation::new(
-                                vb.pp(format!("distill.{i}.teacher{j}.adaptation")),
-                                sc,
-                                tc,
-                            )?));
-                        } else if sc != tc {
-                            return Err(cfg.error(
-                                &format!("{p}.adaptation"),
-                                format!(
-                                    "false needs equal channels, but student `{st}` has {sc} and teachers[{j}] `{tt}` has {tc}; keep the adaptation layer"
-                                ),
-                            ));
-                        } else {
-                            adapt.push(None);
-                        }
-                    }
+                    adapt = adaptations(
+                        cfg,
+                        &p,
+                        (st, tt),
+                        *with_adaptation,
+                        student,
+                        teachers,
+                        &vb,
+                        i,
+                    )?;
                     format!("distill.hint.{st}")
                 }
                 DistillTerm::WeightedKd { stage, .. } => {
