@@ -101,6 +101,13 @@ enum Cmd {
         /// Start over although output_dir holds a checkpoint (it is replaced).
         #[arg(long, conflicts_with = "resume")]
         fresh: bool,
+        /// Train once per training seed: `N` (the config's seed and the N − 1 after it) or a
+        /// list `a,b,c`, each into `<output_dir>/seed-<k>/` (with --baseline, the baseline too,
+        /// into `<output_dir>_baseline/seed-<k>/`), then print mean, std and each seed's value
+        /// (and the comparison over seeds). --resume skips finished seeds; --stop-after counts
+        /// iterations over all seeds.
+        #[arg(long, value_parser = kdet::engine::seeds::parse_seed_spec)]
+        seeds: Option<kdet::engine::seeds::SeedSpec>,
     },
     /// COCO bbox evaluation (pycocotools-identical numbers via hotcoco).
     Eval {
@@ -135,9 +142,17 @@ enum Cmd {
     /// Compare runs on the same val set: per-metric and per-class deltas of each run against
     /// the first, with bootstrap confidence intervals; markdown table and PNG chart.
     Compare {
-        /// Run directories (with eval.json) or COCO results files; the first is the baseline.
-        #[arg(required = true, num_args = 2..)]
+        /// Run directories (with eval.json), COCO results files or multi-seed run folders
+        /// (holding `seed-<k>/` runs, from `kdet train --seeds`); the first is the baseline.
+        /// With a multi-seed folder the table is over seeds: each seed's Δ (paired by seed),
+        /// the mean Δ and a two-level bootstrap interval over seeds and val images.
+        #[arg(required_unless_present = "arm", num_args = 2..)]
         runs: Vec<PathBuf>,
+        /// One arm as a comma-separated list of runs (one per training seed; seeds read from
+        /// each run's config.json for pairing), instead of positional runs; give it twice or
+        /// more, the first is the baseline: `--arm a0,a1,a2 --arm b0,b1,b2`.
+        #[arg(long, conflicts_with = "runs")]
+        arm: Vec<String>,
         /// Ground truth (needed when runs are plain results files).
         #[arg(long)]
         gt: Option<PathBuf>,
@@ -324,6 +339,41 @@ fn print_train_summary(s: &kdet::engine::trainer::TrainSummary, distilled: bool)
     }
 }
 
+/// `kdet compare` over groups of runs (multi-seed folders or `--arm` lists): tables or JSON,
+/// and a chart per comparison under `out`.
+fn compare_groups(
+    runs: &[PathBuf],
+    arm: &[String],
+    gt: Option<&std::path::Path>,
+    opts: &kdet::eval::compare::CompareOptions,
+    json: bool,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !arm.is_empty() && arm.len() < 2 {
+        bail!("--arm: give at least two arms (--arm a0,a1,a2 --arm b0,b1,b2)");
+    }
+    let arms = kdet::eval::multiseed::arms(runs, arm)?;
+    let cmps = kdet::eval::multiseed::compare_arms(&arms, gt, opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cmps)?);
+    } else {
+        for c in &cmps {
+            println!("{}", c.to_markdown());
+        }
+    }
+    if let Some(dir) = out {
+        for (i, c) in cmps.iter().enumerate() {
+            let p = dir.join(match cmps.len() {
+                1 => "compare.png".to_string(),
+                _ => format!("compare-{}.png", i + 1),
+            });
+            kdet::eval::multiseed::chart(c, &p)?;
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Train {
@@ -332,6 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             baseline,
             stop_after,
             fresh,
+            seeds,
         } => {
             let cfg = load_config(&config, &cli.device)?;
             if baseline && cfg.config.teachers.is_empty() && cfg.config.method.is_none() {
@@ -345,6 +396,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stop_after,
                 fresh,
             };
+            if let Some(spec) = &seeds {
+                let build = kdet::distill::build_method;
+                kdet::engine::seeds::train_seeds(
+                    &cfg,
+                    spec,
+                    opts,
+                    baseline,
+                    build,
+                    print_train_summary,
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let train = |cfg: &LoadedConfig, opts| {
                 kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
             };
@@ -405,6 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Compare {
             runs,
+            arm,
             gt,
             bootstrap,
             confidence,
@@ -415,15 +479,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(confidence > 0.0 && confidence < 1.0) {
                 bail!("--confidence must be in (0, 1), got {confidence}");
             }
-            let inputs = runs
-                .iter()
-                .map(|r| kdet::eval::compare::RunInput::resolve(r))
-                .collect::<Result<Vec<_>, _>>()?;
             let opts = kdet::eval::compare::CompareOptions {
                 bootstrap,
                 confidence,
                 seed,
             };
+            if kdet::eval::multiseed::wants_groups(&runs, &arm) {
+                compare_groups(&runs, &arm, gt.as_deref(), &opts, json, out.as_deref())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let inputs = runs
+                .iter()
+                .map(|r| kdet::eval::compare::RunInput::resolve(r))
+                .collect::<Result<Vec<_>, _>>()?;
             let cmps = kdet::eval::compare::compare_runs(&inputs, gt.as_deref(), &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cmps)?);

@@ -12,4 +12,5 @@ pub mod optim;
 pub mod resume;
 pub mod rundir;
 pub mod schedule;
+pub mod seeds;
 pub mod trainer;
