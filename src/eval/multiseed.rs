@@ -74,9 +74,11 @@ pub fn seed_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The training seed a run folder recorded in its `config.json`, if any.
+/// The training seed a run folder recorded in its `config.json`, if any; for a results file
+/// (Co-LAD's `net1_detections.json`), that of the run folder holding it.
 fn recorded_seed(run: &Path) -> Option<u64> {
-    let text = std::fs::read(run.join("config.json")).ok()?;
+    let dir = if run.is_file() { run.parent()? } else { run };
+    let text = std::fs::read(dir.join("config.json")).ok()?;
     serde_json::from_slice::<serde_json::Value>(&text).ok()?["seed"].as_u64()
 }
 
