@@ -909,4 +909,68 @@ mod tests {
             .variance_note()
             .contains("training and test-set variance"));
     }
+
+    /// A classifier run folder `dir/seed-<seed>` whose predictions get the first `right` of 40
+    /// images right (classes 1 and 2; class 2 is few-shot).
+    fn classifier_run(dir: &Path, seed: u64, right: usize) {
+        let run = dir.join(format!("seed-{seed}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let preds: Vec<classify::ClassPrediction> = (0..40)
+            .map(|i| {
+                let label = 1 + (i % 2) as u32;
+                let top = if i < right { label } else { 3 - label };
+                classify::ClassPrediction {
+                    file: format!("{i}.png"),
+                    label,
+                    top5: vec![top, 3 - top],
+                    scores: vec![0.6, 0.4],
+                }
+            })
+            .collect();
+        std::fs::write(
+            run.join("predictions.json"),
+            serde_json::to_vec(&preds).unwrap(),
+        )
+        .unwrap();
+        let eval = serde_json::json!({"task": "classification", "gt": dir.parent().unwrap(), "predictions": "predictions.json",
+            "iter": 1, "train_counts": [400, 4]});
+        std::fs::write(run.join("eval.json"), eval.to_string()).unwrap();
+    }
+
+    #[test]
+    fn classifier_arms_over_seeds() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("alone"), d.path().join("distilled"));
+        for (seed, (ra, rb)) in [(0, (20, 30)), (1, (24, 30)), (2, (16, 40))] {
+            classifier_run(&a, seed, ra);
+            classifier_run(&b, seed, rb);
+        }
+        let arms = [Arm::resolve(&a).unwrap(), Arm::resolve(&b).unwrap()];
+        let opts = CompareOptions {
+            bootstrap: 200,
+            ..Default::default()
+        };
+        let c = compare_arms(&arms, None, &opts).unwrap().remove(0);
+        assert!(c.paired && c.num_images == 40);
+        let names: Vec<&str> = c.rows.iter().map(|r| r.metric.as_str()).collect();
+        assert_eq!(
+            names,
+            ["top1", "top5", "top1_many", "top1_medium", "top1_few"]
+        );
+        let d: Vec<f64> = c.rows[0]
+            .per_seed
+            .iter()
+            .map(|s| s.delta.unwrap())
+            .collect();
+        for (x, y) in d.iter().zip([0.25, 0.15, 0.6]) {
+            assert!((x - y).abs() < 1e-12, "{d:?}");
+        }
+        assert!((c.rows[0].delta.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        // top-5 holds both classes: every run is right, Δ 0; no medium-shot class: n/a.
+        assert_eq!(c.rows[1].delta, Some(0.0));
+        assert_eq!(c.rows[3].delta.map(|x| x.abs()), Some(0.0));
+        let md = c.to_markdown();
+        assert!(md.contains("| top1 | 0.500 ± 0.100 |"), "{md}");
+        assert!(md.contains("0: +0.250, 1: +0.150, 2: +0.600"), "{md}");
+    }
 }
