@@ -235,33 +235,46 @@ pub fn train_seeds(
             }
         }
     }
-    let name = |c: &LoadedConfig| {
-        c.config
-            .output_dir
-            .file_name()
-            .map_or("run".into(), |n| n.to_string_lossy().into_owned())
+    report_over_seeds(cfg, base_cfg.as_ref(), &runs, &base_runs)
+}
+
+/// The run folder's name of a config (the arm's name in tables).
+fn arm_name(c: &LoadedConfig) -> String {
+    c.config
+        .output_dir
+        .file_name()
+        .map_or("run".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Print each arm's table over seeds and, with a baseline, `kdet compare`'s table over seeds.
+fn report_over_seeds(
+    cfg: &LoadedConfig,
+    base_cfg: Option<&LoadedConfig>,
+    runs: &[(u64, PathBuf)],
+    base_runs: &[(u64, PathBuf)],
+) -> Result<()> {
+    println!("{}", seed_table(&arm_name(cfg), runs)?);
+    let Some(b) = base_cfg else {
+        return Ok(());
     };
-    println!("{}", seed_table(&name(cfg), &runs)?);
-    if let Some(b) = &base_cfg {
-        println!("{}", seed_table(&name(b), &base_runs)?);
-        let arm = |c: &LoadedConfig, runs: &[(u64, PathBuf)]| -> Result<Arm> {
-            Ok(Arm {
-                name: name(c),
-                runs: runs
-                    .iter()
-                    .map(|(k, d)| {
-                        Ok(SeedRun {
-                            seed: Some(*k),
-                            run: RunInput::resolve(d)?,
-                        })
+    println!("{}", seed_table(&arm_name(b), base_runs)?);
+    let arm = |c: &LoadedConfig, runs: &[(u64, PathBuf)]| -> Result<Arm> {
+        Ok(Arm {
+            name: arm_name(c),
+            runs: runs
+                .iter()
+                .map(|(k, d)| {
+                    Ok(SeedRun {
+                        seed: Some(*k),
+                        run: RunInput::resolve(d)?,
                     })
-                    .collect::<Result<_>>()?,
-            })
-        };
-        let arms = [arm(b, &base_runs)?, arm(cfg, &runs)?];
-        for c in compare_arms(&arms, None, &CompareOptions::default())? {
-            println!("{}", c.to_markdown());
-        }
+                })
+                .collect::<Result<_>>()?,
+        })
+    };
+    let arms = [arm(b, base_runs)?, arm(cfg, runs)?];
+    for c in compare_arms(&arms, None, &CompareOptions::default())? {
+        println!("{}", c.to_markdown());
     }
     Ok(())
 }
