@@ -108,6 +108,7 @@ fn seeds_resume_after_a_kill_in_the_second_seed_and_compare_over_seeds() {
     ok(&by_list);
     let v: serde_json::Value = serde_json::from_slice(&by_list.stdout).unwrap();
     assert_eq!(v[0]["paired"], json!(true), "{v}");
+    assert_eq!((&v[0]["a"], &v[0]["b"]), (&json!("a"), &json!("b")));
     assert_eq!(v[0]["rows"][0]["per_seed"].as_array().unwrap().len(), 2);
     // One run per arm: said in the table.
     let one = ok(&kdet(&[

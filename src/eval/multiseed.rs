@@ -95,6 +95,13 @@ impl Arm {
         if seeds.is_empty() {
             return Self::from_runs(&name_of(p), &[p.to_path_buf()]);
         }
+        if p.join("eval.json").is_file() {
+            eprintln!(
+                "{}: comparing its {} seed-<k> runs, not the single run at its root",
+                p.display(),
+                seeds.len()
+            );
+        }
         let mut runs = vec![];
         for (seed, dir) in seeds {
             if !dir.join("eval.json").is_file() {
@@ -136,6 +143,27 @@ impl Arm {
     }
 }
 
+/// The name of an `--arm` list after its first run: `X` for `X/seed-<k>`, `X/net1` for
+/// `X/seed-<k>/net1_detections.json`, else the folder's or file's name.
+fn list_name(first: &Path) -> String {
+    let seed_dir = |p: &Path| name_of(p).starts_with(SEED_DIR_PREFIX);
+    if seed_dir(first) {
+        if let Some(parent) = first.parent() {
+            return name_of(parent);
+        }
+    }
+    if let (true, Some(dir)) = (first.is_file(), first.parent()) {
+        if let (true, Some(parent)) = (seed_dir(dir), dir.parent()) {
+            let stem = name_of(first);
+            let stem = stem
+                .trim_end_matches(".json")
+                .trim_end_matches("_detections");
+            return format!("{}/{stem}", name_of(parent));
+        }
+    }
+    name_of(first)
+}
+
 /// Whether `kdet compare`'s inputs call for the comparison of groups: `--arm` lists, or a
 /// multi-seed run folder among the positional runs.
 pub fn wants_groups(runs: &[PathBuf], arms: &[String]) -> bool {
@@ -160,11 +188,7 @@ pub fn arms(runs: &[PathBuf], arm_lists: &[String]) -> Result<Vec<Arm>> {
                 let first = paths
                     .first()
                     .ok_or_else(|| Error::msg(format!("--arm {list:?}: names no run")))?;
-                let name = format!(
-                    "{}{}",
-                    name_of(first),
-                    if paths.len() > 1 { "…" } else { "" }
-                );
+                let name = list_name(first);
                 Arm::from_runs(&name, &paths)
             })
             .collect();
