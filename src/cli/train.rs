@@ -20,6 +20,13 @@ pub struct TrainArgs {
     /// Start over although output_dir holds a checkpoint (it is replaced).
     #[arg(long, conflicts_with = "resume")]
     pub fresh: bool,
+    /// Train once per training seed: `N` (the config's seed and the N − 1 after it) or a
+    /// list `a,b,c`, each into `<output_dir>/seed-<k>/` (with --baseline, the baseline too,
+    /// into `<output_dir>_baseline/seed-<k>/`), then print mean, std and each seed's value
+    /// (and the comparison over seeds). --resume skips finished seeds; --stop-after counts
+    /// iterations over all seeds.
+    #[arg(long, value_parser = kdet::engine::seeds::parse_seed_spec)]
+    pub seeds: Option<kdet::engine::seeds::SeedSpec>,
 }
 
 pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode> {
@@ -29,6 +36,7 @@ pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
         baseline,
         stop_after,
         fresh,
+        seeds,
     } = args;
     let cfg = load_config(&config, device)?;
     if baseline && cfg.config.teachers.is_empty() && cfg.config.method.is_none() {
@@ -42,6 +50,11 @@ pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
         stop_after,
         fresh,
     };
+    if let Some(spec) = &seeds {
+        let build = kdet::distill::build_method;
+        kdet::engine::seeds::train_seeds(&cfg, spec, opts, baseline, build, print_train_summary)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let train = |cfg: &LoadedConfig, opts| {
         kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
     };

@@ -1,7 +1,7 @@
 //! Training machinery: the training-method seam and plain training ([`method`]), the loop
 //! ([`trainer`]), optimizers ([`optim`]), learning-rate schedule ([`schedule`]), atomic
 //! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]), the run folder's files and
-//! what `--resume` may change ([`rundir`], [`resume`]) and evaluation over a val split
+//! what `--resume` may change ([`rundir`], [`resume`]), several training seeds ([`seeds`]) and evaluation over a val split
 //! ([`evaluator`]).
 
 pub mod checkpoint;
@@ -13,4 +13,5 @@ pub mod optim;
 pub mod resume;
 pub mod rundir;
 pub mod schedule;
+pub mod seeds;
 pub mod trainer;

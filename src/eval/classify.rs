@@ -236,6 +236,93 @@ pub struct Delta {
     pub prob_b_better: Option<f64>,
 }
 
+/// `b` in `a`'s image order (matched by file), or an error naming an image only one run
+/// predicted or whose class the two disagree on.
+pub fn align(a: &[ClassPrediction], b: &[ClassPrediction]) -> Result<Vec<ClassPrediction>> {
+    if a.len() != b.len() {
+        return Err(Error::msg(format!(
+            "the runs predicted different val sets ({} and {} images)",
+            a.len(),
+            b.len()
+        )));
+    }
+    let index: std::collections::HashMap<&str, usize> = b
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.file.as_str(), i))
+        .collect();
+    a.iter()
+        .map(|p| {
+            let j = *index.get(p.file.as_str()).ok_or_else(|| {
+                Error::msg(format!(
+                    "{} is in the first run's predictions but not the other's",
+                    p.file
+                ))
+            })?;
+            if b[j].label != p.label {
+                return Err(Error::msg(format!(
+                    "{}: the runs disagree on its class",
+                    p.file
+                )));
+            }
+            Ok(b[j].clone())
+        })
+        .collect()
+}
+
+/// The names of [`subset_metrics`]' numbers: top-1, top-5 and, on an imbalanced training split,
+/// the many / medium / few groups.
+pub fn metric_names(thresholds: Option<&GroupThresholds>) -> Vec<&'static str> {
+    let mut names = vec!["top1", "top5"];
+    if thresholds.is_some() {
+        names.extend(["top1_many", "top1_medium", "top1_few"]);
+    }
+    names
+}
+
+/// Top-1, top-5 (and the groups' top-1) of the images `idx` (with repeats, as a bootstrap draws
+/// them).
+pub fn subset_metrics(
+    preds: &[ClassPrediction],
+    train_counts: &[usize],
+    thresholds: Option<&GroupThresholds>,
+    idx: &[usize],
+) -> Vec<f64> {
+    let n = idx.len().max(1) as f64;
+    let hits = |top5: bool| {
+        idx.iter()
+            .filter(|&&i| {
+                let p = &preds[i];
+                if top5 {
+                    p.top5.contains(&p.label)
+                } else {
+                    p.top5.first() == Some(&p.label)
+                }
+            })
+            .count() as f64
+            / n
+    };
+    let mut v = vec![hits(false), hits(true)];
+    if let Some(t) = thresholds {
+        v.extend(group_accuracy(preds, train_counts, t, idx).0);
+    }
+    v
+}
+
+/// The percentile interval at `confidence` of bootstrap samples and the fraction of them above
+/// 0 (`None` without samples).
+pub fn percentile_interval(samples: &[f64], confidence: f64) -> Option<((f64, f64), f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|x, y| x.total_cmp(y));
+    let q = |f: f64| s[((f * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
+    let lo = (1.0 - confidence) / 2.0;
+    let above = s.iter().filter(|&&d| d > 0.0).count() as f64 / s.len() as f64;
+    Some(((q(lo), q(1.0 - lo)), above))
+}
+
 /// Compare run B's predictions with run A's on the same val images (matched by file): top-1,
 /// top-5 and, with `train_counts`, the many / medium / few groups, each with a percentile
 /// bootstrap interval over `bootstrap` resamples of the images at `confidence`.
@@ -247,60 +334,14 @@ pub fn compare(
     confidence: f64,
     seed: u64,
 ) -> Result<Vec<Delta>> {
-    let index: std::collections::HashMap<&str, usize> = b
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.file.as_str(), i))
-        .collect();
-    if a.len() != b.len() {
-        return Err(Error::msg(format!(
-            "the runs predicted different val sets ({} and {} images)",
-            a.len(),
-            b.len()
-        )));
-    }
-    let mut pairs = Vec::with_capacity(a.len());
-    for (i, p) in a.iter().enumerate() {
-        let j = *index.get(p.file.as_str()).ok_or_else(|| {
-            Error::msg(format!(
-                "{} is in the first run's predictions but not the other's",
-                p.file
-            ))
-        })?;
-        if b[j].label != p.label {
-            return Err(Error::msg(format!(
-                "{}: the runs disagree on its class",
-                p.file
-            )));
-        }
-        pairs.push((i, j));
-    }
-    let b_aligned: Vec<ClassPrediction> = pairs.iter().map(|&(_, j)| b[j].clone()).collect();
+    let b_aligned = align(a, b)?;
     let thresholds = GroupThresholds::scaled(train_counts);
     let metrics = |preds: &[ClassPrediction], idx: &[usize]| -> Vec<f64> {
-        let n = idx.len().max(1) as f64;
-        let t1 = idx
-            .iter()
-            .filter(|&&i| preds[i].top5.first() == Some(&preds[i].label))
-            .count() as f64
-            / n;
-        let t5 = idx
-            .iter()
-            .filter(|&&i| preds[i].top5.contains(&preds[i].label))
-            .count() as f64
-            / n;
-        let mut v = vec![t1, t5];
-        if let Some(t) = &thresholds {
-            v.extend(group_accuracy(preds, train_counts, t, idx).0);
-        }
-        v
+        subset_metrics(preds, train_counts, thresholds.as_ref(), idx)
     };
     let all: Vec<usize> = (0..a.len()).collect();
     let (ma, mb) = (metrics(a, &all), metrics(&b_aligned, &all));
-    let mut names = vec!["top1", "top5"];
-    if thresholds.is_some() {
-        names.extend(["top1_many", "top1_medium", "top1_few"]);
-    }
+    let names = metric_names(thresholds.as_ref());
     let mut samples: Vec<Vec<f64>> = vec![vec![]; names.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..bootstrap {
@@ -316,24 +357,13 @@ pub fn compare(
         .iter()
         .enumerate()
         .map(|(k, name)| {
-            let (ci, p) = if bootstrap > 0 {
-                let mut s = samples[k].clone();
-                s.sort_by(|x, y| x.total_cmp(y));
-                let q = |f: f64| s[((f * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
-                let lo = (1.0 - confidence) / 2.0;
-                (
-                    Some((q(lo), q(1.0 - lo))),
-                    Some(s.iter().filter(|&&d| d > 0.0).count() as f64 / s.len() as f64),
-                )
-            } else {
-                (None, None)
-            };
+            let interval = percentile_interval(&samples[k], confidence);
             Delta {
                 metric: name.to_string(),
                 a: ma[k],
                 b: mb[k],
-                ci,
-                prob_b_better: p,
+                ci: interval.map(|i| i.0),
+                prob_b_better: interval.map(|i| i.1),
             }
         })
         .collect())

@@ -160,10 +160,27 @@ impl Comparison {
     pub fn to_markdown(&self) -> String {
         let pct = (self.confidence * 100.0).round();
         let mut s = format!(
-            "### {} vs {} ({} images, {pct}% bootstrap CI)\n\n| metric | {} | {} | Δ | {pct}% CI | P(Δ>0) |\n|---|---:|---:|---:|---|---:|\n",
+            "### {} vs {} ({} images, {pct}% bootstrap CI)\n\nOne run per arm: the interval covers the val images only — training variance (seeds) is NOT included; compare multi-seed runs (`kdet train CONFIG --seeds 3`) for that.\n\n| metric | {} | {} | Δ | {pct}% CI | P(Δ>0) |\n|---|---:|---:|---:|---|---:|\n",
             self.b, self.a, self.num_images, self.a, self.b
         );
         for m in &self.metrics {
+            // −1 is COCO's "no ground truth" (APl on 128 px images), not a score.
+            if m.a < 0.0 || m.b < 0.0 {
+                let v = |x: f64| {
+                    if x < 0.0 {
+                        "n/a".into()
+                    } else {
+                        format!("{x:.3}")
+                    }
+                };
+                s.push_str(&format!(
+                    "| {} | {} | {} | n/a | n/a | n/a |\n",
+                    m.metric,
+                    v(m.a),
+                    v(m.b)
+                ));
+                continue;
+            }
             let ci =
                 m.ci.map_or("–".into(), |(lo, hi)| format!("[{lo:+.3}, {hi:+.3}]"));
             let p = m.prob_b_better.map_or("–".into(), |p| format!("{p:.2}"));
@@ -191,7 +208,7 @@ impl Comparison {
     }
 }
 
-fn evaluated(gt: &hotcoco::Dataset, run: &RunInput, gt_file: &Path) -> Result<COCOeval> {
+pub(crate) fn evaluated(gt: &hotcoco::Dataset, run: &RunInput, gt_file: &Path) -> Result<COCOeval> {
     let dets = load_detections(&run.detections, gt, gt_file)?;
     let mut ev = evaluator(gt.clone(), dets)?;
     ev.evaluate().map_err(|e| {

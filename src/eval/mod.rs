@@ -7,6 +7,7 @@
 pub mod check;
 pub mod classify;
 pub mod compare;
+pub mod multiseed;
 pub mod streaming;
 
 use std::path::Path;

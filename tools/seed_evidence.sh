@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Every claim of docs/results.md re-measured over training seeds (issue 20): each arm trained with
+# `kdet train CONFIG --seeds N --resume` into runs/<name>/seed-<k>/, then `kdet compare` over the
+# seed folders — each seed's Δ paired by seed, the mean Δ, and a 95 % two-level bootstrap interval
+# over seeds and val images (docs/results.md, "Statistics"). Then the same claims on a second
+# synthetic data draw (`data.synthetic.seed` 1; runs/<name>_data1/), to split the spread into data
+# and training.
+#
+# Groups (in this order; name some to run only those):
+#   teachers  single-seed runs other arms read (cls_teacher, cls_teacher_x4, cls_student,
+#             cls_lt_instance, cls_lt_teacher_aug, cls_lt_teacher_seed1, cls_simclr) and the
+#             exported classification backbones; the detection teachers are the shipped weights/
+#   chen      frcnn_distill --baseline (the default job) and the Table-4 ablation rows
+#   paa       paa_student, lad, lad_kd, the cross-family hints, paa_partner, colad (both networks)
+#   simclr    cls_student, cls_simclr, cls_simclr_x4, the self-distillation rows
+#   cbd       cls_lt_instance, cls_lt_balanced, cls_lt_cbd, cls_lt_cbd_ens, cls_lt_cbd_ens_seeds
+#             (5 seeds: the difference is small against the spread)
+#   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
+#   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
+#             shipped detection teachers stay, trained on data seed 0)
+#
+# Runs that exist are skipped (`--resume` skips finished seeds and resumes a killed one); one
+# training runs at a time. Each run is deterministic, so a rerun prints the same tables.
+#
+#   tools/seed_evidence.sh --list            # what would run, and what is done (trains nothing)
+#   tools/seed_evidence.sh [GROUP...]        # from the repository root
+#   SEEDS=3 SEEDS_SMALL=5 DATA1_CLAIMS="chen lad cbd" tools/seed_evidence.sh
+#
+# Run time on the 2-core CPU, at ~6–7 min per Faster R-CNN distillation seed and ~4 min per
+# student-alone seed (README): chen ≈ 3 seeds × (9 distillation rows + 1 baseline) ≈ 3.5 h; the
+# others were measured single-seed by tools/paa_evidence.sh (~40 min) and tools/cls_evidence.sh
+# (~1.5 h), so ≈ 3× and 5× those. The total CPU time is printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${SEEDS:-3}
+SEEDS_SMALL=${SEEDS_SMALL:-5}
+DATA1_CLAIMS=${DATA1_CLAIMS:-"chen lad lad_kd colad hints simclr cbd"}
+OUT=${OUT:-runs/seed_evidence}
+LIST=0
+PICKED=()
+for a in "$@"; do
+  case $a in
+    --list) LIST=1 ;;
+    teachers|chen|paa|simclr|cbd|backbone|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone data1; --list)" >&2; exit 2 ;;
+  esac
+done
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone data1)
+wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
+
+KDET=target/release/kdet
+if [ $LIST = 0 ]; then
+  cargo build --release --quiet
+  mkdir -p "$OUT"
+fi
+
+# Seeds finished of runs/<name>: seed-<k> folders with eval.json.
+finished() {
+  local n=0 f
+  for f in "runs/$1"/seed-*/eval.json; do [ -f "$f" ] && n=$((n + 1)); done
+  echo $n
+}
+
+# A single-seed run (a teacher other arms read).
+single() {
+  local name=$1 config=${2:-configs/synth/$1.json}
+  if [ -f "runs/$name/model.safetensors" ]; then
+    echo "done      runs/$name (single seed)"
+  elif [ $LIST = 1 ]; then
+    echo "to train  runs/$name (single seed): $KDET train $config --fresh"
+  else
+    $KDET train "$config" --fresh
+  fi
+}
+
+# A multi-seed arm: seeds(name, n, config, extra flags…)
+seeds() {
+  local name=$1 n=$2 config=${3:-configs/synth/$1.json}
+  shift 3 || shift $#
+  local done_n
+  done_n=$(finished "$name")
+  if [ $LIST = 1 ]; then
+    [ -f "$config" ] || { echo "missing   $config" >&2; exit 1; }
+    echo "$( [ "$done_n" -ge "$n" ] && echo 'done     ' || echo 'to train ' ) runs/$name: $done_n/$n seeds — $KDET train $config --seeds $n --resume $*"
+  else
+    $KDET train "$config" --seeds "$n" --resume "$@"
+  fi
+}
+
+# compare(label, runs/… arms…): the table over seeds, kept under $OUT.
+compare() {
+  local label=$1
+  shift
+  if [ $LIST = 1 ]; then
+    echo "compare   $label: $*"
+    return
+  fi
+  echo
+  echo "## $label"
+  $KDET compare "$@" | tee "$OUT/$label.md"
+}
+
+# Co-LAD's network 1 as an arm: its detections in each seed folder, one --arm list.
+colad_net1() {
+  local dir=$1 list=()
+  for d in "$dir"/seed-*; do list+=("$d/net1_detections.json"); done
+  local IFS=,
+  echo "${list[*]}"
+}
+seed_list() {
+  local dir=$1 list=()
+  for d in "$dir"/seed-*; do list+=("$d"); done
+  local IFS=,
+  echo "${list[*]}"
+}
+
+CHEN_ROWS=(frcnn_distill_l2_regression frcnn_distill_bounded_regression frcnn_distill_soft_ce
+  frcnn_distill_weighted_kd frcnn_distill_hint_noadapt frcnn_distill_hint frcnn_distill_hint_fpn
+  frcnn_distill_kd)
+PAA_ROWS=(lad lad_kd paa_hint_from_frcnn paa_hint_from_frcnn_light)
+SIMCLR_ROWS=(cls_simclr cls_simclr_x4 cls_simclr_self cls_simclr_self_t2 cls_simclr_self_lr cls_simclr_self_t1)
+CBD_ROWS=(cls_lt_balanced cls_lt_cbd cls_lt_cbd_ens cls_lt_cbd_ens_seeds)
+
+if wanted teachers; then
+  for t in cls_teacher cls_teacher_x4 cls_student cls_lt_instance cls_lt_teacher_aug \
+    cls_lt_teacher_seed1 cls_simclr; do single $t; done
+  for run in cls_simclr cls_student; do
+    if [ $LIST = 1 ]; then
+      echo "$( [ -f runs/$run/backbone.safetensors ] && echo 'done     ' || echo 'to export' ) runs/$run/backbone.safetensors"
+    elif [ ! -f runs/$run/backbone.safetensors ]; then
+      $KDET export --config configs/synth/$run.json --weights runs/$run/model.safetensors \
+        --out runs/$run/backbone.safetensors --backbone-only
+    fi
+  done
+fi
+
+if wanted chen; then
+  seeds frcnn_distill "$SEEDS" configs/synth/frcnn_distill.json --baseline
+  for r in "${CHEN_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
+  compare chen_default runs/frcnn_distill_baseline runs/frcnn_distill
+  compare chen_ablation runs/frcnn_distill_baseline $(printf 'runs/%s ' "${CHEN_ROWS[@]}") runs/frcnn_distill
+fi
+
+if wanted paa; then
+  for r in paa_student "${PAA_ROWS[@]}" paa_partner colad; do seeds "$r" "$SEEDS"; done
+  compare paa_student runs/paa_student $(printf 'runs/%s ' "${PAA_ROWS[@]}")
+  # Network 1 of Co-LAD (the student's architecture) against the student alone; network 2
+  # (model.safetensors) against the partner alone.
+  if [ $LIST = 1 ]; then
+    echo "compare   colad_net1: --arm runs/paa_student/seed-* --arm runs/colad/seed-*/net1_detections.json"
+  else
+    compare colad_net1 --arm "$(seed_list runs/paa_student)" --arm "$(colad_net1 runs/colad)"
+  fi
+  compare colad_net2 runs/paa_partner runs/colad
+fi
+
+if wanted simclr; then
+  for r in cls_student "${SIMCLR_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
+  compare simclr runs/cls_student $(printf 'runs/%s ' "${SIMCLR_ROWS[@]}")
+fi
+
+if wanted cbd; then
+  for r in cls_lt_instance "${CBD_ROWS[@]}"; do seeds "$r" "$SEEDS_SMALL"; done
+  compare cbd_vs_instance runs/cls_lt_instance $(printf 'runs/%s ' "${CBD_ROWS[@]}")
+  compare cbd_vs_balanced runs/cls_lt_balanced runs/cls_lt_cbd runs/cls_lt_cbd_ens runs/cls_lt_cbd_ens_seeds
+fi
+
+if wanted backbone; then
+  for r in frcnn_student frcnn_student_from_cls_plain frcnn_student_from_cls; do seeds "$r" "$SEEDS"; done
+  compare backbone runs/frcnn_student runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+  compare backbone_simclr runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+fi
+
+# data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this
+# repository point at their data-1 runs (runs/<teacher>_data1/), trained first.
+data1_config() {
+  local name=$1 dir="$OUT/data1"
+  mkdir -p "$dir"
+  python3 - "$name" "$dir" <<'PY'
+import json, os, re, sys
+name, out = sys.argv[1], sys.argv[2]
+root = os.getcwd()
+src = os.path.join(root, "configs/synth", name + ".json")
+own = json.load(open(src))
+cfg = {"base": src, "data": {"synthetic": {"seed": 1}},
+       "output_dir": os.path.join(root, "runs", name + "_data1")}
+def to_data1(w):
+    m = re.match(r"(?:\.\./\.\./)?runs/([^/]+)/(.*)", w)
+    return os.path.join(root, "runs", m.group(1) + "_data1", m.group(2)) if m else os.path.join(os.path.dirname(src), w)
+if "teachers" in own:
+    cfg["teachers"] = [dict(t, weights=to_data1(t["weights"])) if not t["weights"].startswith("hf://") else t
+                       for t in own["teachers"]]
+json.dump(cfg, open(os.path.join(out, name + ".json"), "w"), indent=1)
+PY
+  echo "$dir/$name.json"
+}
+data1_seeds() {
+  local name=$1 n=$2
+  shift 2
+  if [ $LIST = 1 ]; then
+    echo "data1     runs/${name}_data1: $(finished "${name}_data1")/$n seeds (config $OUT/data1/$name.json)"
+  else
+    seeds "${name}_data1" "$n" "$(data1_config "$name")" "$@"
+  fi
+}
+data1_single() {
+  if [ $LIST = 1 ]; then
+    echo "data1     runs/$1_data1 (single seed teacher)"
+  else
+    single "$1_data1" "$(data1_config "$1")"
+  fi
+}
+
+if wanted data1; then
+  for claim in $DATA1_CLAIMS; do
+    case $claim in
+      chen)
+        data1_seeds frcnn_distill "$SEEDS" --baseline
+        compare data1_chen runs/frcnn_distill_data1_baseline runs/frcnn_distill_data1 ;;
+      lad|lad_kd|colad)
+        data1_seeds paa_student "$SEEDS"
+        data1_seeds "$claim" "$SEEDS"
+        compare "data1_$claim" runs/paa_student_data1 "runs/${claim}_data1" ;;
+      hints)
+        data1_seeds paa_student "$SEEDS"
+        data1_seeds paa_hint_from_frcnn "$SEEDS"
+        compare data1_hints runs/paa_student_data1 runs/paa_hint_from_frcnn_data1 ;;
+      simclr)
+        data1_single cls_teacher
+        data1_seeds cls_student "$SEEDS"
+        data1_seeds cls_simclr "$SEEDS"
+        compare data1_simclr runs/cls_student_data1 runs/cls_simclr_data1 ;;
+      cbd)
+        data1_single cls_lt_instance
+        data1_single cls_lt_teacher_aug
+        for r in cls_lt_instance cls_lt_balanced cls_lt_cbd cls_lt_cbd_ens; do data1_seeds "$r" "$SEEDS_SMALL"; done
+        compare data1_cbd runs/cls_lt_balanced_data1 runs/cls_lt_cbd_data1 runs/cls_lt_cbd_ens_data1
+        compare data1_cbd_vs_instance runs/cls_lt_instance_data1 runs/cls_lt_cbd_data1 runs/cls_lt_cbd_ens_data1 ;;
+      *) echo "seed_evidence.sh: DATA1_CLAIMS: unknown claim $claim (chen lad lad_kd colad hints simclr cbd)" >&2; exit 2 ;;
+    esac
+  done
+fi
+
+if [ $LIST = 0 ]; then
+  echo
+  echo "wall time ${SECONDS} s; CPU time of the trainings (user, system; shell, then children):"
+  times
+fi
