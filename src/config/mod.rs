@@ -642,6 +642,30 @@ mod tests {
                 r#"{"model": {"rpn": {"fg_iou_thresh": 1.5}}}"#,
                 "x.json: model.rpn.fg_iou_thresh: must be in [0, 1]",
             ),
+            (
+                r#"{"model": {"rpn": {"anchor_sizes": [32, 64, 128, 256, 512, 1024]}}}"#,
+                "x.json: model.rpn.anchor_sizes: has 6 size(s); give exactly one per FPN level: 5",
+            ),
+            (
+                r#"{"model": {"rpn": {"aspect_ratios": []}}}"#,
+                "x.json: model.rpn.aspect_ratios: must not be empty",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t"}], "distill": [{"type": "kd", "temperature": 1e-30}]}"#,
+                "x.json: distill[0].temperature: 1e-30 is outside [0.001, 1000]",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t"}], "distill": [{"type": "kd", "weight": 1e30}]}"#,
+                "x.json: distill[0].weight: 1e30 is above 1e6",
+            ),
+            (
+                r#"{"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}], "method": {"type": "simclr", "temperature": 1e-300}}"#,
+                "x.json: method.temperature: 1e-300 is outside",
+            ),
+            (
+                r#"{"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}], "method": {"type": "cbd", "beta": 1e300}}"#,
+                "x.json: method.beta: 1e300 is above 1e6",
+            ),
             (r#"[1]"#, "x.json: .: a config must be a JSON object"),
             (
                 r#"{"base": 3}"#,
