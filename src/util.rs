@@ -76,6 +76,16 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     })
 }
 
+/// `bytes` in GB for a message: `4 GB`, or `1.0e12 GB` for figures too long to read.
+pub fn gigabytes(bytes: f64) -> String {
+    let gb = bytes / 1e9;
+    if gb < 1e4 {
+        format!("{gb:.0} GB")
+    } else {
+        format!("{gb:.1e} GB")
+    }
+}
+
 /// The mode `File::create` gives a new file: 0666 without the process umask. Read from
 /// `/proc/self/status`, since umask(2) can only be read by changing it (racing other threads);
 /// 0644 (the usual umask 022) where that is not available.

@@ -666,6 +666,22 @@ mod tests {
                 r#"{"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}], "method": {"type": "cbd", "beta": 1e300}}"#,
                 "x.json: method.beta: 1e300 is above 1e6",
             ),
+            (
+                r#"{"model": {"input": {"min_size": 4000000000, "max_size": 4000000000}}}"#,
+                "x.json: model.input.min_size: 4000000000 pixels is above kdet's limit of 8192: the first convolution's output alone would take 1.0e12 GB per image",
+            ),
+            (
+                r#"{"model": {"backbone": {"width": 1000}}}"#,
+                "x.json: model.backbone.width: 1000 makes a ResNet-50 trunk of about 2.4e13 parameters (9.4e4 GB in f32",
+            ),
+            (
+                r#"{"model": {"fpn": {"out_channels": 100000}}}"#,
+                "x.json: model.fpn.out_channels: must be in 1..=4096",
+            ),
+            (
+                r#"{"data": {"synthetic": {"size": 100000}}}"#,
+                "x.json: data.synthetic.size: 100000 pixels is above the limit of 4096 (30 GB per image)",
+            ),
             (r#"[1]"#, "x.json: .: a config must be a JSON object"),
             (
                 r#"{"base": 3}"#,
