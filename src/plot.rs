@@ -55,7 +55,9 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
                     b.ci.map_or(0.0, |c| c.0.abs().max(c.1.abs())),
                 ]
             })
+            .filter(|v| v.is_finite())
             .fold(0.01f64, f64::max)
+            .min(MAX_MAGNITUDE)
             * 1.15;
         let n = bars.len().max(1) as i32;
         let mut chart = ChartBuilder::on(&root)
@@ -124,6 +126,17 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
     save_rgb(path, buf, w, h)
 }
 
+/// No metric reaches this; a value beyond it (±1e308) is a fault, and an axis spanning it made
+/// plotters' tick search run for more than ten minutes.
+const MAX_MAGNITUDE: f64 = 1e15;
+
+/// A point the axes can hold: both coordinates finite and within ±[`MAX_MAGNITUDE`].
+fn plottable((x, y): (f64, f64)) -> bool {
+    [x, y]
+        .iter()
+        .all(|v| v.is_finite() && v.abs() <= MAX_MAGNITUDE)
+}
+
 /// Line chart of several named series over x (e.g. loss terms over iterations).
 pub fn line_chart(
     path: &Path,
@@ -138,9 +151,16 @@ pub fn line_chart(
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let pts = series.iter().flat_map(|s| s.1.iter());
+        let absurd = pts.clone().filter(|&&p| !plottable(p)).count();
+        if absurd > 0 {
+            eprintln!(
+                "warning: {}: left out {absurd} non-finite point(s) or of magnitude above {MAX_MAGNITUDE:e}",
+                path.display()
+            );
+        }
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in pts {
-            if y.is_finite() {
+            if plottable((x, y)) {
                 x0 = x0.min(x);
                 x1 = x1.max(x);
                 y0 = y0.min(y);
@@ -170,7 +190,7 @@ pub fn line_chart(
             let c = Palette99::pick(i).to_rgba();
             chart
                 .draw_series(LineSeries::new(
-                    pts.iter().copied().filter(|p| p.1.is_finite()),
+                    pts.iter().copied().filter(|&p| plottable(p)),
                     c.stroke_width(2),
                 ))
                 .map_err(plot_err)?
@@ -188,4 +208,32 @@ pub fn line_chart(
         root.present().map_err(plot_err)?;
     }
     save_rgb(path, buf, w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_values_do_not_stretch_the_axes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.png");
+        let pts = vec![
+            (0.0, 1.0),
+            (1.0, 1e308),
+            (2.0, -1e308),
+            (3.0, 0.5),
+            (4.0, f64::NAN),
+        ];
+        let t = std::time::Instant::now();
+        line_chart(&p, "m", "iteration", &[("m".into(), pts)]).unwrap();
+        assert!(p.is_file());
+        let bars = [DeltaBar {
+            label: "x".into(),
+            delta: 1e308,
+            ci: Some((-f64::INFINITY, 1e308)),
+        }];
+        delta_chart(&d.path().join("d.png"), "d", &bars).unwrap();
+        assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+    }
 }
