@@ -112,9 +112,55 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(file: &Path, bytes: &[u8]) -> 
     Ok(v)
 }
 
-/// Read a whole file, with the path in the error.
+/// The most a JSON input read whole may hold (COCO's largest annotation files, LVIS included,
+/// are about 1 GB): a bound, so that a wrong path cannot make kdet read without end.
+pub const MAX_JSON_BYTES: u64 = 4 << 30;
+
+/// The most a config file (each file of a `base` chain) or a sidecar may hold: real ones are a
+/// few KB.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Read a whole JSON input (at most [`MAX_JSON_BYTES`]), with the path in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    read_file_capped(path, MAX_JSON_BYTES)
+}
+
+/// Read a whole regular file of at most `max` bytes. Devices, pipes and folders are refused
+/// before reading: `/dev/zero` or a FIFO would be read forever (or until memory runs out).
+pub fn read_file_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let too_big = || {
+        Error::msg(format!(
+            "{}: is larger than {} MB, the most kdet reads from such a file: is it the right file?",
+            path.display(),
+            max >> 20
+        ))
+    };
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a device, pipe or socket)"
+        };
+        return Err(Error::msg(format!(
+            "{}: is {what}; kdet reads this input from a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // The file may grow after the size check: read one byte past the cap to notice.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 /// A value that failed validation: its JSON path inside the document (`solver.lr`,
@@ -226,6 +272,20 @@ mod tests {
             e,
             "x.json: .: UTF-8 byte-order mark at the start: save the file without BOM (plain UTF-8)"
         );
+    }
+
+    #[test]
+    fn devices_and_oversized_files_are_refused_before_reading() {
+        let e = read_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero: is not a regular file"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let e = read_file(d.path()).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; (2 << 20) + 1]).unwrap();
+        let e = read_file_capped(&big, 2 << 20).unwrap_err().to_string();
+        assert!(e.contains("big.json: is larger than 2 MB"), "{e}");
+        assert_eq!(read_file(&big).unwrap().len(), (2 << 20) + 1);
     }
 
     #[test]

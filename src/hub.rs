@@ -96,6 +96,17 @@ impl HubFile {
                 "file path `{file}` has an empty, `.` or `..` segment"
             )));
         }
+        // The revision names a file under `refs/` of the cache (`refs/pr/1` is one): the
+        // same rule keeps it inside.
+        if revision.starts_with('/')
+            || revision
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(bad(&format!(
+                "revision `{revision}` is an absolute path or has an empty, `.` or `..` segment"
+            )));
+        }
         Ok(HubFile {
             repo: format!("{owner}/{name}"),
             file: file.to_string(),
@@ -358,6 +369,15 @@ mod tests {
             ("hf:///repo/f", "empty owner"),
             ("hf://owner//f", "empty repo name"),
             ("hf://o/r/f@", "empty revision"),
+            (
+                "hf://o/r/f@../../etc",
+                "revision `../../etc` is an absolute path or has",
+            ),
+            (
+                "hf://o/r/f@/etc/passwd",
+                "revision `/etc/passwd` is an absolute path",
+            ),
+            ("hf://o/r/f@refs//x", "has an empty, `.` or `..` segment"),
             ("hf://o/r/../../x", "`..` segment"),
             ("hf://o/r/a//b", "empty, `.` or `..` segment"),
         ] {

@@ -26,17 +26,10 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     for p in inputs {
         if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| Error::io(p, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                        matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                    })
-                })
-                .collect();
-            v.sort();
-            out.extend(v);
+            // Each image once (links to one already read are skipped), hidden files left out.
+            let mut walk = crate::data::folder::Walk::default();
+            out.extend(walk.entries(p)?.1);
+            walk.warn(p);
         } else if p.is_file() {
             out.push(p.clone());
         } else {
@@ -382,6 +375,17 @@ pub fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_folder_gives_each_image_once_and_no_hidden_file() {
+        let d = tempfile::tempdir().unwrap();
+        let png = d.path().join("a.png");
+        image::RgbImage::new(2, 2).save(&png).unwrap();
+        std::os::unix::fs::symlink(&png, d.path().join("b.png")).unwrap();
+        std::fs::copy(&png, d.path().join(".hidden.png")).unwrap();
+        let got = collect_images(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(got, [png]);
+    }
 
     #[test]
     fn drawings_never_share_a_name() {

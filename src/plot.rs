@@ -55,7 +55,9 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
                     b.ci.map_or(0.0, |c| c.0.abs().max(c.1.abs())),
                 ]
             })
+            .filter(|v| v.is_finite())
             .fold(0.01f64, f64::max)
+            .min(MAX_MAGNITUDE)
             * 1.15;
         let n = bars.len().max(1) as i32;
         let mut chart = ChartBuilder::on(&root)
@@ -124,6 +126,17 @@ pub fn delta_chart(path: &Path, title: &str, bars: &[DeltaBar]) -> Result<()> {
     save_rgb(path, buf, w, h)
 }
 
+/// No metric reaches this; a value beyond it (±1e308) is a fault, and an axis spanning it made
+/// plotters' tick search run for more than ten minutes.
+const MAX_MAGNITUDE: f64 = 1e15;
+
+/// A point the axes can hold: both coordinates finite and within ±[`MAX_MAGNITUDE`].
+fn plottable((x, y): (f64, f64)) -> bool {
+    [x, y]
+        .iter()
+        .all(|v| v.is_finite() && v.abs() <= MAX_MAGNITUDE)
+}
+
 /// Line chart of several named series over x (e.g. loss terms over iterations).
 pub fn line_chart(
     path: &Path,
@@ -138,9 +151,16 @@ pub fn line_chart(
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let pts = series.iter().flat_map(|s| s.1.iter());
+        let absurd = pts.clone().filter(|&&p| !plottable(p)).count();
+        if absurd > 0 {
+            eprintln!(
+                "warning: {}: left out {absurd} non-finite point(s) or of magnitude above {MAX_MAGNITUDE:e}",
+                path.display()
+            );
+        }
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in pts {
-            if y.is_finite() {
+            if plottable((x, y)) {
                 x0 = x0.min(x);
                 x1 = x1.max(x);
                 y0 = y0.min(y);
@@ -170,7 +190,7 @@ pub fn line_chart(
             let c = Palette99::pick(i).to_rgba();
             chart
                 .draw_series(LineSeries::new(
-                    pts.iter().copied().filter(|p| p.1.is_finite()),
+                    pts.iter().copied().filter(|&p| plottable(p)),
                     c.stroke_width(2),
                 ))
                 .map_err(plot_err)?
@@ -224,6 +244,16 @@ pub fn panels_chart(
     panels: &[Panel],
 ) -> Result<()> {
     register();
+    let all = panels
+        .iter()
+        .flat_map(|p| p.series.iter().flat_map(|s| s.1.iter()));
+    let absurd = all.filter(|&&q| !plottable(q)).count();
+    if absurd > 0 {
+        eprintln!(
+            "warning: {}: left out {absurd} non-finite point(s) or of magnitude above {MAX_MAGNITUDE:e}",
+            path.display()
+        );
+    }
     let (w, ph) = (900u32, 420u32);
     let h = ph * panels.len().max(1) as u32;
     let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -245,8 +275,18 @@ fn draw_panel(
     (x0, x1): (f64, f64),
     p: &Panel,
 ) -> Result<()> {
-    let ys = p.series.iter().flat_map(|s| s.1.iter().map(|q| q.1));
-    let (y0, y1) = axis_range(ys.chain(p.references.iter().map(|r| r.1)));
+    // Points beyond ±MAX_MAGNITUDE are left out (an axis spanning ±1e308 stalls plotters'
+    // tick search), said once by `panels_chart`.
+    let ys = p
+        .series
+        .iter()
+        .flat_map(|s| s.1.iter().filter(|&&q| plottable(q)).map(|q| q.1));
+    let refs = p
+        .references
+        .iter()
+        .filter(|r| plottable((0.0, r.1)))
+        .map(|r| r.1);
+    let (y0, y1) = axis_range(ys.chain(refs));
     let x1 = if x1 - x0 < 1e-12 { x0 + 1.0 } else { x1 };
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 20))
@@ -261,10 +301,7 @@ fn draw_panel(
         .draw()
         .map_err(plot_err)?;
     let finite = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        pts.iter()
-            .copied()
-            .filter(|q| q.0.is_finite() && q.1.is_finite())
-            .collect()
+        pts.iter().copied().filter(|&q| plottable(q)).collect()
     };
     for (i, (name, pts)) in p.series.iter().enumerate() {
         let c = Palette99::pick(i).to_rgba();
@@ -280,7 +317,12 @@ fn draw_panel(
                 .map_err(plot_err)?;
         }
     }
-    for (j, (name, y)) in p.references.iter().enumerate() {
+    for (j, (name, y)) in p
+        .references
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| plottable((0.0, r.1)))
+    {
         let c = Palette99::pick(p.series.len() + j).to_rgba();
         // Dashed: a reference, not a series of this run.
         let dashes = (0..40).map(|k| {
@@ -314,5 +356,42 @@ mod panel_tests {
         assert_eq!(axis_range(std::iter::empty()), (0.0, 1.0));
         let (lo, hi) = axis_range([0.5].into_iter());
         assert!(lo < 0.5 && hi > 0.5);
+    }
+
+    #[test]
+    fn panels_leave_out_absurd_values() {
+        let d = tempfile::tempdir().unwrap();
+        let t = std::time::Instant::now();
+        let panel = Panel {
+            title: "m".into(),
+            series: vec![("m".into(), vec![(0.0, 1.0), (1.0, 1e308), (2.0, -1e308)])],
+            references: vec![("teacher".into(), 1e308)],
+            markers: true,
+        };
+        panels_chart(&d.path().join("p.png"), "iteration", (0.0, 2.0), &[panel]).unwrap();
+        assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn absurd_values_do_not_stretch_the_axes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.png");
+        let pts = vec![
+            (0.0, 1.0),
+            (1.0, 1e308),
+            (2.0, -1e308),
+            (3.0, 0.5),
+            (4.0, f64::NAN),
+        ];
+        let t = std::time::Instant::now();
+        line_chart(&p, "m", "iteration", &[("m".into(), pts)]).unwrap();
+        assert!(p.is_file());
+        let bars = [DeltaBar {
+            label: "x".into(),
+            delta: 1e308,
+            ci: Some((-f64::INFINITY, 1e308)),
+        }];
+        delta_chart(&d.path().join("d.png"), "d", &bars).unwrap();
+        assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
     }
 }

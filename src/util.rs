@@ -56,6 +56,11 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
                 .and_then(|f| f.set_len(len / 2));
             kill_self();
         }
+        // Writers that go through their own temporary file (safetensors) leave it 0600; the
+        // result should be readable as any file the user creates.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(created_file_mode()))
+            .map_err(|e| Error::io(&tmp, e))?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(&tmp, e))?;
@@ -69,6 +74,30 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
             path.display()
         ))
     })
+}
+
+/// `bytes` in GB for a message: `4 GB`, or `1.0e12 GB` for figures too long to read.
+pub fn gigabytes(bytes: f64) -> String {
+    let gb = bytes / 1e9;
+    if gb < 1e4 {
+        format!("{gb:.0} GB")
+    } else {
+        format!("{gb:.1e} GB")
+    }
+}
+
+/// The mode `File::create` gives a new file: 0666 without the process umask. Read from
+/// `/proc/self/status`, since umask(2) can only be read by changing it (racing other threads);
+/// 0644 (the usual umask 022) where that is not available.
+pub fn created_file_mode() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .map_or(0o644, |umask| 0o666 & !umask)
 }
 
 /// Whether process `pid` exists (signal 0 checks without sending anything): a temporary file
@@ -187,6 +216,30 @@ mod tests {
         );
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_writes_get_the_umask_mode_even_from_0600_writers() {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.safetensors");
+        super::write_atomic_with(&p, |tmp| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)
+                .map(drop)
+                .map_err(|e| crate::Error::io(tmp, e))
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, super::created_file_mode());
+        // What File::create gives in this process.
+        let plain = d.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let want = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want);
     }
 
     #[test]

@@ -88,6 +88,30 @@ fn a_classifier_trains_evaluates_infers_compares_and_gives_a_detector_its_backbo
     let p: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(inf.join("predictions.json")).unwrap()).unwrap();
     assert_eq!(p[0]["top"].as_array().unwrap().len(), 3);
+    // --top-k 0 is refused; above the class count it is clamped and said, and --score-thr
+    // (a detector's flag) is said to be ignored.
+    let img = val.join("red_circle");
+    let infer_with = |k: &str, out: &str| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "infer",
+            "--config",
+            a.as_str(),
+            "--weights",
+            w.to_str().unwrap(),
+        ];
+        args.extend([img.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend(["--top-k", k, "--score-thr", "0.3"]);
+        kdet(&args)
+    };
+    let e = fails(&infer_with("0", "inf0"));
+    assert!(
+        e.contains("--top-k") && e.contains("must be at least 1"),
+        "{e}"
+    );
+    let o = ok(&infer_with("1000", "inf_all"));
+    assert!(o.contains("--top-k 1000 is more than the model's"), "{o}");
+    assert!(o.contains("--score-thr applies to detectors"), "{o}");
     // Compare with another seed: bootstrap intervals on top-1 and the groups.
     let b = cls_config(dir, "b", serde_json::json!({"seed": 1}));
     ok(&kdet(&["train", &b]));

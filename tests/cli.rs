@@ -389,7 +389,8 @@ fn os_errors_are_printed_once_and_folders_named_as_such() {
     let o = kdet(&["data", "check", dir.path().to_str().unwrap()]);
     let e = stderr(&o);
     assert!(!o.status.success());
-    assert_eq!(e.matches("Is a directory").count(), 1, "{e}");
+    // Refused before reading (error::read_file_capped), said once.
+    assert_eq!(e.matches("is a folder").count(), 1, "{e}");
     // --weights a folder.
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_r18_teacher.json");
     let o = kdet(&[
@@ -451,6 +452,74 @@ fn config_paths_that_are_wrong_name_their_key() {
     assert!(
         e.contains("c.json: teachers[0].weights: ")
             && e.contains("is a folder, not a weights file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_empty_val_split_is_refused_and_synth_says_when_it_writes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = |args: &[&str]| {
+        let mut a = vec!["synth", "--out", data.to_str().unwrap()];
+        a.extend(args);
+        kdet(&a)
+    };
+    let o = s(&[
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--size",
+        "64",
+        "--classes",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A val split without images, then one whose images have no box.
+    let gt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("annotations/val.json")).unwrap()).unwrap();
+    let cats = gt["categories"].clone();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_base.json");
+    let c = dir.path().join("c.json");
+    for (val, want) in [
+        (
+            serde_json::json!({"images": [], "annotations": [], "categories": cats}),
+            "has no images: there is nothing to evaluate",
+        ),
+        (
+            serde_json::json!({"images": gt["images"], "annotations": [], "categories": cats}),
+            "has no boxes in its 2 image(s)",
+        ),
+    ] {
+        std::fs::write(dir.path().join("empty.json"), val.to_string()).unwrap();
+        let split = |a: &str| serde_json::json!({"annotations": a, "images": data.join("images")});
+        let cfg = serde_json::json!({"base": base, "output_dir": dir.path().join("run"),
+            "data": {"synthetic": null, "train": split(data.join("annotations/train.json").to_str().unwrap()),
+                     "val": split("empty.json")}});
+        std::fs::write(&c, cfg.to_string()).unwrap();
+        let e = stderr(&kdet(&["train", c.to_str().unwrap()]));
+        assert!(
+            e.contains("c.json: data.val.annotations: ") && e.contains(want),
+            "{e}"
+        );
+    }
+    let o = s(&[
+        "--task",
+        "classification",
+        "--train",
+        "4",
+        "--val",
+        "0",
+        "--size",
+        "32",
+        "--classes",
+        "2",
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("no val split (--val 0)") && !e.contains("/val"),
         "{e}"
     );
 }

@@ -18,9 +18,10 @@ pub struct InferArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Draw and keep detections scoring at least this (in [0, 1]).
-    #[arg(long, default_value_t = 0.5, value_parser = score_threshold)]
-    pub score_thr: f32,
+    /// A detector: draw and keep detections scoring at least this (in [0, 1]; default
+    /// 0.5).
+    #[arg(long, value_parser = score_threshold)]
+    pub score_thr: Option<f32>,
     /// Class names, when the weights have no sidecar (`<stem>.json` or `model.json`
     /// beside them): `coco` is torchvision's COCO list. Without this flag and without a
     /// sidecar, the names come from the config's training annotations; when those are
@@ -29,7 +30,7 @@ pub struct InferArgs {
     #[arg(long, value_enum)]
     pub classes: Option<ClassList>,
     /// A classifier: how many of the most probable classes to print and write per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: usize,
     /// With a config training several networks (Co-LAD): which one the weights are, `net1`
     /// or `net2`.
@@ -51,6 +52,11 @@ pub fn run(args: InferArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
     let cfg = load_config(&config, device)?;
     let weights = local_weights(&weights)?;
     let (net, names, ids) = load_model(&cfg, &weights, network.as_deref(), classes)?;
+    let top_k = match net.config.arch() {
+        "classifier" => classifier_flags(top_k, names.len(), score_thr),
+        _ => top_k,
+    };
+    let score_thr = score_thr.unwrap_or(0.5);
     let images = kdet::infer::collect_images(&inputs)?;
     let r = kdet::infer::infer(
         &*net.model,
@@ -86,4 +92,25 @@ pub fn run(args: InferArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A count of at least 1 (`--top-k 0` printed one class and said "top-0").
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}: {s}")),
+    }
+}
+
+/// `--top-k` for a classifier of `classes` classes: clamped to the class count, said; and
+/// `--score-thr`, which only detectors use, said to be ignored when given.
+fn classifier_flags(top_k: usize, classes: usize, score_thr: Option<f32>) -> usize {
+    if score_thr.is_some() {
+        eprintln!("warning: --score-thr applies to detectors; a classifier prints its top-k classes whatever their score (ignored)");
+    }
+    if top_k > classes {
+        eprintln!("warning: --top-k {top_k} is more than the model's {classes} classes; printing all {classes}");
+    }
+    top_k.min(classes)
 }

@@ -77,13 +77,16 @@ pub fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
         let p = kdet::data::synth::generate_classification(&spec, &out)?;
         let counts = kdet::data::synth::long_tail_counts(classes, train, long_tail, seed);
         eprintln!(
-            "wrote {} ({} images, {}–{} per class), {} ({} per class){}",
+            "wrote {} ({} images, {}–{} per class){}{}",
             p.train.display(),
             counts.iter().sum::<usize>(),
             counts.iter().min().unwrap_or(&0),
             counts.iter().max().unwrap_or(&0),
-            p.val.display(),
-            val / classes.max(1),
+            // `--val 0` writes no val split: say none.
+            match val {
+                0 => ", no val split (--val 0)".to_string(),
+                _ => format!(", {} ({} per class)", p.val.display(), val / classes.max(1)),
+            },
             if unlabeled > 0 {
                 format!(" and {} ({unlabeled} unlabeled)", p.unlabeled.display())
             } else {

@@ -333,7 +333,7 @@ impl MethodConfig {
                 ..
             } => {
                 classifier()?;
-                positive("method.temperature", *temperature)?;
+                temperature_range("method.temperature", *temperature)?;
                 unit("method.alpha", *alpha)?;
                 if *teacher >= teachers.len() {
                     return Err(invalid(
@@ -348,7 +348,7 @@ impl MethodConfig {
             MethodConfig::Cbd { alpha, beta } => {
                 classifier()?;
                 unit("method.alpha", *alpha)?;
-                nonneg("method.beta", *beta)?;
+                loss_weight("method.beta", *beta)?;
             }
             MethodConfig::Lad { teacher } => {
                 if teachers.is_empty() {
@@ -644,6 +644,37 @@ impl TeacherConfig {
     }
 }
 
+/// A distillation temperature: logits are divided by it, so a tiny one overflows them to
+/// inf/NaN and a huge one flattens every distribution to uniform. Published values lie in
+/// 0.05–20 (SimCLRv2 0.1, Hinton et al. 1–20).
+fn temperature_range<T: Into<f64> + Copy + std::fmt::LowerExp>(path: &str, t: T) -> Check {
+    const RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
+    if RANGE.contains(&t.into()) {
+        return Ok(());
+    }
+    Err(invalid(
+        path,
+        format!(
+            "{t:e} is outside [{}, {}]: logits / T would overflow (small T) or lose all signal (large T)",
+            RANGE.start(),
+            RANGE.end()
+        ),
+    ))
+}
+
+/// The weight of a loss term: finite, >= 0 and at most 1e6 (published weights are below
+/// 1e3, CBD's β = 100), so that a typo cannot overflow the f32 loss to inf.
+fn loss_weight<T: Into<f64> + Copy + std::fmt::LowerExp>(path: &str, w: T) -> Check {
+    nonneg(path, w.into())?;
+    if w.into() > 1e6 {
+        return Err(invalid(
+            path,
+            format!("{w:e} is above 1e6: the weighted loss would overflow (f32) to inf"),
+        ));
+    }
+    Ok(())
+}
+
 /// The `distill` terms against the student's model and the teachers.
 pub fn validate_terms(
     terms: &[DistillTerm],
@@ -665,7 +696,7 @@ pub fn validate_terms(
                 teacher: tt,
                 ..
             } => {
-                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                loss_weight(&format!("{p}.weight"), *weight)?;
                 let student_taps = student.taps();
                 check_tap(&format!("{p}.student"), st, &student_taps)?;
                 // A teacher without `model` takes it from its sidecar at load time, where its
@@ -684,20 +715,20 @@ pub fn validate_terms(
                 mu,
                 ..
             } => {
-                positive(&format!("{p}.temperature"), *temperature as f64)?;
-                nonneg(&format!("{p}.background_weight"), *background_weight as f64)?;
+                temperature_range(&format!("{p}.temperature"), *temperature)?;
+                loss_weight(&format!("{p}.background_weight"), *background_weight)?;
                 unit(&format!("{p}.mu"), *mu as f64)?;
             }
             DistillTerm::BoundedRegression { margin, weight, .. } => {
                 nonneg(&format!("{p}.margin"), *margin as f64)?;
-                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                loss_weight(&format!("{p}.weight"), *weight)?;
             }
             DistillTerm::Kd {
                 temperature,
                 weight,
             } => {
-                positive(&format!("{p}.temperature"), *temperature as f64)?;
-                nonneg(&format!("{p}.weight"), *weight as f64)?;
+                temperature_range(&format!("{p}.temperature"), *temperature)?;
+                loss_weight(&format!("{p}.weight"), *weight)?;
             }
             DistillTerm::Pkd { weight, .. } => {
                 nonneg(&format!("{p}.weight"), *weight as f64)?;

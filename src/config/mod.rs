@@ -10,6 +10,7 @@
 //! from.
 
 pub mod distill;
+mod locate;
 pub mod solver;
 
 use std::collections::BTreeMap;
@@ -329,29 +330,52 @@ pub fn load(path: &Path) -> Result<LoadedConfig> {
     let mut origins = BTreeMap::new();
     let mut chain = Vec::new();
     let merged = load_merged(path, &mut origins, &mut chain)?;
-    let config: Config = {
-        let text = serde_json::to_vec(&merged).map_err(|e| Error::msg(e.to_string()))?;
-        let mut de = serde_json::Deserializer::from_slice(&text);
-        match serde_path_to_error::deserialize(&mut de) {
-            Ok(c) => c,
-            Err(e) => {
-                let (p, msg) = split_nested(&e.path().to_string(), &e.into_inner().to_string());
-                let tmp = LoadedConfig {
-                    config: Config::default(),
-                    path: path.to_path_buf(),
-                    origins,
-                };
-                return Err(tmp.error(&p, msg));
-            }
-        }
-    };
-    let loaded = LoadedConfig {
-        config,
+    let mut loaded = LoadedConfig {
+        config: Config::default(),
         path: path.to_path_buf(),
         origins,
     };
+    // From the merged value, not its text: positions in a document no one wrote would mislead.
+    loaded.config = match serde_path_to_error::deserialize(&merged) {
+        Ok(c) => c,
+        Err(e) => {
+            let (p, msg) = split_nested(&e.path().to_string(), &e.into_inner().to_string());
+            return Err(loaded.merged_error(&locate::locate(&merged, &p, &msg), msg));
+        }
+    };
     validate(&loaded)?;
     Ok(loaded)
+}
+
+impl LoadedConfig {
+    /// A located error at `json_path` of the merged document. When the value there was put
+    /// together from several files of the `base` chain, all of them are named.
+    fn merged_error(&self, json_path: &str, msg: String) -> Error {
+        let own = self.origin(json_path);
+        let mut others: Vec<String> = self
+            .origins
+            .iter()
+            .filter(|(k, f)| {
+                f.as_path() != own
+                    && (json_path == "."
+                        || k.starts_with(&format!("{json_path}."))
+                        || k.starts_with(&format!("{json_path}[")))
+            })
+            .map(|(_, f)| f.display().to_string())
+            .collect();
+        others.sort();
+        others.dedup();
+        if others.is_empty() {
+            return self.error(json_path, msg);
+        }
+        self.error(
+            json_path,
+            format!(
+                "{msg} (this section is merged from this file and {})",
+                others.join(", ")
+            ),
+        )
+    }
 }
 
 /// Parse a config from a JSON string (no `base` support); for tests and programmatic use.
@@ -389,7 +413,7 @@ fn load_merged(
         ));
     }
     chain.push(canon);
-    let bytes = crate::error::read_file(path)?;
+    let bytes = crate::error::read_file_capped(path, crate::error::MAX_CONFIG_BYTES)?;
     let mut doc: Value = crate::error::parse_json(path, &bytes)?;
     let Value::Object(map) = &mut doc else {
         return Err(Error::located(path, ".", "a config must be a JSON object"));
@@ -630,6 +654,46 @@ mod tests {
                 r#"{"model": {"rpn": {"fg_iou_thresh": 1.5}}}"#,
                 "x.json: model.rpn.fg_iou_thresh: must be in [0, 1]",
             ),
+            (
+                r#"{"model": {"rpn": {"anchor_sizes": [32, 64, 128, 256, 512, 1024]}}}"#,
+                "x.json: model.rpn.anchor_sizes: has 6 size(s); give exactly one per FPN level: 5",
+            ),
+            (
+                r#"{"model": {"rpn": {"aspect_ratios": []}}}"#,
+                "x.json: model.rpn.aspect_ratios: must not be empty",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t"}], "distill": [{"type": "kd", "temperature": 1e-30}]}"#,
+                "x.json: distill[0].temperature: 1e-30 is outside [0.001, 1000]",
+            ),
+            (
+                r#"{"teachers": [{"weights": "t"}], "distill": [{"type": "kd", "weight": 1e30}]}"#,
+                "x.json: distill[0].weight: 1e30 is above 1e6",
+            ),
+            (
+                r#"{"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}], "method": {"type": "simclr", "temperature": 1e-300}}"#,
+                "x.json: method.temperature: 1e-300 is outside",
+            ),
+            (
+                r#"{"model": {"arch": "classifier"}, "teachers": [{"weights": "t"}], "method": {"type": "cbd", "beta": 1e300}}"#,
+                "x.json: method.beta: 1e300 is above 1e6",
+            ),
+            (
+                r#"{"model": {"input": {"min_size": 4000000000, "max_size": 4000000000}}}"#,
+                "x.json: model.input.min_size: 4000000000 pixels is above kdet's limit of 8192: the first convolution's output alone would take 1.0e12 GB per image",
+            ),
+            (
+                r#"{"model": {"backbone": {"width": 1000}}}"#,
+                "x.json: model.backbone.width: 1000 makes a ResNet-50 trunk of about 2.4e13 parameters (9.4e4 GB in f32",
+            ),
+            (
+                r#"{"model": {"fpn": {"out_channels": 100000}}}"#,
+                "x.json: model.fpn.out_channels: must be in 1..=4096",
+            ),
+            (
+                r#"{"data": {"synthetic": {"size": 100000}}}"#,
+                "x.json: data.synthetic.size: 100000 pixels is above the limit of 4096 (30 GB per image)",
+            ),
             (r#"[1]"#, "x.json: .: a config must be a JSON object"),
             (
                 r#"{"base": 3}"#,
@@ -678,6 +742,48 @@ mod tests {
             e.ends_with("base.json: .: trailing characters at line 2 column 1: only one JSON document is allowed, with nothing after it"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn errors_inside_tagged_sections_name_the_file_and_path_that_set_them() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "base.json",
+            r#"{"seed": 1, "method": {"type": "lad"}}"#,
+        );
+        let cases = [
+            (
+                r#"{"base": "base.json", "method": {"type": "lad", "tmperature": 2}}"#,
+                "child.json: method.tmperature: unknown field `tmperature`",
+            ),
+            (
+                r#"{"base": "base.json", "method": {"type": "colad", "partner": {"backbone": {"dpth": 3}}}}"#,
+                "child.json: method.partner.backbone.dpth: unknown field `dpth`",
+            ),
+            (
+                r#"{"base": "base.json", "teachers": [{"weights": "t"}], "distill": [{"type": "kd", "temperature": "hot"}]}"#,
+                "child.json: distill[0].temperature: invalid type: string \"hot\"",
+            ),
+        ];
+        for (json, want) in cases {
+            let child = write(d.path(), "child.json", json);
+            let e = load(&child).unwrap_err().to_string();
+            assert!(e.contains(want), "\n got: {e}\nwant: {want}");
+            // Columns of the merged document (which no one wrote) are not shown.
+            assert!(!e.contains("column"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_base_that_is_not_a_regular_file_is_refused_before_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let child = write(d.path(), "child.json", r#"{"base": "/dev/zero"}"#);
+        let e = load(&child).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero: is not a regular file"), "{e}");
+        let big = write(d.path(), "big.json", &" ".repeat(5 << 20));
+        let e = load(&big).unwrap_err().to_string();
+        assert!(e.contains("big.json: is larger than 4 MB"), "{e}");
     }
 
     #[test]

@@ -394,9 +394,15 @@ fn check_image_file(
         )
     };
     let (w, h) = match depth {
-        ImageCheck::Header => reader.into_dimensions().map_err(cannot)?,
+        ImageCheck::Header => reader
+            .into_decoder()
+            .and_then(super::oriented_dimensions)
+            .map_err(cannot)?,
         ImageCheck::Decode => {
-            let img = reader.decode().map_err(cannot)?;
+            let img = reader
+                .into_decoder()
+                .and_then(super::decode_oriented)
+                .map_err(cannot)?;
             (img.width(), img.height())
         }
     };

@@ -48,12 +48,103 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Hidden entries (`.ipynb_checkpoints`, `.DS_Store`, `.git`) are tool state, not data.
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// A walk over image folders that reads each file and folder once, by its canonical path:
+/// a symlink loop (`a/loop -> ..`) or a second link to a file would otherwise repeat images
+/// (8 images became 328). What it sets aside is counted and said once ([`Walk::warn`]).
+#[derive(Debug, Default)]
+pub struct Walk {
+    seen: std::collections::HashSet<PathBuf>,
+    /// Folders already walked, reached again through a link (loops included).
+    pub loops: usize,
+    /// Image files already taken, reached again through a link.
+    pub duplicates: usize,
+    /// Hidden files and folders.
+    pub hidden: usize,
+}
+
+impl Walk {
+    /// Whether `p` is new (and now seen); a path that does not resolve counts as new, so the
+    /// reader reports it.
+    fn first_visit(&mut self, p: &Path) -> bool {
+        let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        self.seen.insert(canon)
+    }
+
+    /// The sub-folders and image files of `dir` (sorted), each once: hidden entries and
+    /// repeats are skipped and counted.
+    pub fn entries(&mut self, dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let (mut dirs, mut images) = (vec![], vec![]);
+        for p in sorted_entries(dir)? {
+            if is_hidden(&p) {
+                self.hidden += 1;
+            } else if p.is_dir() {
+                match self.first_visit(&p) {
+                    true => dirs.push(p),
+                    false => self.loops += 1,
+                }
+            } else if p.is_file() && is_image(&p) {
+                match self.first_visit(&p) {
+                    true => images.push(p),
+                    false => self.duplicates += 1,
+                }
+            }
+        }
+        Ok((dirs, images))
+    }
+
+    /// Every image at any depth below `dir`, sorted by folder then name.
+    pub fn images_below(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.first_visit(dir);
+        let mut out = vec![];
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let (dirs, images) = self.entries(&d)?;
+            out.extend(images);
+            stack.extend(dirs.into_iter().rev());
+        }
+        Ok(out)
+    }
+
+    /// Say on stderr what the walk of `root` skipped, if anything.
+    pub fn warn(&self, root: &Path) {
+        let mut said = vec![];
+        if self.loops > 0 {
+            said.push(format!(
+                "{} folder link(s) to a folder already read (symlink loops included)",
+                self.loops
+            ));
+        }
+        if self.duplicates > 0 {
+            said.push(format!(
+                "{} link(s) to an image already read",
+                self.duplicates
+            ));
+        }
+        if self.hidden > 0 {
+            said.push(format!(
+                "{} hidden file(s) or folder(s) (names starting with `.`, such as .ipynb_checkpoints)",
+                self.hidden
+            ));
+        }
+        if !said.is_empty() {
+            eprintln!("warning: {}: skipped {}", root.display(), said.join("; "));
+        }
+    }
+}
+
 /// The size of an image file from its header, or an error naming it.
 fn image_size(path: &Path) -> Result<(u32, u32)> {
     image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?
-        .into_dimensions()
+        .into_decoder()
+        .and_then(super::oriented_dimensions)
         .map_err(|e| Error::msg(format!("{}: cannot decode: {e}", path.display())))
 }
 
@@ -89,10 +180,9 @@ pub fn load_folder(root: &Path, classes: Option<&[String]>) -> Result<Classifica
             root.display()
         )));
     }
-    let dirs: Vec<PathBuf> = sorted_entries(root)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut walk = Walk::default();
+    walk.first_visit(root);
+    let (dirs, _) = walk.entries(root)?;
     if dirs.is_empty() {
         return Err(Error::msg(format!(
             "{}: no class folders (an ImageFolder split has one sub-folder of images per class)",
@@ -118,11 +208,9 @@ pub fn load_folder(root: &Path, classes: Option<&[String]>) -> Result<Classifica
         }
     }
     let mut files = vec![];
+    let mut nested = 0;
     for (k, d) in dirs.iter().enumerate() {
-        let imgs: Vec<PathBuf> = sorted_entries(d)?
-            .into_iter()
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
+        let (subdirs, imgs) = walk.entries(d)?;
         if imgs.is_empty() {
             return Err(Error::msg(format!(
                 "{}: class `{}` (class {} of {}) has no PNG or JPEG images",
@@ -132,7 +220,18 @@ pub fn load_folder(root: &Path, classes: Option<&[String]>) -> Result<Classifica
                 dirs.len()
             )));
         }
+        for s in subdirs {
+            nested += walk.images_below(&s)?.len();
+        }
         files.extend(imgs.into_iter().map(|p| (p, Some(k as u32 + 1))));
+    }
+    walk.warn(root);
+    if nested > 0 {
+        // ImageFolder reads each class folder's own files; deeper ones are not its images.
+        eprintln!(
+            "warning: {}: {nested} image(s) in sub-folders of class folders are not read (an ImageFolder class is the images directly in its folder)",
+            root.display()
+        );
     }
     let cats: Vec<hotcoco::types::Category> = names
         .iter()
@@ -150,26 +249,18 @@ pub fn load_folder(root: &Path, classes: Option<&[String]>) -> Result<Classifica
     })
 }
 
-/// Every image below `root` (sorted, any depth), unlabeled, ids from `first_id`.
+/// Every image below `root` (sorted, any depth, each file once), unlabeled, ids from
+/// `first_id`.
 pub fn load_unlabeled(root: &Path, first_id: u64) -> Result<Vec<ImageRecord>> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        for p in sorted_entries(d)? {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
     if !root.is_dir() {
         return Err(Error::msg(format!(
             "{}: no such folder of unlabeled images",
             root.display()
         )));
     }
-    let mut files = vec![];
-    walk(root, &mut files)?;
+    let mut walk = Walk::default();
+    let files = walk.images_below(root)?;
+    walk.warn(root);
     if files.is_empty() {
         return Err(Error::msg(format!(
             "{}: no PNG or JPEG images",
@@ -233,5 +324,35 @@ mod tests {
         let u = load_unlabeled(&r.join("u"), 10).unwrap();
         assert_eq!(u.len(), 2);
         assert!(u.iter().all(|x| x.labels.is_empty()) && u[0].id == 10);
+    }
+
+    #[test]
+    fn loops_links_hidden_and_nested_entries_are_skipped_once() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for i in 0..4 {
+            img(&r.join(format!("u/a/{i}.png")));
+        }
+        // A loop back to the root and a second name for an image.
+        symlink(r.join("u"), r.join("u/a/loop")).unwrap();
+        symlink(r.join("u/a/0.png"), r.join("u/a/zz.png")).unwrap();
+        img(&r.join("u/.ipynb_checkpoints/x.png"));
+        let u = load_unlabeled(&r.join("u"), 1).unwrap();
+        assert_eq!(u.len(), 4);
+        let mut w = Walk::default();
+        w.images_below(&r.join("u")).unwrap();
+        assert_eq!((w.loops, w.duplicates, w.hidden), (1, 1, 1));
+
+        // ImageFolder: a hidden folder is no class; a linked class is read once; nested
+        // images are counted, not read.
+        img(&r.join("t/cat/1.png"));
+        img(&r.join("t/cat/deeper/2.png"));
+        img(&r.join("t/dog/1.png"));
+        img(&r.join("t/.ipynb_checkpoints/1.png"));
+        symlink(r.join("t/dog"), r.join("t/hound")).unwrap();
+        let t = load_folder(&r.join("t"), None).unwrap();
+        assert_eq!(t.categories.names, ["cat", "dog"]);
+        assert_eq!(t.records.len(), 2);
     }
 }

@@ -22,12 +22,41 @@ pub type SplitPaths = (std::path::PathBuf, std::path::PathBuf);
 
 /// Decode an image file whole, its format told by its contents (as `kdet data check` reads it),
 /// not by its extension: a JPEG saved as `.png` decodes here exactly when it passed the check.
+/// The EXIF orientation is applied, as PIL's `ImageOps.exif_transpose` does: a phone photo
+/// stored sideways with Orientation = 6 comes out upright.
 pub fn decode_image(path: &std::path::Path) -> crate::Result<image::DynamicImage> {
     image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| crate::Error::io(path, e))?
-        .decode()
+        .into_decoder()
+        .and_then(decode_oriented)
         .map_err(|e| crate::Error::msg(format!("{}: cannot decode: {e}", path.display())))
+}
+
+/// The whole image of `decoder`, its EXIF orientation applied.
+pub fn decode_oriented(
+    mut decoder: impl image::ImageDecoder,
+) -> image::ImageResult<image::DynamicImage> {
+    let orientation = decoder.orientation()?;
+    // What `ImageReader::decode` checks: the pixels fit the default allocation limit, so a
+    // small file claiming a huge image (a decompression bomb) is refused before allocating.
+    image::Limits::default().reserve(decoder.total_bytes())?;
+    let mut img = image::DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// The (width, height) an image has once decoded by [`decode_image`] (its EXIF orientation
+/// applied), from its header.
+pub fn oriented_dimensions(
+    mut decoder: impl image::ImageDecoder,
+) -> image::ImageResult<(u32, u32)> {
+    use image::metadata::Orientation::*;
+    let (w, h) = decoder.dimensions();
+    Ok(match decoder.orientation()? {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+        _ => (w, h),
+    })
 }
 
 /// A loaded split: COCO detection data, or classification data (one label per image).
@@ -89,6 +118,50 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 16×8 JPEG, left half red and right half blue, with an EXIF APP1 segment saying
+    /// Orientation = 6 (shown rotated 90° clockwise), as phones write upright portraits.
+    fn sideways_jpeg() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(16, 8, |x, _| {
+            image::Rgb(if x < 8 { [255, 0, 0] } else { [0, 0, 255] })
+        });
+        let mut jpeg = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&img)
+            .unwrap();
+        // TIFF header (big-endian, IFD at 8), one entry: 0x0112 Orientation, SHORT, 1, 6.
+        let tiff: [u8; 26] = [
+            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0,
+            0,
+        ];
+        let mut app1 = vec![0xFF, 0xE1, 0, (2 + 6 + tiff.len()) as u8];
+        app1.extend(b"Exif\0\0");
+        app1.extend(tiff);
+        // Right after the start-of-image marker.
+        jpeg.splice(2..2, app1);
+        jpeg
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_when_decoding_and_in_header_sizes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("portrait.jpg");
+        std::fs::write(&p, sideways_jpeg()).unwrap();
+        let img = decode_image(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (8, 16));
+        // Rotated clockwise: the stored left (red) half is now on top.
+        let (top, bottom) = (img.get_pixel(4, 3), img.get_pixel(4, 12));
+        assert!(top[0] > 200 && top[2] < 60, "{top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "{bottom:?}");
+        let header = image::ImageReader::open(&p)
+            .unwrap()
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .and_then(oriented_dimensions)
+            .unwrap();
+        assert_eq!(header, (8, 16));
+    }
 
     #[test]
     fn a_classification_fingerprint_follows_files_and_labels_not_the_root() {

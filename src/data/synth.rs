@@ -88,6 +88,9 @@ impl Default for SynthSpec {
     }
 }
 
+/// The largest synthetic image side.
+const MAX_SYNTH_SIZE: u32 = 4096;
+
 impl SynthSpec {
     /// Ranges; `p` is the section's JSON path (`data.synthetic`).
     pub fn validate(&self, p: &str) -> Check {
@@ -102,6 +105,18 @@ impl SynthSpec {
             return Err(invalid(
                 format!("{p}.size"),
                 format!("must be >= {min_size} pixels"),
+            ));
+        }
+        // Each image is size² × 3 bytes while drawn and decoded, several at once: 4096 is
+        // 50 MB; 100000 (30 GB) aborted in the allocator.
+        if self.size > MAX_SYNTH_SIZE {
+            return Err(invalid(
+                format!("{p}.size"),
+                format!(
+                    "{} pixels is above the limit of {MAX_SYNTH_SIZE} ({} per image)",
+                    self.size,
+                    crate::util::gigabytes(3.0 * (self.size as f64).powi(2))
+                ),
             ));
         }
         if self.classes == 0 || self.classes > max_classes {

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, positive, Check};
 
+/// The largest image side a model may resize to.
+pub const MAX_SIDE: u32 = 8192;
+
 /// The input transform of a model (torchvision's `GeneralizedRCNNTransform`). Defaults are
 /// torchvision's `fasterrcnn_resnet50_fpn`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +54,19 @@ impl InputConfig {
     pub fn validate(&self, p: &str) -> Check {
         if self.min_size == 0 {
             return Err(invalid(format!("{p}.min_size"), "must be >= 1"));
+        }
+        // The stem's output alone is 64 channels × (side/2)² floats per image: 4.3 GB at 8192,
+        // so a larger side cannot be what was meant (it aborted in the allocator).
+        for (k, v) in [("min_size", self.min_size), ("max_size", self.max_size)] {
+            if v > MAX_SIDE {
+                let stem = crate::util::gigabytes(64.0 * (v as f64 / 2.0).powi(2) * 4.0);
+                return Err(invalid(
+                    format!("{p}.{k}"),
+                    format!(
+                        "{v} pixels is above kdet's limit of {MAX_SIDE}: the first convolution's output alone would take {stem} per image"
+                    ),
+                ));
+            }
         }
         if self.max_size < self.min_size {
             return Err(invalid(

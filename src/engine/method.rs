@@ -37,6 +37,30 @@ pub struct RunData {
     pub unlabeled: Vec<ImageRecord>,
 }
 
+/// A val split whose AP is defined: at least one image and one (non-crowd) box. Otherwise
+/// COCO evaluation gives −1 for every number, which read as a result.
+fn check_evaluable(cfg: &LoadedConfig, val: &crate::data::coco::DetectionData) -> Result<()> {
+    let boxes: usize = val.records.iter().map(|r| r.boxes.len()).sum();
+    if val.records.is_empty() || boxes == 0 {
+        let what = match val.records.len() {
+            0 => "has no images".to_string(),
+            n => format!("has no boxes in its {n} image(s)"),
+        };
+        let key = match cfg.config.data.synthetic {
+            Some(_) => "data.synthetic.val",
+            None => "data.val.annotations",
+        };
+        return Err(cfg.error(
+            key,
+            format!(
+                "{} {what}: there is nothing to evaluate (COCO AP would be −1); give a val split with boxes, or none",
+                val.gt.file.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl RunData {
     /// The config's device and splits (a synthetic dataset is generated on first use).
     pub fn load(cfg: &LoadedConfig) -> Result<Self> {
@@ -57,6 +81,9 @@ impl RunData {
                     Some((a, i)) => Some(Split::Detection(load_split(a, i, Purpose::Eval)?)),
                     None => None,
                 };
+                if let Some(Split::Detection(v)) = &val {
+                    check_evaluable(cfg, v)?;
+                }
                 Self {
                     device,
                     train: Split::Detection(train),

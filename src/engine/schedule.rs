@@ -3,6 +3,7 @@
 //! cosine, or constant).
 
 use crate::config::solver::{Schedule, SolverConfig};
+use crate::error::{invalid, Invalid};
 
 /// The schedule in force: the configured one, or the references' step schedule scaled to the
 /// run — ×0.1 at 16/26 and 22/26 of it (torchvision's `references/detection` recipe: epochs 16
@@ -12,12 +13,31 @@ pub fn resolved(s: &SolverConfig) -> Schedule {
         Some(sch) => sch.clone(),
         None => {
             let (len, _) = s.length();
-            let at = |num: u64| ((len * num) as f64 / 26.0).round() as u64;
+            // Rounded len·num/26 in u128: a long run must not overflow.
+            let at = |num: u64| ((len as u128 * num as u128 * 2 + 26) / 52) as u64;
             Schedule::Step {
                 milestones: vec![at(16), at(22)],
                 gamma: 0.1,
             }
         }
+    }
+}
+
+/// The run length in iterations: `solver.iterations`, or `solver.epochs` × `per_epoch`. An
+/// overflowing product is an error naming the key (it used to wrap, even to 0).
+pub fn run_iterations(s: &SolverConfig, per_epoch: u64) -> Result<u64, Invalid> {
+    match s.length() {
+        (len, false) => Ok(len),
+        (len, true) => len.checked_mul(per_epoch).ok_or_else(|| {
+            invalid(
+                "solver.epochs",
+                format!(
+                    "{len} epochs of {per_epoch} iterations is more iterations than can be \
+                     counted ({}); give fewer epochs",
+                    u64::MAX
+                ),
+            )
+        }),
     }
 }
 
@@ -41,7 +61,14 @@ impl LrSchedule {
         let milestones = match &schedule {
             Schedule::Step { milestones, .. } => milestones
                 .iter()
-                .map(|&m| if in_epochs { m * iters_per_epoch } else { m })
+                // Milestones are within the run, whose length in iterations was checked.
+                .map(|&m| {
+                    if in_epochs {
+                        m.saturating_mul(iters_per_epoch)
+                    } else {
+                        m
+                    }
+                })
                 .collect(),
             _ => vec![],
         };
@@ -102,6 +129,33 @@ mod tests {
                 gamma: 0.1
             }
         );
+    }
+
+    #[test]
+    fn huge_run_lengths_are_refused_not_wrapped() {
+        let s = SolverConfig {
+            epochs: Some(1 << 61),
+            ..Default::default()
+        };
+        let e = run_iterations(&s, 8).unwrap_err();
+        assert_eq!(e.path, "solver.epochs");
+        assert!(
+            e.msg
+                .starts_with("2305843009213693952 epochs of 8 iterations"),
+            "{}",
+            e.msg
+        );
+        assert_eq!(run_iterations(&s, 4).unwrap(), 1 << 63);
+        let m = SolverConfig {
+            epochs: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(run_iterations(&m, 2).is_err());
+        // The default milestones of such a run are computed without overflow.
+        let Schedule::Step { milestones, .. } = resolved(&m) else {
+            panic!("step")
+        };
+        assert_eq!(milestones, [11351842506898185609, 15608783446985005213]);
     }
 
     #[test]

@@ -250,8 +250,7 @@ impl Plan {
             ));
         }
         let per_epoch = loader.batches_per_epoch().max(1) as u64;
-        let (len, in_epochs) = s.length();
-        let total = if in_epochs { len * per_epoch } else { len };
+        let total = super::schedule::run_iterations(s, per_epoch).map_err(|e| cfg.invalid(e))?;
         Ok(Self {
             lr: LrSchedule::new(s, per_epoch, total),
             loader,
@@ -810,7 +809,7 @@ fn sum_losses(
         let v = t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !v.is_finite() {
             return Err(Error::msg(format!(
-                "step {step}: loss term `{k}` is {v}; training stopped, {} (lower solver.lr or set solver.grad_clip)",
+                "step {step}: loss term `{k}` is {v}; training stopped, {} (check the settings that scale `{k}`, such as its weight or temperature; if they are sane, lower solver.lr or set solver.grad_clip)",
                 kept(saved)
             )));
         }

@@ -63,6 +63,7 @@ impl BackboneConfig {
             ));
         }
         positive(&format!("{p}.width"), self.width)?;
+        self.check_parameter_count(p)?;
         if self.trainable_layers > 5 {
             return Err(invalid(format!("{p}.trainable_layers"), "must be in 0..=5"));
         }
@@ -70,6 +71,33 @@ impl BackboneConfig {
             crate::hub::validate_spec(w).map_err(|m| invalid(format!("{p}.weights"), m))?;
         }
         self.weights_keys.validate(&format!("{p}.weights_keys"))
+    }
+
+    /// Refuse a width whose trunk could not be held in memory: convolution parameters grow
+    /// with width², so a typo (1000 for 1.0) asked for trillions and aborted in the allocator.
+    fn check_parameter_count(&self, p: &str) -> Check {
+        // torchvision's trunks without `fc` at width 1, in millions of parameters.
+        let base_m = match self.depth {
+            18 => 11.2,
+            34 => 21.3,
+            50 => 23.5,
+            _ => 42.5,
+        };
+        let params = base_m * 1e6 * self.width * self.width;
+        if params <= MAX_TRUNK_PARAMS {
+            return Ok(());
+        }
+        Err(invalid(
+            format!("{p}.width"),
+            format!(
+                "{} makes a ResNet-{} trunk of about {:.1e} parameters ({} in f32, before gradients and optimizer state), above kdet's limit of {:.0e}",
+                self.width,
+                self.depth,
+                params,
+                crate::util::gigabytes(params * 4.0),
+                MAX_TRUNK_PARAMS
+            ),
+        ))
     }
 
     /// The trunk's architecture.
@@ -83,6 +111,10 @@ impl BackboneConfig {
         }
     }
 }
+
+/// The most parameters a backbone trunk may have: 4 GB of f32 weights, 16 GB with SGD's or
+/// AdamW's state; ResNet-101 at width 4 is 0.7 G.
+const MAX_TRUNK_PARAMS: f64 = 1e9;
 
 /// Backbone outputs: the trunk's C2..C5 and the pyramid P2..P6.
 #[derive(Debug, Clone)]

@@ -28,10 +28,11 @@ impl Default for FpnConfig {
 
 impl FpnConfig {
     pub fn validate(&self, p: &str) -> crate::error::Check {
-        if self.out_channels == 0 {
+        // Each level's 3×3 conv has out_channels² × 9 weights: 4096 is 150 M of them.
+        if self.out_channels == 0 || self.out_channels > 4096 {
             return Err(crate::error::invalid(
                 format!("{p}.out_channels"),
-                "must be >= 1",
+                "must be in 1..=4096",
             ));
         }
         Ok(())

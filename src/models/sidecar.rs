@@ -30,7 +30,7 @@ impl Sidecar {
         let Some(file) = Self::candidates(weights).into_iter().find(|p| p.is_file()) else {
             return Ok(None);
         };
-        let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let text = crate::error::read_file_capped(&file, crate::error::MAX_CONFIG_BYTES)?;
         let value = crate::error::parse_json(&file, &text)?;
         Ok(Some(Sidecar { file, value }))
     }

@@ -122,10 +122,23 @@ impl FasterRcnnConfig {
         self.input.validate(&format!("{p}.input"))?;
         let r = &self.rpn;
         let h = &self.roi_heads;
-        if r.anchor_sizes.is_empty() {
+        // One size per FPN level, as torchvision's AnchorGenerator requires
+        // (`len(sizes) == len(feature_maps)`): extra sizes would be ignored, levels dropped.
+        if r.anchor_sizes.len() != super::LEVELS {
             return Err(invalid(
                 format!("{p}.rpn.anchor_sizes"),
-                "must not be empty",
+                format!(
+                    "has {} size(s); give exactly one per FPN level: {} (P2–P5 and the pooled level)",
+                    r.anchor_sizes.len(),
+                    super::LEVELS
+                ),
+            ));
+        }
+        // No ratio, no anchor: the RPN would score nothing and its loss be NaN.
+        if r.aspect_ratios.is_empty() {
+            return Err(invalid(
+                format!("{p}.rpn.aspect_ratios"),
+                "must not be empty: give at least one ratio (torchvision: [0.5, 1.0, 2.0])",
             ));
         }
         for (k, v) in r.anchor_sizes.iter().enumerate() {
