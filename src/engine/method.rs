@@ -79,7 +79,13 @@ impl RunData {
                 };
                 let first = train.records.iter().map(|r| r.id).max().unwrap_or(0) + 1;
                 let unlabeled = match &unlabeled {
-                    Some(u) if cfg.config.data.use_unlabeled => load_unlabeled(u, first)?,
+                    // Located at the key that names the folder (a synthetic set's is generated).
+                    Some(u) if cfg.config.data.use_unlabeled => {
+                        load_unlabeled(u, first).map_err(|e| match cfg.config.data.folders {
+                            Some(_) => cfg.error("data.folders.unlabeled", e.to_string()),
+                            None => e,
+                        })?
+                    }
                     _ => vec![],
                 };
                 Self {
@@ -185,6 +191,13 @@ pub trait Method {
     /// checkpoints, and `--resume` refuses different contents.
     fn frozen_inputs(&self) -> Vec<FrozenInput> {
         vec![]
+    }
+
+    /// Two augmented views of every training image per batch (`data::contrastive`; a batch of
+    /// N images then holds 2N, view 1s then view 2s) — contrastive methods; `None`: the usual
+    /// single view.
+    fn two_views(&self) -> Option<crate::data::contrastive::ContrastiveAugConfig> {
+        None
     }
 
     /// Frozen models to evaluate at the end of the run, beside the trained network.
