@@ -20,7 +20,7 @@ fn pretrain_config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
                   "input": {"min_size": 16, "max_size": 16, "size_divisible": 1, "square": true}},
         "method": {"type": "simclr_pretrain", "temperature": 0.5, "out_dim": 16,
                    "augment": {"strength": 0.5}},
-        "solver": {"lr": 0.05, "batch_size": 6, "iterations": 4, "warmup_iters": 1, "log_every": 1},
+        "solver": {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "batch_size": 6, "iterations": 4, "warmup_iters": 1, "log_every": 1},
         "output_dir": dir.join(name),
         "seed": 0
     });
