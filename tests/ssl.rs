@@ -91,6 +91,17 @@ fn simclr_pretraining_trains_resumes_exactly_and_is_evaluated_by_knn_and_probe()
         "--format",
         "json",
     ]));
+    // Fine-tuning from the projection head's first layer: backbone and mlp.0 come from the
+    // pretrained run (its fc and mlp.1 are left behind).
+    let ft = pretrain_config(
+        dir,
+        "ft",
+        serde_json::json!({"method": null, "data": {"use_unlabeled": false},
+            "model": {"mlp_layers": 1, "backbone": {"weights": w}},
+            "solver": {"optimizer": "sgd", "weight_decay": 0.0}}),
+    );
+    let o = ok(&kdet(&["train", &ft]));
+    assert!(o.contains("projection-head tensors (mlp.0..0)"), "{o}");
     let v: serde_json::Value = serde_json::from_str(j.lines().next().unwrap()).unwrap();
     let r = &v["representation"];
     for k in ["knn_top1", "probe_top1"] {

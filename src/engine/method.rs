@@ -287,6 +287,22 @@ pub fn network(
             r.loaded,
             shown(w, &path)
         );
+        // A classifier keeps the projection-head layers the file has (SimCLRv2 fine-tuning).
+        if let crate::models::config::ModelConfig::Classifier(c) = model {
+            let n = crate::models::weights::load_projection_layers(
+                &net.vars.varmap,
+                &path,
+                &b.weights_keys,
+                c.mlp_layers,
+            )?;
+            if n > 0 {
+                eprintln!(
+                    "loaded {n} projection-head tensors (mlp.0..{}) from {}",
+                    c.mlp_layers - 1,
+                    shown(w, &path)
+                );
+            }
+        }
     }
     Ok(net)
 }
