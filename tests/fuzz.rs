@@ -901,6 +901,7 @@ fn check_image(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
             },
             flip_prob: 0.5,
             color_jitter: 0.0,
+            views: None,
         };
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
         let s = ds

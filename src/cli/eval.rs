@@ -83,7 +83,7 @@ fn eval_model(
         .val
         .as_ref()
         .context("the config has no val split to evaluate on")?;
-    let (s, _) = kdet::engine::evaluator::evaluate(
+    let (mut s, _) = kdet::engine::evaluator::evaluate(
         &*net.model,
         val,
         net.config.input(),
@@ -92,5 +92,6 @@ fn eval_model(
         None,
         &run.train_counts(),
     )?;
+    kdet::engine::evaluator::add_representation(&mut s, &*net.model, &run, net.config.input())?;
     Ok(s)
 }

@@ -249,6 +249,29 @@ pub enum MethodConfig {
         #[serde(default = "cbd_beta")]
         beta: f64,
     },
+    /// SimCLR contrastive pretraining (Chen et al. 2020; SimCLRv2 §2.1), no labels: two
+    /// augmented views of every training image (`augment`), NT-Xent at temperature τ on the
+    /// projection head's output. The head is SimCLRv2's: `model.mlp_layers` (2 for its 3-layer
+    /// head) plus a last Linear(→ `out_dim`) + BatchNorm layer of the method's own.
+    SimclrPretrain {
+        /// τ. SimCLRv2's `--temperature` default (google-research/simclr `tf2/run.py`) and
+        /// ImageNet recipe: 0.1; the official CIFAR-10 recipe (batch 512): 0.5.
+        #[serde(default = "simclr_pretrain_temperature")]
+        temperature: f64,
+        /// Output width of the projection head. SimCLR / SimCLRv2 `proj_out_dim`: 128.
+        #[serde(default = "simclr_proj_out_dim")]
+        out_dim: usize,
+        /// The two-view augmentation (`data::contrastive`); defaults: SimCLR on ImageNet.
+        #[serde(default)]
+        augment: crate::data::contrastive::ContrastiveAugConfig,
+    },
+}
+
+fn simclr_pretrain_temperature() -> f64 {
+    0.1
+}
+fn simclr_proj_out_dim() -> usize {
+    128
 }
 
 fn simclr_alpha() -> f64 {
@@ -295,7 +318,14 @@ impl MethodConfig {
             MethodConfig::Colad { .. } => "colad",
             MethodConfig::Simclr { .. } => "simclr",
             MethodConfig::Cbd { .. } => "cbd",
+            MethodConfig::SimclrPretrain { .. } => "simclr_pretrain",
         }
+    }
+
+    /// Whether the method contrasts the images of a batch with each other (NT-Xent), so that
+    /// a batch needs at least two images (one's negatives are the others).
+    pub fn needs_negatives(&self) -> bool {
+        matches!(self, MethodConfig::SimclrPretrain { .. })
     }
 
     /// Whether the method reads teachers through features and logits only, so a pretrained
@@ -344,6 +374,32 @@ impl MethodConfig {
                         ),
                     ));
                 }
+            }
+            MethodConfig::SimclrPretrain {
+                temperature,
+                out_dim,
+                augment,
+            } => {
+                if model.arch() != "classifier" {
+                    return Err(invalid(
+                        "model.arch",
+                        format!(
+                            "method simclr_pretrain trains a classifier, not `{}`",
+                            model.arch()
+                        ),
+                    ));
+                }
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "simclr_pretrain learns from the images alone; give no `teachers`",
+                    ));
+                }
+                positive("method.temperature", *temperature)?;
+                if *out_dim == 0 {
+                    return Err(invalid("method.out_dim", "must be >= 1"));
+                }
+                augment.validate("method.augment")?;
             }
             MethodConfig::Cbd { alpha, beta } => {
                 classifier()?;

@@ -517,6 +517,15 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
     }
     check(cfg.data.validate())?;
     check(cfg.solver.validate())?;
+    if cfg.method.as_ref().is_some_and(|m| m.needs_negatives()) && cfg.solver.batch_size < 2 {
+        return Err(c.error(
+            "solver.batch_size",
+            format!(
+                "{} is too small for a contrastive loss: each image's negatives are the other images of its batch; at least 2",
+                cfg.solver.batch_size
+            ),
+        ));
+    }
     if cfg.output_dir.as_os_str().is_empty() {
         return Err(c.error(
             "output_dir",

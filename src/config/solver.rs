@@ -15,6 +15,11 @@ pub enum OptimizerKind {
     Sgd,
     /// candle-nn's AdamW (decoupled weight decay).
     Adamw,
+    /// LARS (You et al. 2017) as SimCLR uses it (google-research/simclr `lars_optimizer.py`,
+    /// classic momentum, η = 0.001): each weight's step scaled by its trust ratio
+    /// `η‖w‖ / ‖g + wd·w‖`; biases and normalisation parameters get neither the ratio nor
+    /// weight decay. SimCLR: lr 0.3 × batch / 256, momentum 0.9, weight decay 1e-6.
+    Lars,
 }
 
 /// Learning-rate schedule after warmup.

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::coco::ImageRecord;
+use super::contrastive::ContrastiveAugConfig;
 use super::transforms::{
     color_jitter, hflip, hflip_boxes, normalize, pad_batch, resize_bilinear, resize_boxes,
     ImageF32, InputConfig,
@@ -74,6 +75,10 @@ pub struct DetectionDataset {
     pub flip_prob: f32,
     /// Colour-jitter strength (`data.color_jitter`); 0 for evaluation.
     pub color_jitter: f32,
+    /// Two augmented views per image (a contrastive method's `augment`): a batch of N images
+    /// holds 2N, every image's first view, then every image's second view, in the same order
+    /// (SimCLR's `[view 1; view 2]` layout). `None`: one view (`sample`).
+    pub views: Option<ContrastiveAugConfig>,
 }
 
 impl DetectionDataset {
@@ -121,6 +126,42 @@ impl DetectionDataset {
             original_size,
             flipped,
         })
+    }
+
+    /// Two views of record `idx` under `aug` (`data::contrastive`), each `min_size` square and
+    /// normalised; the RNG draws view 1's parameters, then view 2's.
+    pub fn sample_views(
+        &self,
+        idx: usize,
+        aug: &ContrastiveAugConfig,
+        rng: &mut impl Rng,
+    ) -> Result<[Sample; 2]> {
+        let rec = &self.records[idx];
+        let img = super::decode_image(&rec.path)
+            .map_err(|e| Error::msg(format!("image {} ({}): {e}", rec.id, rec.path.display())))?
+            .to_rgb8();
+        let img = ImageF32::from_rgb(&img);
+        let original_size = (img.h, img.w);
+        let side = self.input.min_size as usize;
+        let mut views = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let (mut v, p) = aug.view(&img, side, rng);
+            normalize(&mut v, &self.input.mean, &self.input.std);
+            views.push(Sample {
+                image_id: rec.id,
+                image: v,
+                target: Target {
+                    boxes: vec![],
+                    labels: rec.labels.clone(),
+                    crowd: vec![],
+                },
+                original_size,
+                flipped: p.flipped,
+            });
+        }
+        let b = views.pop().expect("two views");
+        let a = views.pop().expect("two views");
+        Ok([a, b])
     }
 }
 
@@ -271,13 +312,25 @@ fn make_batch(
     first_pos: usize,
     device: &Device,
 ) -> Result<Batch> {
+    let rng = |k: usize| ChaCha8Rng::seed_from_u64(mix(seed, epoch, (first_pos + k) as u64));
+    if let Some(aug) = &ds.views {
+        let pairs = indices
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| ds.sample_views(i, aug, &mut rng(k)))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut first, mut second) = (vec![], vec![]);
+        for [a, b] in pairs {
+            first.push(a);
+            second.push(b);
+        }
+        first.extend(second);
+        return collate(first, ds.input.size_divisible as usize, device);
+    }
     let samples = indices
         .iter()
         .enumerate()
-        .map(|(k, &i)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, (first_pos + k) as u64));
-            ds.sample(i, &mut rng)
-        })
+        .map(|(k, &i)| ds.sample(i, &mut rng(k)))
         .collect::<Result<Vec<_>>>()?;
     collate(samples, ds.input.size_divisible as usize, device)
 }
@@ -377,6 +430,7 @@ mod tests {
                 input,
                 flip_prob: 0.5,
                 color_jitter: 0.0,
+                views: None,
             }),
             batch_size: 2,
             workers,

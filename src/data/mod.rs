@@ -1,11 +1,13 @@
 //! Datasets: the `data` config section ([`config`]), COCO parsing and validation ([`coco`]),
 //! ImageFolder classification data ([`folder`]), transforms and the `model.input` section
 //! ([`transforms`]), threaded batching and samplers ([`loader`]), the synthetic shapes datasets
-//! ([`synth`]) and torchvision's COCO category list ([`torchvision_coco`]). [`Split`] is either
+//! ([`synth`]), torchvision's COCO category list ([`torchvision_coco`]) and SimCLR's two-view
+//! augmentation ([`contrastive`]). [`Split`] is either
 //! kind of split, as training and evaluation see it.
 
 pub mod coco;
 pub mod config;
+pub mod contrastive;
 pub mod folder;
 pub mod loader;
 pub mod synth;

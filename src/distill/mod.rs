@@ -8,6 +8,7 @@
 //! | [`lad`] | LAD (Nguyen et al. 2022): the student trains on its teacher's label assignment |
 //! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
 //! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
+//! | [`contrastive`] | SimCLR / SimCLRv2 pretraining: two views per image, NT-Xent (Eq. 1) on SimCLRv2's projection head |
 //! | [`cbd`] | class-balanced distillation (Iscen et al. 2021): (1 − α)·CE + α·β·(1 − cos) to the teachers' normalised features |
 //! | [`pretrained`] | classifier teachers: kdet classifiers or candle-transformers' ResNet / DINOv2 from safetensors, strict keys, per-teacher input |
 //! | [`terms`] | the `distill` terms, read through the model contract; μ on the hard losses |
@@ -29,6 +30,7 @@ pub mod bounded_reg;
 pub mod cbd;
 pub mod chen;
 pub mod colad;
+pub mod contrastive;
 pub mod cwd;
 pub mod fgd;
 pub mod hint;
@@ -58,5 +60,8 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         Some(MethodConfig::Colad { .. }) => Box::new(colad::Colad::new(cfg, run)?),
         Some(MethodConfig::Simclr { .. }) => Box::new(simclr::Simclr::new(cfg, run)?),
         Some(MethodConfig::Cbd { .. }) => Box::new(cbd::Cbd::new(cfg, run)?),
+        Some(MethodConfig::SimclrPretrain { .. }) => {
+            Box::new(contrastive::SimclrPretrain::new(cfg, run)?)
+        }
     })
 }

@@ -167,6 +167,7 @@ pub fn evaluate(
             input: input.clone(),
             flip_prob: 0.0,
             color_jitter: 0.0,
+            views: None,
         }),
         batch_size,
         workers: 2,
@@ -239,6 +240,34 @@ pub fn evaluate(
             Ok((Evaluation::Classification(s), Predicted::Classes(preds)))
         }
     }
+}
+
+/// For a classifier on ImageFolder data: add k-NN and linear-probe top-1 of its frozen `pool`
+/// features (training split labeled, val split queried; `eval::representation`) to `e`.
+/// Detection runs are left as they are.
+pub fn add_representation(
+    e: &mut Evaluation,
+    model: &dyn Model,
+    run: &crate::engine::method::RunData,
+    input: &InputConfig,
+) -> Result<()> {
+    let (
+        Evaluation::Classification(s),
+        Split::Classification(train),
+        Some(Split::Classification(val)),
+    ) = (e, &run.train, &run.val)
+    else {
+        return Ok(());
+    };
+    s.representation = Some(crate::eval::representation::evaluate_representation(
+        model,
+        train,
+        val,
+        input,
+        64,
+        &run.device,
+    )?);
+    Ok(())
 }
 
 /// Write COCO results JSON.

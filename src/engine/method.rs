@@ -106,7 +106,13 @@ impl RunData {
                 };
                 let first = train.records.iter().map(|r| r.id).max().unwrap_or(0) + 1;
                 let unlabeled = match &unlabeled {
-                    Some(u) if cfg.config.data.use_unlabeled => load_unlabeled(u, first)?,
+                    // Located at the key that names the folder (a synthetic set's is generated).
+                    Some(u) if cfg.config.data.use_unlabeled => {
+                        load_unlabeled(u, first).map_err(|e| match cfg.config.data.folders {
+                            Some(_) => cfg.error("data.folders.unlabeled", e.to_string()),
+                            None => e,
+                        })?
+                    }
                     _ => vec![],
                 };
                 Self {
@@ -214,6 +220,13 @@ pub trait Method {
         vec![]
     }
 
+    /// Two augmented views of every training image per batch (`data::contrastive`; a batch of
+    /// N images then holds 2N, view 1s then view 2s) — contrastive methods; `None`: the usual
+    /// single view.
+    fn two_views(&self) -> Option<crate::data::contrastive::ContrastiveAugConfig> {
+        None
+    }
+
     /// Frozen models to evaluate at the end of the run, beside the trained network.
     fn references(&self) -> Vec<Reference<'_>> {
         vec![]
@@ -301,6 +314,22 @@ pub fn network(
             r.loaded,
             shown(w, &path)
         );
+        // A classifier keeps the projection-head layers the file has (SimCLRv2 fine-tuning).
+        if let crate::models::config::ModelConfig::Classifier(c) = model {
+            let n = crate::models::weights::load_projection_layers(
+                &net.vars.varmap,
+                &path,
+                &b.weights_keys,
+                c.mlp_layers,
+            )?;
+            if n > 0 {
+                eprintln!(
+                    "loaded {n} projection-head tensors (mlp.0..{}) from {}",
+                    c.mlp_layers - 1,
+                    shown(w, &path)
+                );
+            }
+        }
     }
     Ok(net)
 }

@@ -329,11 +329,88 @@ impl AdamW {
     }
 }
 
+/// LARS's η (google-research/simclr `lars_optimizer.py`, `EETA_DEFAULT`).
+pub const LARS_ETA: f64 = 0.001;
+
+/// LARS as SimCLR's `LARSOptimizer` with `classic_momentum=True`: `g ← g + wd·w`;
+/// `r = η‖w‖/‖g‖` (1 when either norm is 0); `v ← μ·v + lr·r·g`; `w ← w − v` (nesterov:
+/// `w ← w − (μ·v + lr·r·g)`). Parameters that are biases or belong to a normalisation layer are
+/// excluded from both the trust ratio and weight decay (SimCLR's `exclude_from_weight_decay =
+/// ['batch_normalization', 'bias', …]`, which also excludes them from layer adaptation).
+#[derive(Debug)]
+pub struct Lars {
+    pub params: Vec<Param>,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub eta: f64,
+    /// Whether each parameter is adapted (and decayed).
+    adapt: Vec<bool>,
+    buffers: Vec<Option<Tensor>>,
+}
+
+impl Lars {
+    pub fn new(params: Vec<Param>, momentum: f64, nesterov: bool, eta: f64) -> Self {
+        let adapt = params
+            .iter()
+            .map(|p| !(is_norm_param(&p.name) || p.name.ends_with(".bias")))
+            .collect();
+        let buffers = vec![None; params.len()];
+        Self {
+            params,
+            momentum,
+            nesterov,
+            eta,
+            adapt,
+            buffers,
+        }
+    }
+
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let norm = |t: &Tensor| -> Result<f64> {
+            Ok(t.sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?
+                .sqrt())
+        };
+        for i in 0..self.params.len() {
+            let p = &self.params[i];
+            let Some(g) = grads.get(&p.var) else { continue };
+            let w = p.var.as_tensor();
+            let mut g = g.clone();
+            let mut scaled = lr;
+            if self.adapt[i] {
+                if p.weight_decay != 0.0 {
+                    g = (g + (w * p.weight_decay)?)?;
+                }
+                let (wn, gn) = (norm(w)?, norm(&g)?);
+                if wn > 0.0 && gn > 0.0 {
+                    scaled *= self.eta * wn / gn;
+                }
+            }
+            let step = (&g * scaled)?;
+            let v = match self.buffers[i].take() {
+                None => step.clone(),
+                Some(v) => ((v * self.momentum)? + &step)?,
+            };
+            let update = if self.nesterov {
+                ((&v * self.momentum)? + step)?
+            } else {
+                v.clone()
+            };
+            p.var.set(&(w - update)?)?;
+            self.buffers[i] = Some(v);
+        }
+        Ok(())
+    }
+}
+
 /// The configured optimizer.
 #[derive(Debug)]
 pub enum Optimizer {
     Sgd(Sgd),
     AdamW(AdamW),
+    Lars(Lars),
 }
 
 impl Optimizer {
@@ -345,6 +422,9 @@ impl Optimizer {
             OptimizerKind::Adamw => {
                 Optimizer::AdamW(AdamW::new(params, (s.betas[0], s.betas[1]), s.eps))
             }
+            OptimizerKind::Lars => {
+                Optimizer::Lars(Lars::new(params, s.momentum, s.nesterov, LARS_ETA))
+            }
         }
     }
 
@@ -352,6 +432,7 @@ impl Optimizer {
         match self {
             Optimizer::Sgd(o) => o.step(grads, lr),
             Optimizer::AdamW(o) => o.step(grads, lr),
+            Optimizer::Lars(o) => o.step(grads, lr),
         }
     }
 
@@ -359,6 +440,7 @@ impl Optimizer {
         match self {
             Optimizer::Sgd(o) => &o.params,
             Optimizer::AdamW(o) => &o.params,
+            Optimizer::Lars(o) => &o.params,
         }
     }
 
@@ -384,6 +466,14 @@ impl Optimizer {
                 }
                 (out, o.step)
             }
+            Optimizer::Lars(o) => {
+                for (p, b) in o.params.iter().zip(&o.buffers) {
+                    if let Some(b) = b {
+                        out.insert(format!("lars_momentum.{}", p.name), b.clone());
+                    }
+                }
+                (out, 0)
+            }
         }
     }
 
@@ -400,15 +490,22 @@ impl Optimizer {
     /// another model); parameters without an entry start fresh, as in PyTorch.
     pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, step: u64) -> Result<()> {
         // State of the other optimizer: say so, rather than name its first tensor.
-        let (mine, theirs, their_prefix) = match self {
-            Optimizer::Sgd(_) => ("sgd", "adamw", "exp_avg"),
-            Optimizer::AdamW(_) => ("adamw", "sgd", "momentum_buffer."),
+        let mine = match self {
+            Optimizer::Sgd(_) => "sgd",
+            Optimizer::AdamW(_) => "adamw",
+            Optimizer::Lars(_) => "lars",
         };
-        if state.keys().any(|k| k.starts_with(their_prefix)) {
-            return Err(Error::msg(format!(
-                "the optimizer state is {theirs}'s, but solver.optimizer is {mine}: a run keeps \
-                 its optimizer (restore solver.optimizer, or start over with --fresh)"
-            )));
+        for (theirs, their_prefix) in [
+            ("sgd", "momentum_buffer."),
+            ("adamw", "exp_avg"),
+            ("lars", "lars_momentum."),
+        ] {
+            if theirs != mine && state.keys().any(|k| k.starts_with(their_prefix)) {
+                return Err(Error::msg(format!(
+                    "the optimizer state is {theirs}'s, but solver.optimizer is {mine}: a run keeps \
+                     its optimizer (restore solver.optimizer, or start over with --fresh)"
+                )));
+            }
         }
         let check = |name: &str, t: &Tensor, p: &Param| -> Result<()> {
             if t.dims() != p.var.dims() {
@@ -424,6 +521,15 @@ impl Optimizer {
             Optimizer::Sgd(o) => {
                 for (p, b) in o.params.iter().zip(o.buffers.iter_mut()) {
                     let k = format!("momentum_buffer.{}", p.name);
+                    if let Some(t) = state.remove(&k) {
+                        check(&k, &t, p)?;
+                        *b = Some(t);
+                    }
+                }
+            }
+            Optimizer::Lars(o) => {
+                for (p, b) in o.params.iter().zip(o.buffers.iter_mut()) {
+                    let k = format!("lars_momentum.{}", p.name);
                     if let Some(t) = state.remove(&k) {
                         check(&k, &t, p)?;
                         *b = Some(t);
@@ -451,6 +557,73 @@ impl Optimizer {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod lars_tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn param(name: &str, v: &[f32], wd: f64) -> Param {
+        Param {
+            name: name.into(),
+            var: Var::from_vec(v.to_vec(), v.len(), &Device::Cpu).unwrap(),
+            weight_decay: wd,
+        }
+    }
+
+    #[test]
+    fn lars_steps_by_hand() {
+        // w = (3, 4): ‖w‖ = 5. loss = Σ c·w with c = (0.6, 0.8) → g = c, and with wd 0.5:
+        // g' = c + 0.5·w = (2.1, 2.8), ‖g'‖ = 3.5; r = 0.001·5/3.5. A bias gets the plain step.
+        let w = param("fc.weight", &[3.0, 4.0], 0.5);
+        let b = param("fc.bias", &[1.0, -1.0], 0.5);
+        let (wv, bv) = (w.var.clone(), b.var.clone());
+        let mut o = Lars::new(vec![w, b], 0.9, false, LARS_ETA);
+        let c = Tensor::new(&[0.6f32, 0.8], &Device::Cpu).unwrap();
+        let loss = |wv: &Var, bv: &Var| {
+            ((wv.as_tensor() * &c).unwrap().sum_all().unwrap()
+                + (bv.as_tensor() * &c).unwrap().sum_all().unwrap())
+            .unwrap()
+        };
+        let lr = 2.0;
+        o.step(&loss(&wv, &bv).backward().unwrap(), lr).unwrap();
+        let r = 0.001 * 5.0 / 3.5;
+        let v1 = [lr * r * 2.1, lr * r * 2.8];
+        let got = wv.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((got[0] as f64 - (3.0 - v1[0])).abs() < 1e-6, "{got:?}");
+        assert!((got[1] as f64 - (4.0 - v1[1])).abs() < 1e-6, "{got:?}");
+        // The bias: no decay, no ratio: b − lr·c.
+        let gb = bv.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((gb[0] - (1.0 - 1.2)).abs() < 1e-6 && (gb[1] - (-1.0 - 1.6)).abs() < 1e-6);
+        // Second step: v = 0.9·v1 + lr·r₂·g'₂ with the new weights.
+        let w1: Vec<f64> = got.iter().map(|&x| x as f64).collect();
+        let g2: Vec<f64> = [0.6, 0.8]
+            .iter()
+            .zip(&w1)
+            .map(|(c, w)| c + 0.5 * w)
+            .collect();
+        let r2 =
+            0.001 * (w1[0].powi(2) + w1[1].powi(2)).sqrt() / (g2[0].powi(2) + g2[1].powi(2)).sqrt();
+        o.step(&loss(&wv, &bv).backward().unwrap(), lr).unwrap();
+        let got2 = wv.as_tensor().to_vec1::<f32>().unwrap();
+        for k in 0..2 {
+            let want = w1[k] - (0.9 * v1[k] + lr * r2 * g2[k]);
+            assert!((got2[k] as f64 - want).abs() < 1e-6, "{got2:?}");
+        }
+        // Its state round-trips, and another optimizer's state is named as such.
+        let st = Optimizer::Lars(o);
+        let (state, _) = st.state();
+        assert!(state.contains_key("lars_momentum.fc.weight"));
+        let mut sgd = Optimizer::Sgd(Sgd::new(
+            vec![param("fc.weight", &[0.0, 0.0], 0.0)],
+            0.9,
+            0.0,
+            false,
+        ));
+        let e = sgd.load_state(state, 0).unwrap_err().to_string();
+        assert!(e.contains("the optimizer state is lars's"), "{e}");
     }
 }
 

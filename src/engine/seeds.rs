@@ -165,7 +165,7 @@ pub fn seed_table(label: &str, runs: &[(u64, PathBuf)]) -> Result<String> {
 enum SeedResult {
     Done(PathBuf),
     /// `--stop-after` ran out inside this seed's run.
-    Stopped(TrainSummary),
+    Stopped(Box<TrainSummary>),
 }
 
 /// Train (or skip, or resume) one seed's run of `cfg`, within `budget` iterations.
@@ -196,7 +196,7 @@ fn train_one(
     if evaluated_at(&dir) == Some(s.iterations) {
         Ok(SeedResult::Done(dir))
     } else {
-        Ok(SeedResult::Stopped(s))
+        Ok(SeedResult::Stopped(Box::new(s)))
     }
 }
 

@@ -232,6 +232,7 @@ impl Plan {
                 input: input.clone(),
                 flip_prob: c.data.flip_prob,
                 color_jitter: c.data.color_jitter,
+                views: method.two_views(),
             }),
             batch_size: s.batch_size,
             workers: c.data.workers,

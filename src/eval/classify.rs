@@ -93,6 +93,10 @@ pub struct ClassSummary {
     /// Top-1 of the many / medium / few-shot classes' images, with the thresholds used.
     pub groups: Option<([f64; 3], GroupThresholds, [usize; 3])>,
     pub per_class: Vec<ClassAccuracy>,
+    /// k-NN and linear-probe top-1 of the frozen features (`kdet eval` of a classifier,
+    /// `eval::representation`); absent when not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub representation: Option<super::representation::RepresentationSummary>,
 }
 
 impl ClassSummary {
@@ -147,6 +151,7 @@ impl ClassSummary {
                     top1: per[c].1 as f64 / per[c].0.max(1) as f64,
                 })
                 .collect(),
+            representation: None,
         }
     }
 
@@ -159,6 +164,9 @@ impl ClassSummary {
                 ("top1_medium", g[1]),
                 ("top1_few", g[2]),
             ]);
+        }
+        if let Some(r) = &self.representation {
+            v.extend([("knn_top1", r.knn_top1), ("probe_top1", r.probe_top1)]);
         }
         v
     }
@@ -184,6 +192,12 @@ impl ClassSummary {
             s.push_str(&format!(
                 "top-1 many-shot   {:.4}  ({} classes with > {:.1} training images)\ntop-1 medium-shot {:.4}  ({} classes)\ntop-1 few-shot    {:.4}  ({} classes with < {:.1})\n",
                 g[0], n[0], t.many_above, g[1], n[1], g[2], n[2], t.few_below
+            ));
+        }
+        if let Some(r) = &self.representation {
+            s.push_str(&format!(
+                "k-NN top-1 {:.4}  (`{}` features, k = {}, T = {}, {} labeled training images)\nlinear probe top-1 {:.4}\n",
+                r.knn_top1, r.feature, r.knn_k, r.knn_temperature, r.train_images, r.probe_top1
             ));
         }
         if per_class {

@@ -2,12 +2,14 @@
 //! inputs once (`data::coco`), hands them to hotcoco without a second parse, and adds what a
 //! distillation user needs around it: per-class tables, streaming evaluation during training
 //! ([`streaming`]), run comparison with bootstrap confidence intervals ([`compare`]), and dataset
-//! checks ([`check`]).
+//! checks ([`check`]); for classifiers, k-NN and linear-probe accuracy of frozen features
+//! ([`representation`]).
 
 pub mod check;
 pub mod classify;
 pub mod compare;
 pub mod multiseed;
+pub mod representation;
 pub mod streaming;
 
 use std::path::Path;

@@ -406,7 +406,9 @@ pub fn load_backbone(
     let file = locate(path)?;
     let tensors: HashMap<String, Tensor> = read_state_dict(&file, rules)?
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("fc.") && !ignorable(k))
+        // A classifier's `fc` and SimCLRv2 projection-head layers (`mlp.*`) are not trunk
+        // weights (the kept head layers load with `load_projection_layers`).
+        .filter(|(k, _)| !k.starts_with("fc.") && !k.starts_with("mlp.") && !ignorable(k))
         .map(|(k, t)| {
             (
                 if k.starts_with(prefix) {
@@ -429,6 +431,42 @@ pub fn load_backbone(
         )));
     }
     Ok(r)
+}
+
+/// SimCLRv2's fine-tuning "from the first layer of the projection head": the classifier's kept
+/// head layers `mlp.0 .. mlp.{layers − 1}` copied from a file that has them (a classifier run's
+/// `model.safetensors` after `simclr_pretrain`), every tensor of each kept layer required with
+/// its shape; a file without `mlp.*` keys loads nothing (an ImageNet ResNet). Returns the
+/// tensors loaded.
+pub fn load_projection_layers(
+    varmap: &VarMap,
+    path: &Path,
+    rules: &KeyRules,
+    layers: usize,
+) -> Result<usize> {
+    let kept = |k: &str| {
+        k.strip_prefix("mlp.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i < layers)
+    };
+    let tensors: HashMap<String, Tensor> = read_state_dict(&locate(path)?, rules)?
+        .into_iter()
+        .filter(|(k, _)| kept(k) && !ignorable(k))
+        .collect();
+    if tensors.is_empty() {
+        return Ok(0);
+    }
+    let data = varmap.data().lock().expect("varmap lock");
+    let r = copy_into(&data, &tensors, kept).map_err(|e| in_file(path, e))?;
+    if !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{}: projection-head layers do not fit model.mlp_layers: {}",
+            path.display(),
+            r.describe()
+        )));
+    }
+    Ok(r.loaded)
 }
 
 /// Save the variables of `varmap` as safetensors, atomically.

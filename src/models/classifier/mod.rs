@@ -3,8 +3,9 @@
 //! and CBD's student projection (`projection.*`), then a linear (`fc.weight`, `fc.bias`) or
 //! cosine (`fc.weight`) classifier. Its head outputs are one row of logits per image
 //! ([`Head::Classifier`], softmax without background); it predicts class probabilities
-//! ([`Predictions::Classes`]). Taps: `backbone.c2..c5`, `pool` (the pooled feature) and, with
-//! a projection, `projection` (before normalisation) — what feature distillation reads.
+//! ([`Predictions::Classes`]). Taps: `backbone.c2..c5`, `pool` (the pooled feature), with MLP
+//! layers `mlp` (the last one's output) and, with a projection, `projection` (before
+//! normalisation) — what feature distillation reads.
 //!
 //! Training data are images with one label each (`Target::labels = [k]`, 1-based, no boxes);
 //! an image without a label (unlabeled data for SimCLRv2-style distillation) takes part in the
@@ -153,6 +154,9 @@ impl Classifier {
             let (b, d) = h.dims2()?;
             let y = l.linear.forward(&h)?.reshape((b, d, 1, 1))?;
             h = relu(&l.bn.forward_t(&y, train)?)?.reshape((b, d))?;
+        }
+        if !self.mlp.is_empty() {
+            taps.insert("mlp".into(), h.clone());
         }
         if let Some(p) = &self.projection {
             h = relu(&p.forward(&h)?)?;
@@ -334,6 +338,14 @@ impl ClassifierConfig {
             channels: self.pooled_dim(),
             stride: 0,
         });
+        if self.mlp_layers > 0 {
+            // The last kept projection-head layer's output (SimCLR pretraining reads it).
+            v.push(TapSpec {
+                name: "mlp".into(),
+                channels: self.pooled_dim(),
+                stride: 0,
+            });
+        }
         if let Some(p) = &self.projection {
             v.push(TapSpec {
                 name: "projection".into(),
@@ -452,6 +464,7 @@ mod tests {
                 "backbone.c3",
                 "backbone.c4",
                 "backbone.c5",
+                "mlp",
                 "pool",
                 "projection"
             ]
