@@ -215,6 +215,25 @@ pub enum MethodConfig {
         #[serde(default)]
         partner_seed: Option<u64>,
     },
+    /// Deep mutual learning (Zhang et al., CVPR 2018): `model` (network 1, `net1`) and every
+    /// `peers[i]` (`net2`, `net3`, …) train together from scratch, each on its own losses plus
+    /// the mean over the other networks of `T²·KL(p_other ‖ p_self)` on its own samples, the
+    /// others' probabilities detached (the paper's Eq. 10): `L_k = L_Ck + 1/(K−1) Σ_{l≠k}
+    /// D_KL(p_l ‖ p_k)`. Classifiers compare their image logits; detectors (of one family)
+    /// every classification head on the trained network's own samples (its sampled anchors and
+    /// RoIs, its dense anchors), the other networks' heads evaluated there.
+    Dml {
+        /// The other networks (at least one): a model section each, with an optional seed.
+        peers: Vec<DmlPeer>,
+        /// T of the softmax / sigmoid. The paper and its released code (`kl_loss_compute`):
+        /// none, i.e. 1.
+        #[serde(default = "dml_temperature")]
+        temperature: f64,
+        /// The network that evaluation, `model.safetensors` and export describe (`net1` …
+        /// `netK`). The paper reports every network; kdet evaluates `model`'s by default.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
     /// SimCLRv2's distillation (Chen et al. 2020, "Big Self-Supervised Models are Strong
     /// Semi-Supervised Learners", Eq. 3): the student learns the fixed teacher's class
     /// distribution at temperature τ on every training image (add the unlabeled ones with
@@ -251,6 +270,29 @@ pub enum MethodConfig {
     },
 }
 
+/// One of DML's other networks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DmlPeer {
+    pub model: Box<ModelConfig>,
+    /// Seed of its initialisation; null = one derived from `seed` and its position
+    /// (`models::build::network_seed`), so that networks of one architecture never start
+    /// identical.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// The checkpoint names of DML's `k` networks: `net1` (`model`), `net2` (`peers[0]`), ….
+pub fn dml_names(k: usize) -> Vec<String> {
+    (1..=k).map(|i| format!("net{i}")).collect()
+}
+
+fn dml_temperature() -> f64 {
+    1.0
+}
+fn dml_evaluated() -> String {
+    "net1".into()
+}
 fn simclr_alpha() -> f64 {
     1.0
 }
@@ -295,6 +337,21 @@ impl MethodConfig {
             MethodConfig::Colad { .. } => "colad",
             MethodConfig::Simclr { .. } => "simclr",
             MethodConfig::Cbd { .. } => "cbd",
+            MethodConfig::Dml { .. } => "dml",
+        }
+    }
+
+    /// The model sections of the networks it trains besides `model` (network 2, 3, …), with
+    /// their JSON paths: Co-LAD's `method.partner`, DML's `method.peers[i].model`.
+    pub fn extra_networks(&self) -> Vec<(String, &ModelConfig)> {
+        match self {
+            MethodConfig::Colad { partner, .. } => vec![("method.partner".into(), &**partner)],
+            MethodConfig::Dml { peers, .. } => peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("method.peers[{i}].model"), &*p.model))
+                .collect(),
+            _ => vec![],
         }
     }
 
@@ -364,6 +421,52 @@ impl MethodConfig {
                             "{teacher} is not an index of `teachers` ({} given)",
                             teachers.len()
                         ),
+                    ));
+                }
+            }
+            MethodConfig::Dml {
+                peers,
+                temperature,
+                evaluate,
+            } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "dml trains its networks from each other; give no `teachers`",
+                    ));
+                }
+                if peers.is_empty() {
+                    return Err(invalid(
+                        "method.peers",
+                        "dml trains K >= 2 networks: give at least one peer besides `model`",
+                    ));
+                }
+                positive("method.temperature", *temperature)?;
+                for (i, p) in peers.iter().enumerate() {
+                    let path = format!("method.peers[{i}].model");
+                    p.model.validate(&path)?;
+                    if p.model.arch() != model.arch() {
+                        return Err(invalid(
+                            format!("{path}.arch"),
+                            format!(
+                                "`{}`, but model.arch is `{}`: mutual learning compares the networks' outputs on the same samples, so they must be of one family",
+                                p.model.arch(),
+                                model.arch()
+                            ),
+                        ));
+                    }
+                    if p.model.input() != model.input() {
+                        return Err(invalid(
+                            format!("{path}.input"),
+                            "must equal model.input: every network sees the same batch",
+                        ));
+                    }
+                }
+                let names = dml_names(peers.len() + 1);
+                if !names.iter().any(|n| n == evaluate) {
+                    return Err(invalid(
+                        "method.evaluate",
+                        format!("`{evaluate}` is none of {}", names.join(", ")),
                     ));
                 }
             }
