@@ -341,3 +341,85 @@ fn dml_config_errors_are_located() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+#[test]
+fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let dcm = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}},
+        "method": {"type": "dcm", "evaluate": "net2",
+        "partner": {"arch": "classifier",
+            "backbone": {"depth": 18, "width": 0.5, "norm": "bn", "trainable_layers": 5},
+            "input": {"min_size": 32, "max_size": 32, "size_divisible": 1, "square": true},
+            "head": {"type": "linear"}}}});
+    let full = cls_config(dir, "dcm_full", dcm.clone());
+    ok(&kdet(&["train", &full]));
+    let split = cls_config(dir, "dcm_split", dcm);
+    ok(&kdet(&["train", &split, "--stop-after", "2"]));
+    ok(&kdet(&["train", &split, "--resume"]));
+    let (a, b) = (dir.join("dcm_full"), dir.join("dcm_split"));
+    for f in ["net1.safetensors", "net2.safetensors", "model.safetensors"] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for k in [
+        "net1.dcm.ce_aux1",
+        "net1.dcm.ce_aux2",
+        "net2.dcm.ce_final",
+        "net2.dcm.kd",
+    ] {
+        assert!(log.contains(k), "{k} missing from metrics");
+    }
+    let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    // The checkpoint holds the auxiliary classifiers (the same after the resume); the exported
+    // network does not.
+    let (ca, cb) = (
+        t(&a.join("checkpoint.safetensors")),
+        t(&b.join("checkpoint.safetensors")),
+    );
+    let aux: Vec<&String> = ca.keys().filter(|k| k.contains(".aux.")).collect();
+    assert!(aux.iter().any(|k| k.contains("net1.aux.backbone.c3.")));
+    for k in aux {
+        assert_eq!(
+            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    let out = dir.join("net2_export.safetensors");
+    ok(&kdet(&[
+        "export",
+        "--config",
+        &full,
+        "--weights",
+        a.join("checkpoint.safetensors").to_str().unwrap(),
+        "--network",
+        "net2",
+        "--format",
+        "kdet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let (e, w) = (t(&out), t(&a.join("net2.safetensors")));
+    assert_eq!(e.len(), w.len());
+    assert!(e.keys().all(|k| !k.contains("aux")));
+    let cases = [
+        (
+            serde_json::json!({"method": {"type": "dcm", "stages": ["backbone.c5"],
+                "partner": dml_peer(0.5)["model"].clone()}}),
+            "method.stages[0]: unknown stage `backbone.c5`",
+        ),
+        (
+            serde_json::json!({"method": {"type": "dcm", "partner": {"arch": "paa"}}}),
+            "method.partner.arch: dcm trains two classifiers, not `paa`",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let c = cls_config(dir, &format!("bad{i}"), extra);
+        let e = fails(&kdet(&["train", &c]));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}

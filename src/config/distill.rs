@@ -234,6 +234,35 @@ pub enum MethodConfig {
         #[serde(default = "dml_evaluated")]
         evaluate: String,
     },
+    /// Dense cross-layer mutual-distillation (Yao & Sun, ECCV 2020; github.com/sundw2014/DCM):
+    /// two classifiers, `model` (`net1`) and `partner` (`net2`), train together from scratch;
+    /// each gets an auxiliary classifier after each of `stages` (copies of the later stages,
+    /// pooling and a linear layer: method variables, checkpointed, never exported), every
+    /// classifier of both networks its cross-entropy, and every pair of classifiers across the
+    /// two networks (same and different stages) a KD term each way, the target detached:
+    /// `Σ_i CE(q_i) + Σ_{i∈net1, j∈net2} [KL(p_j ‖ p_i) + KL(p_i ‖ p_j)]`.
+    Dcm {
+        /// Network 2's model section (a classifier; same input as `model`).
+        partner: Box<ModelConfig>,
+        /// Seed of network 2; null = derived from `seed` (`models::build::network_seed`).
+        #[serde(default)]
+        partner_seed: Option<u64>,
+        /// The stage taps an auxiliary classifier follows (`backbone.c2` … `backbone.c4`).
+        /// The released code (3-stage WRN) adds one after every stage but the last; kdet's
+        /// 4-stage ResNets default to the last two hidden stages (two auxiliary classifiers,
+        /// as the released code has).
+        #[serde(default = "dcm_stages")]
+        stages: Vec<String>,
+        /// T of the KD terms. The released `KL_divergence`: plain softmax, T = 1.
+        #[serde(default = "dml_temperature")]
+        temperature: f64,
+        /// Weight of every KD term. The released code sums CE and KD terms unweighted: 1.
+        #[serde(default = "dcm_weight")]
+        kd_weight: f64,
+        /// The network that evaluation, `model.safetensors` and export describe.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
     /// SimCLRv2's distillation (Chen et al. 2020, "Big Self-Supervised Models are Strong
     /// Semi-Supervised Learners", Eq. 3): the student learns the fixed teacher's class
     /// distribution at temperature τ on every training image (add the unlabeled ones with
@@ -287,6 +316,12 @@ pub fn dml_names(k: usize) -> Vec<String> {
     (1..=k).map(|i| format!("net{i}")).collect()
 }
 
+fn dcm_stages() -> Vec<String> {
+    vec!["backbone.c3".into(), "backbone.c4".into()]
+}
+fn dcm_weight() -> f64 {
+    1.0
+}
 fn dml_temperature() -> f64 {
     1.0
 }
@@ -338,6 +373,7 @@ impl MethodConfig {
             MethodConfig::Simclr { .. } => "simclr",
             MethodConfig::Cbd { .. } => "cbd",
             MethodConfig::Dml { .. } => "dml",
+            MethodConfig::Dcm { .. } => "dcm",
         }
     }
 
@@ -345,7 +381,9 @@ impl MethodConfig {
     /// their JSON paths: Co-LAD's `method.partner`, DML's `method.peers[i].model`.
     pub fn extra_networks(&self) -> Vec<(String, &ModelConfig)> {
         match self {
-            MethodConfig::Colad { partner, .. } => vec![("method.partner".into(), &**partner)],
+            MethodConfig::Colad { partner, .. } | MethodConfig::Dcm { partner, .. } => {
+                vec![("method.partner".into(), &**partner)]
+            }
             MethodConfig::Dml { peers, .. } => peers
                 .iter()
                 .enumerate()
@@ -467,6 +505,62 @@ impl MethodConfig {
                     return Err(invalid(
                         "method.evaluate",
                         format!("`{evaluate}` is none of {}", names.join(", ")),
+                    ));
+                }
+            }
+            MethodConfig::Dcm {
+                partner,
+                stages,
+                temperature,
+                kd_weight,
+                evaluate,
+                ..
+            } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "dcm trains its two networks from each other; give no `teachers`",
+                    ));
+                }
+                for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
+                    if m.arch() != "classifier" {
+                        return Err(invalid(
+                            format!("{path}.arch"),
+                            format!("dcm trains two classifiers, not `{}`", m.arch()),
+                        ));
+                    }
+                }
+                partner.validate("method.partner")?;
+                if partner.input() != model.input() {
+                    return Err(invalid(
+                        "method.partner.input",
+                        "must equal model.input: both networks see the same batch",
+                    ));
+                }
+                const STAGES: [&str; 3] = ["backbone.c2", "backbone.c3", "backbone.c4"];
+                for (i, st) in stages.iter().enumerate() {
+                    if !STAGES.contains(&st.as_str()) {
+                        return Err(invalid(
+                            format!("method.stages[{i}]"),
+                            format!(
+                                "unknown stage `{st}`: an auxiliary classifier follows one of {}",
+                                STAGES.join(", ")
+                            ),
+                        ));
+                    }
+                    if stages[..i].contains(st) {
+                        return Err(invalid(
+                            format!("method.stages[{i}]"),
+                            format!("`{st}` is named twice"),
+                        ));
+                    }
+                }
+                positive("method.temperature", *temperature)?;
+                nonneg("method.kd_weight", *kd_weight)?;
+                if evaluate != "net1" && evaluate != "net2" {
+                    return Err(invalid(
+                        "method.evaluate",
+                        format!("`{evaluate}` is none of net1, net2"),
                     ));
                 }
             }

@@ -189,7 +189,9 @@ impl LoadedConfig {
                 distill::ColadNetwork::Net1 => "net1",
                 distill::ColadNetwork::Net2 => "net2",
             }),
-            Some(MethodConfig::Dml { evaluate, .. }) => Some(evaluate),
+            Some(MethodConfig::Dml { evaluate, .. }) | Some(MethodConfig::Dcm { evaluate, .. }) => {
+                Some(evaluate)
+            }
             _ => None,
         }
     }
