@@ -224,3 +224,226 @@ fn simclr_and_cbd_train_and_resume_exactly() {
         "{e}"
     );
 }
+
+/// DML's peer classifier: `width`, same input as `cls_config`'s model.
+fn dml_peer(width: f64) -> serde_json::Value {
+    serde_json::json!({"model": {"arch": "classifier",
+        "backbone": {"depth": 18, "width": width, "norm": "bn", "trainable_layers": 5},
+        "input": {"min_size": 16, "max_size": 16, "size_divisible": 1, "square": true},
+        "head": {"type": "cosine"}}})
+}
+
+#[test]
+fn dml_trains_k_networks_resumes_exactly_and_serves_each() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // Three networks: model (R18 ×0.25), a twin without a seed, an R18 ×0.5.
+    let dml = serde_json::json!({"method": {"type": "dml", "evaluate": "net3",
+        "peers": [dml_peer(0.25), dml_peer(0.5)]}});
+    let full = cls_config(dir, "dml_full", dml.clone());
+    let o = ok(&kdet(&["train", &full]));
+    assert!(o.contains("val top-1"), "{o}");
+    let split = cls_config(dir, "dml_split", dml);
+    ok(&kdet(&["train", &split, "--stop-after", "2"]));
+    let o = ok(&kdet(&["train", &split, "--resume"]));
+    assert!(o.contains("resumed at 2"), "{o}");
+    let (a, b) = (dir.join("dml_full"), dir.join("dml_split"));
+    for f in [
+        "net1.safetensors",
+        "net2.safetensors",
+        "net3.safetensors",
+        "model.safetensors",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    assert!(
+        std::fs::read(a.join("model.safetensors")).unwrap()
+            == std::fs::read(a.join("net3.safetensors")).unwrap(),
+        "model.safetensors is the evaluated network"
+    );
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for k in ["net1.dml.cls", "net2.loss_cls", "net3.dml.cls"] {
+        assert!(log.contains(k), "{k} missing from metrics");
+    }
+    // Twins of one architecture and no seed did not train as one network.
+    let t = |f: &str| candle_core::safetensors::load(a.join(f), &candle_core::Device::Cpu).unwrap();
+    let (n1, n2) = (t("net1.safetensors"), t("net2.safetensors"));
+    let differ = n1
+        .iter()
+        .filter(|(k, x)| {
+            x.dims().len() > 1
+                && x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    != n2[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        })
+        .count();
+    assert!(differ > 10, "net1 and net2 are identical");
+    // Export of the chosen network only, from the checkpoint; eval of each.
+    let ck = a.join("checkpoint.safetensors");
+    for net in ["net2", "net3"] {
+        let out = dir.join(format!("{net}_export.safetensors"));
+        ok(&kdet(&[
+            "export",
+            "--config",
+            &full,
+            "--weights",
+            ck.to_str().unwrap(),
+            "--network",
+            net,
+            "--format",
+            "kdet",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let (e, w) = (
+            candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap(),
+            t(&format!("{net}.safetensors")),
+        );
+        assert_eq!(e.len(), w.len(), "{net}: only its own tensors");
+        for (k, x) in &e {
+            assert_eq!(
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{net}: {k}"
+            );
+        }
+        let o = ok(&kdet(&[
+            "eval",
+            "--config",
+            &full,
+            "--weights",
+            a.join(format!("{net}.safetensors")).to_str().unwrap(),
+            "--network",
+            net,
+        ]));
+        assert!(o.contains("top-1 accuracy"), "{o}");
+    }
+    let e = fails(&kdet(&[
+        "export",
+        "--config",
+        &full,
+        "--weights",
+        ck.to_str().unwrap(),
+        "--network",
+        "net4",
+        "--out",
+        dir.join("x.safetensors").to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("no network `net4`") && e.contains("net1, net2, net3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn dml_config_errors_are_located() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let cases = [
+        (
+            serde_json::json!({"method": {"type": "dml", "peers": []}}),
+            "method.peers: dml trains K >= 2 networks",
+        ),
+        (
+            serde_json::json!({"method": {"type": "dml", "peers": [{"model": {"arch": "paa"}}]}}),
+            "method.peers[0].model.arch: `paa`, but model.arch is `classifier`",
+        ),
+        (
+            serde_json::json!({"method": {"type": "dml", "peers": [dml_peer(0.5)], "evaluate": "net3"}}),
+            "method.evaluate: `net3` is none of net1, net2",
+        ),
+        (
+            serde_json::json!({"method": {"type": "dml", "peers": [dml_peer(0.5)], "temperature": 0}}),
+            "method.temperature",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let c = cls_config(dir, &format!("bad{i}"), extra);
+        let e = fails(&kdet(&["train", &c]));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let dcm = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}},
+        "method": {"type": "dcm", "evaluate": "net2",
+        "partner": {"arch": "classifier",
+            "backbone": {"depth": 18, "width": 0.5, "norm": "bn", "trainable_layers": 5},
+            "input": {"min_size": 32, "max_size": 32, "size_divisible": 1, "square": true},
+            "head": {"type": "linear"}}}});
+    let full = cls_config(dir, "dcm_full", dcm.clone());
+    ok(&kdet(&["train", &full]));
+    let split = cls_config(dir, "dcm_split", dcm);
+    ok(&kdet(&["train", &split, "--stop-after", "2"]));
+    ok(&kdet(&["train", &split, "--resume"]));
+    let (a, b) = (dir.join("dcm_full"), dir.join("dcm_split"));
+    for f in ["net1.safetensors", "net2.safetensors", "model.safetensors"] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for k in [
+        "net1.dcm.ce_aux1",
+        "net1.dcm.ce_aux2",
+        "net2.dcm.ce_final",
+        "net2.dcm.kd",
+    ] {
+        assert!(log.contains(k), "{k} missing from metrics");
+    }
+    let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    // The checkpoint holds the auxiliary classifiers (the same after the resume); the exported
+    // network does not.
+    let (ca, cb) = (
+        t(&a.join("checkpoint.safetensors")),
+        t(&b.join("checkpoint.safetensors")),
+    );
+    let aux: Vec<&String> = ca.keys().filter(|k| k.contains(".aux.")).collect();
+    assert!(aux.iter().any(|k| k.contains("net1.aux.backbone.c3.")));
+    for k in aux {
+        assert_eq!(
+            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    let out = dir.join("net2_export.safetensors");
+    ok(&kdet(&[
+        "export",
+        "--config",
+        &full,
+        "--weights",
+        a.join("checkpoint.safetensors").to_str().unwrap(),
+        "--network",
+        "net2",
+        "--format",
+        "kdet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let (e, w) = (t(&out), t(&a.join("net2.safetensors")));
+    assert_eq!(e.len(), w.len());
+    assert!(e.keys().all(|k| !k.contains("aux")));
+    let cases = [
+        (
+            serde_json::json!({"method": {"type": "dcm", "stages": ["backbone.c5"],
+                "partner": dml_peer(0.5)["model"].clone()}}),
+            "method.stages[0]: unknown stage `backbone.c5`",
+        ),
+        (
+            serde_json::json!({"method": {"type": "dcm", "partner": {"arch": "paa"}}}),
+            "method.partner.arch: dcm trains two classifiers, not `paa`",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let c = cls_config(dir, &format!("bad{i}"), extra);
+        let e = fails(&kdet(&["train", &c]));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}

@@ -394,3 +394,64 @@ fn hints_from_a_faster_rcnn_teacher_pair_taps_by_stride() {
     let metrics = std::fs::read_to_string(d.path().join("hint/metrics.jsonl")).unwrap();
     assert!(metrics.contains("distill.hint.fpn.p6"), "{metrics}");
 }
+
+/// DML between two PAA networks (as Co-LAD's pair): each on its own assignment, the other's
+/// dense head scored on its anchors; resumes exactly. And between two Faster R-CNNs: the RPN and
+/// RCN heads, the other's box head on this network's sampled RoIs.
+#[test]
+fn dml_between_two_detectors_of_one_family_resumes_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let peer = serde_json::json!({"model": {
+        "arch": "paa",
+        "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+        "neck": {"out_channels": 8},
+        "head": {"channels": 8, "num_convs": 1, "gn_groups": 4},
+        "anchors": {"octave_base_scale": 2},
+        "input": {"min_size": 64, "max_size": 64}}});
+    let dml = serde_json::json!({"method": {"type": "dml", "peers": [peer]}});
+    let (a, b) = straight_and_resumed(d.path(), "dml", dml);
+    for f in ["net1.safetensors", "net2.safetensors", "model.safetensors"] {
+        assert_same_tensors(&a.join(f), &b.join(f));
+    }
+    assert_same_tensors(&a.join("model.safetensors"), &a.join("net1.safetensors"));
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for k in [
+        "net1.dml.dense",
+        "net2.dml.dense",
+        "net1.loss_cls",
+        "net2.loss_bbox",
+    ] {
+        assert!(metrics.contains(k), "{k} missing from metrics");
+    }
+    // Two Faster R-CNNs (the tiny student of tests/common twice, the second wider).
+    let c = common::config(
+        d.path(),
+        "frcnn_dml",
+        r#"{"iterations": 2, "batch_size": 2, "warmup_iters": 1, "log_every": 1}"#,
+    );
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    v["method"] = serde_json::json!({"type": "dml", "peers": [{"model": {
+        "arch": "faster_rcnn",
+        "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+        "fpn": {"out_channels": 32},
+        "rpn": {"anchor_sizes": [12, 24, 48, 96, 160]},
+        "input": {"min_size": 64, "max_size": 64}}}]});
+    std::fs::write(&c, v.to_string()).unwrap();
+    let o = kdet(&["train", &c]);
+    let s = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{s}");
+    let metrics = std::fs::read_to_string(d.path().join("frcnn_dml/metrics.jsonl")).unwrap();
+    for k in [
+        "net1.dml.rpn",
+        "net1.dml.rcn",
+        "net2.dml.rcn",
+        "net2.loss_classifier",
+    ] {
+        assert!(metrics.contains(k), "{k} missing from metrics");
+    }
+}

@@ -21,8 +21,9 @@ pub struct EvalArgs {
     /// (see `kdet infer --help`).
     #[arg(long, value_enum, requires = "config")]
     pub classes: Option<ClassList>,
-    /// With a config training several networks (Co-LAD): which one the weights are, `net1`
-    /// (the config's `model`) or `net2` (`method.partner`).
+    /// With a config training several networks (Co-LAD, DML, DCM): which one the weights are,
+    /// `net1` (the config's `model`), `net2` (`method.partner`, DML's first peer), …; by
+    /// default the one the weights' sidecar records, else the evaluated one.
     #[arg(long, requires = "config")]
     pub network: Option<String>,
     /// `text`: pycocotools' 12 summary lines (+ per-class table with --per-class);

@@ -24,7 +24,8 @@ pub struct ExportArgs {
     /// Storage type of floating-point tensors.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: kdet::device::Precision,
-    /// Of a checkpoint holding several networks (Co-LAD), this one: `net1` or `net2`.
+    /// Of a checkpoint holding several networks (Co-LAD, DML, DCM), this one: `net1`, `net2`,
+    /// …; by default the evaluated one.
     #[arg(long)]
     pub network: Option<String>,
     /// Class names when the weights have no sidecar (see `kdet infer --help`).

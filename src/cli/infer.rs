@@ -32,8 +32,9 @@ pub struct InferArgs {
     /// A classifier: how many of the most probable classes to print and write per image.
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top_k: usize,
-    /// With a config training several networks (Co-LAD): which one the weights are, `net1`
-    /// or `net2`.
+    /// With a config training several networks (Co-LAD, DML, DCM): which one the weights are,
+    /// `net1`, `net2`, …; by default the one the weights' sidecar records, else the evaluated
+    /// one.
     #[arg(long)]
     pub network: Option<String>,
 }

@@ -225,10 +225,11 @@ fn default_network(cfg: &LoadedConfig, weights: &std::path::Path) -> Option<Stri
         .ok()
         .flatten()
         .and_then(|s| s.field::<kdet::models::config::ModelConfig>("model").ok());
-    let named = ["net1", "net2"]
+    let named = cfg
+        .network_names()
         .into_iter()
         .find(|n| recorded.is_some() && cfg.network_model(n).ok().as_ref() == recorded.as_ref());
-    Some(named.unwrap_or(evaluated).to_string())
+    Some(named.unwrap_or_else(|| evaluated.to_string()))
 }
 
 /// A model's tensors from a model file or, for a kdet training checkpoint, its network's

@@ -215,6 +215,54 @@ pub enum MethodConfig {
         #[serde(default)]
         partner_seed: Option<u64>,
     },
+    /// Deep mutual learning (Zhang et al., CVPR 2018): `model` (network 1, `net1`) and every
+    /// `peers[i]` (`net2`, `net3`, …) train together from scratch, each on its own losses plus
+    /// the mean over the other networks of `T²·KL(p_other ‖ p_self)` on its own samples, the
+    /// others' probabilities detached (the paper's Eq. 10): `L_k = L_Ck + 1/(K−1) Σ_{l≠k}
+    /// D_KL(p_l ‖ p_k)`. Classifiers compare their image logits; detectors (of one family)
+    /// every classification head on the trained network's own samples (its sampled anchors and
+    /// RoIs, its dense anchors), the other networks' heads evaluated there.
+    Dml {
+        /// The other networks (at least one): a model section each, with an optional seed.
+        peers: Vec<DmlPeer>,
+        /// T of the softmax / sigmoid. The paper and its released code (`kl_loss_compute`):
+        /// none, i.e. 1.
+        #[serde(default = "dml_temperature")]
+        temperature: f64,
+        /// The network that evaluation, `model.safetensors` and export describe (`net1` …
+        /// `netK`). The paper reports every network; kdet evaluates `model`'s by default.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
+    /// Dense cross-layer mutual-distillation (Yao & Sun, ECCV 2020; github.com/sundw2014/DCM):
+    /// two classifiers, `model` (`net1`) and `partner` (`net2`), train together from scratch;
+    /// each gets an auxiliary classifier after each of `stages` (copies of the later stages,
+    /// pooling and a linear layer: method variables, checkpointed, never exported), every
+    /// classifier of both networks its cross-entropy, and every pair of classifiers across the
+    /// two networks (same and different stages) a KD term each way, the target detached:
+    /// `Σ_i CE(q_i) + Σ_{i∈net1, j∈net2} [KL(p_j ‖ p_i) + KL(p_i ‖ p_j)]`.
+    Dcm {
+        /// Network 2's model section (a classifier; same input as `model`).
+        partner: Box<ModelConfig>,
+        /// Seed of network 2; null = derived from `seed` (`models::build::network_seed`).
+        #[serde(default)]
+        partner_seed: Option<u64>,
+        /// The stage taps an auxiliary classifier follows (`backbone.c2` … `backbone.c4`).
+        /// The released code (3-stage WRN) adds one after every stage but the last; kdet's
+        /// 4-stage ResNets default to the last two hidden stages (two auxiliary classifiers,
+        /// as the released code has).
+        #[serde(default = "dcm_stages")]
+        stages: Vec<String>,
+        /// T of the KD terms. The released `KL_divergence`: plain softmax, T = 1.
+        #[serde(default = "dml_temperature")]
+        temperature: f64,
+        /// Weight of every KD term. The released code sums CE and KD terms unweighted: 1.
+        #[serde(default = "dcm_weight")]
+        kd_weight: f64,
+        /// The network that evaluation, `model.safetensors` and export describe.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
     /// SimCLRv2's distillation (Chen et al. 2020, "Big Self-Supervised Models are Strong
     /// Semi-Supervised Learners", Eq. 3): the student learns the fixed teacher's class
     /// distribution at temperature τ on every training image (add the unlabeled ones with
@@ -274,6 +322,35 @@ fn simclr_proj_out_dim() -> usize {
     128
 }
 
+/// One of DML's other networks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DmlPeer {
+    pub model: Box<ModelConfig>,
+    /// Seed of its initialisation; null = one derived from `seed` and its position
+    /// (`models::build::network_seed`), so that networks of one architecture never start
+    /// identical.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// The checkpoint names of DML's `k` networks: `net1` (`model`), `net2` (`peers[0]`), ….
+pub fn dml_names(k: usize) -> Vec<String> {
+    (1..=k).map(|i| format!("net{i}")).collect()
+}
+
+fn dcm_stages() -> Vec<String> {
+    vec!["backbone.c3".into(), "backbone.c4".into()]
+}
+fn dcm_weight() -> f64 {
+    1.0
+}
+fn dml_temperature() -> f64 {
+    1.0
+}
+fn dml_evaluated() -> String {
+    "net1".into()
+}
 fn simclr_alpha() -> f64 {
     1.0
 }
@@ -319,6 +396,24 @@ impl MethodConfig {
             MethodConfig::Simclr { .. } => "simclr",
             MethodConfig::Cbd { .. } => "cbd",
             MethodConfig::SimclrPretrain { .. } => "simclr_pretrain",
+            MethodConfig::Dml { .. } => "dml",
+            MethodConfig::Dcm { .. } => "dcm",
+        }
+    }
+
+    /// The model sections of the networks it trains besides `model` (network 2, 3, …), with
+    /// their JSON paths: Co-LAD's `method.partner`, DML's `method.peers[i].model`.
+    pub fn extra_networks(&self) -> Vec<(String, &ModelConfig)> {
+        match self {
+            MethodConfig::Colad { partner, .. } | MethodConfig::Dcm { partner, .. } => {
+                vec![("method.partner".into(), &**partner)]
+            }
+            MethodConfig::Dml { peers, .. } => peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("method.peers[{i}].model"), &*p.model))
+                .collect(),
+            _ => vec![],
         }
     }
 
@@ -420,6 +515,108 @@ impl MethodConfig {
                             "{teacher} is not an index of `teachers` ({} given)",
                             teachers.len()
                         ),
+                    ));
+                }
+            }
+            MethodConfig::Dml {
+                peers,
+                temperature,
+                evaluate,
+            } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "dml trains its networks from each other; give no `teachers`",
+                    ));
+                }
+                if peers.is_empty() {
+                    return Err(invalid(
+                        "method.peers",
+                        "dml trains K >= 2 networks: give at least one peer besides `model`",
+                    ));
+                }
+                positive("method.temperature", *temperature)?;
+                for (i, p) in peers.iter().enumerate() {
+                    let path = format!("method.peers[{i}].model");
+                    p.model.validate(&path)?;
+                    if p.model.arch() != model.arch() {
+                        return Err(invalid(
+                            format!("{path}.arch"),
+                            format!(
+                                "`{}`, but model.arch is `{}`: mutual learning compares the networks' outputs on the same samples, so they must be of one family",
+                                p.model.arch(),
+                                model.arch()
+                            ),
+                        ));
+                    }
+                    if p.model.input() != model.input() {
+                        return Err(invalid(
+                            format!("{path}.input"),
+                            "must equal model.input: every network sees the same batch",
+                        ));
+                    }
+                }
+                let names = dml_names(peers.len() + 1);
+                if !names.iter().any(|n| n == evaluate) {
+                    return Err(invalid(
+                        "method.evaluate",
+                        format!("`{evaluate}` is none of {}", names.join(", ")),
+                    ));
+                }
+            }
+            MethodConfig::Dcm {
+                partner,
+                stages,
+                temperature,
+                kd_weight,
+                evaluate,
+                ..
+            } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "dcm trains its two networks from each other; give no `teachers`",
+                    ));
+                }
+                for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
+                    if m.arch() != "classifier" {
+                        return Err(invalid(
+                            format!("{path}.arch"),
+                            format!("dcm trains two classifiers, not `{}`", m.arch()),
+                        ));
+                    }
+                }
+                partner.validate("method.partner")?;
+                if partner.input() != model.input() {
+                    return Err(invalid(
+                        "method.partner.input",
+                        "must equal model.input: both networks see the same batch",
+                    ));
+                }
+                const STAGES: [&str; 3] = ["backbone.c2", "backbone.c3", "backbone.c4"];
+                for (i, st) in stages.iter().enumerate() {
+                    if !STAGES.contains(&st.as_str()) {
+                        return Err(invalid(
+                            format!("method.stages[{i}]"),
+                            format!(
+                                "unknown stage `{st}`: an auxiliary classifier follows one of {}",
+                                STAGES.join(", ")
+                            ),
+                        ));
+                    }
+                    if stages[..i].contains(st) {
+                        return Err(invalid(
+                            format!("method.stages[{i}]"),
+                            format!("`{st}` is named twice"),
+                        ));
+                    }
+                }
+                positive("method.temperature", *temperature)?;
+                nonneg("method.kd_weight", *kd_weight)?;
+                if evaluate != "net1" && evaluate != "net2" {
+                    return Err(invalid(
+                        "method.evaluate",
+                        format!("`{evaluate}` is none of net1, net2"),
                     ));
                 }
             }

@@ -144,27 +144,55 @@ impl LoadedConfig {
         }
     }
 
-    /// The model section of a network a method names (`net1` is `model`, `net2` Co-LAD's
-    /// `method.partner`).
+    /// The checkpoint names of the networks a multi-network method trains (`net1` is `model`,
+    /// `net2`… Co-LAD's `method.partner`, DML's `method.peers`); empty for a one-network run.
+    pub fn network_names(&self) -> Vec<String> {
+        match &self.config.method {
+            Some(m) if !m.extra_networks().is_empty() => {
+                distill::dml_names(m.extra_networks().len() + 1)
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The model section of a network a method names (`net1` is `model`, `net2`, `net3`, …
+    /// Co-LAD's `method.partner` or DML's `method.peers[i].model`).
     pub fn network_model(&self, name: &str) -> Result<ModelConfig> {
-        match (name, &self.config.method) {
-            ("net1", Some(MethodConfig::Colad { .. })) => Ok(self.config.model.clone()),
-            ("net2", Some(MethodConfig::Colad { partner, .. })) => Ok((**partner).clone()),
-            _ => Err(Error::msg(format!(
-                "{}: no network `{name}` (only a colad method trains net1 and net2)",
-                self.path.display()
+        let extra = self
+            .config
+            .method
+            .as_ref()
+            .map(|m| m.extra_networks())
+            .unwrap_or_default();
+        let index = name
+            .strip_prefix("net")
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i >= 1 && i <= extra.len() + 1 && !extra.is_empty());
+        match index {
+            Some(1) => Ok(self.config.model.clone()),
+            Some(i) => Ok(extra[i - 2].1.clone()),
+            None => Err(Error::msg(format!(
+                "{}: no network `{name}` ({})",
+                self.path.display(),
+                match self.network_names().as_slice() {
+                    [] => "only colad and dml methods train several networks".to_string(),
+                    names => format!("this config trains {}", names.join(", ")),
+                }
             ))),
         }
     }
 
     /// The network a multi-network method evaluates, writes as `model.safetensors` and
-    /// exports by default (Co-LAD's `method.evaluate`); `None` for a one-network run.
-    pub fn evaluated_network(&self) -> Option<&'static str> {
+    /// exports by default (Co-LAD's and DML's `method.evaluate`); `None` for a one-network run.
+    pub fn evaluated_network(&self) -> Option<&str> {
         match &self.config.method {
             Some(MethodConfig::Colad { evaluate, .. }) => Some(match evaluate {
                 distill::ColadNetwork::Net1 => "net1",
                 distill::ColadNetwork::Net2 => "net2",
             }),
+            Some(MethodConfig::Dml { evaluate, .. }) | Some(MethodConfig::Dcm { evaluate, .. }) => {
+                Some(evaluate)
+            }
             _ => None,
         }
     }

@@ -24,12 +24,12 @@ use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
 use crate::engine::checkpoint::FrozenInput;
 use crate::engine::method::{
-    student_network, Method, NamedNetwork, Reference, RunData, StepOutput,
+    own_pass, student_network, Method, NamedNetwork, OwnPass, Reference, RunData, StepOutput,
 };
 use crate::error::{Error, Result};
 use crate::models::build::Network;
 use crate::models::classifier::l2_normalize;
-use crate::models::contract::{find_tap, StepRng, Want};
+use crate::models::contract::{find_tap, StepRng};
 
 pub struct Cbd {
     pub student: Network,
@@ -99,10 +99,7 @@ impl Method for Cbd {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
-        let m = &self.student.model;
-        let fwd = m.forward(&batch.images, true)?;
-        let a = m.assign(&fwd, batch, rng)?;
-        let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
+        let OwnPass { fwd, out, .. } = own_pass(self.student.model.as_ref(), batch, rng)?;
         let input = self.student.config.input();
         let feats = self
             .teachers
@@ -150,6 +147,7 @@ mod tests {
     use crate::data::loader::Target;
     use crate::distill::teacher::Teacher;
     use crate::models::config::ModelConfig;
+    use crate::models::contract::Want;
     use candle_core::{DType, Device};
     use candle_nn::VarBuilder;
     use rand::SeedableRng;

@@ -15,11 +15,11 @@ use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
 use crate::engine::checkpoint::FrozenInput;
 use crate::engine::method::{
-    student_network, Method, NamedNetwork, Reference, RunData, StepOutput,
+    own_pass, student_network, Method, NamedNetwork, OwnPass, Reference, RunData, StepOutput,
 };
 use crate::error::Result;
 use crate::models::build::Network;
-use crate::models::contract::{StepRng, Want};
+use crate::models::contract::StepRng;
 
 /// The student, its teachers and the configured terms.
 pub struct ChenDistillation {
@@ -64,10 +64,11 @@ impl Method for ChenDistillation {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
-        let m = &self.student.model;
-        let fwd = m.forward(&batch.images, true)?;
-        let a = m.assign(&fwd, batch, rng)?;
-        let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
+        let OwnPass {
+            fwd,
+            assignment: a,
+            out,
+        } = own_pass(self.student.model.as_ref(), batch, rng)?;
         let touts = self
             .teachers
             .iter()
@@ -93,7 +94,7 @@ mod tests {
     use super::*;
     use crate::data::loader::Target;
     use crate::models::config::ModelConfig;
-    use crate::models::contract::Head;
+    use crate::models::contract::{Head, Want};
     use candle_core::Device;
     use candle_core::{DType, Tensor};
     use candle_nn::VarBuilder;

@@ -23,11 +23,11 @@ use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
 use crate::engine::checkpoint::FrozenInput;
 use crate::engine::method::{
-    student_network, Method, NamedNetwork, Reference, RunData, StepOutput,
+    own_pass, student_network, Method, NamedNetwork, Reference, RunData, StepOutput,
 };
 use crate::error::Result;
 use crate::models::build::Network;
-use crate::models::contract::{Head, StepRng, Want};
+use crate::models::contract::{Head, StepRng};
 
 pub struct Simclr {
     pub student: Network,
@@ -104,10 +104,7 @@ impl Method for Simclr {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
-        let m = &self.student.model;
-        let fwd = m.forward(&batch.images, true)?;
-        let a = m.assign(&fwd, batch, rng)?;
-        let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
+        let out = own_pass(self.student.model.as_ref(), batch, rng)?.out;
         let s = out.head(Head::Classifier)?.logits()?;
         let t = self
             .teacher

@@ -24,7 +24,7 @@ use crate::data::transforms::InputConfig;
 use crate::data::Split;
 use crate::error::Result;
 use crate::models::build::Network;
-use crate::models::contract::{Loss, Model, StepRng, Want};
+use crate::models::contract::{Assignment, Forward, Loss, Model, StepRng, TrainOutput, Want};
 
 /// What a run trains on, loaded once before the method is built (a method checks its teachers
 /// on the validation split, and sizes its networks by the classes).
@@ -275,12 +275,30 @@ impl Method for Plain {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {
-        let m = &self.student.model;
-        let fwd = m.forward(&batch.images, true)?;
-        let a = m.assign(&fwd, batch, rng)?;
-        let out = m.outputs(&fwd, &a, batch, Want::Losses)?;
-        Ok(StepOutput::from_losses(out.losses))
+        let p = own_pass(self.student.model.as_ref(), batch, rng)?;
+        Ok(StepOutput::from_losses(p.out.losses))
     }
+}
+
+/// A trained network's pass over a batch on its own: the forward, its own assignment, and the
+/// losses (with every head's outputs) on that assignment — the start of every method's step
+/// whose networks assign for themselves.
+pub struct OwnPass {
+    pub fwd: Forward,
+    pub assignment: Assignment,
+    pub out: TrainOutput,
+}
+
+/// [`OwnPass`] of `model` (train mode): `forward` → `assign` (from `rng`) → `outputs(Losses)`.
+pub fn own_pass(model: &dyn Model, batch: &Batch, rng: &mut StepRng) -> Result<OwnPass> {
+    let fwd = model.forward(&batch.images, true)?;
+    let assignment = model.assign(&fwd, batch, rng)?;
+    let out = model.outputs(&fwd, &assignment, batch, Want::Losses)?;
+    Ok(OwnPass {
+        fwd,
+        assignment,
+        out,
+    })
 }
 
 /// The network `model` describes, initialised from the config's seed, with its backbone weights

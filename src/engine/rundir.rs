@@ -171,10 +171,10 @@ pub fn inputs(cfg: &LoadedConfig) -> Vec<Input> {
         "model.backbone.weights".to_string(),
         c.model.backbone().weights.clone(),
     )];
-    if let Some(crate::config::distill::MethodConfig::Colad { partner, .. }) = &c.method {
+    for (path, m) in c.method.iter().flat_map(|m| m.extra_networks()) {
         weights.push((
-            "method.partner.backbone.weights".into(),
-            partner.backbone().weights.clone(),
+            format!("{path}.backbone.weights"),
+            m.backbone().weights.clone(),
         ));
     }
     for (i, t) in c.teachers.iter().enumerate() {

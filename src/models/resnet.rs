@@ -144,6 +144,70 @@ impl Block {
     }
 }
 
+/// Fresh copies of the stages after stage `after` (1 = layer1 … 3 = layer3), as `layer{k}.{b}`
+/// under `vb`, then global average pooling and a linear classifier (`fc`): an auxiliary
+/// classifier on a hidden stage's output whose path to the logits is as deep as the trunk's
+/// (DCM, Yao & Sun 2020, whose released code copies the remaining stages the same way).
+#[derive(Debug, Clone)]
+pub struct StageBranch {
+    layers: Vec<Vec<Block>>,
+    fc: candle_nn::Linear,
+}
+
+impl StageBranch {
+    pub fn new(
+        vb: VarBuilder,
+        cfg: ResNetConfig,
+        after: usize,
+        num_classes: usize,
+    ) -> candle_core::Result<Self> {
+        if !(1..=3).contains(&after) {
+            candle_core::bail!("a stage branch starts after layer1..layer3, not {after}");
+        }
+        let mut cin = cfg.out_channels()[after - 1];
+        let mut layers = vec![];
+        for li in after..4 {
+            let planes = cfg.ch([64, 128, 256, 512][li]);
+            let lvb = vb.pp(format!("layer{}", li + 1));
+            let mut blocks = vec![];
+            for b in 0..cfg.blocks()[li] {
+                let stride = if b == 0 { 2 } else { 1 };
+                blocks.push(Block::new(
+                    lvb.pp(b.to_string()),
+                    &cfg,
+                    cin,
+                    planes,
+                    stride,
+                )?);
+                cin = if cfg.bottleneck() { planes * 4 } else { planes };
+            }
+            layers.push(blocks);
+        }
+        let b = 1.0 / (cin as f64).sqrt();
+        let w = vb.pp("fc").get_with_hints(
+            (num_classes, cin),
+            "weight",
+            Init::Uniform { lo: -b, up: b },
+        )?;
+        let bias =
+            vb.pp("fc")
+                .get_with_hints(num_classes, "bias", Init::Uniform { lo: -b, up: b })?;
+        Ok(Self {
+            layers,
+            fc: candle_nn::Linear::new(w, Some(bias)),
+        })
+    }
+
+    /// Class logits (`N × classes`) from the stage output `x`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut y = x.clone();
+        for b in self.layers.iter().flatten() {
+            y = b.forward_t(&y, train)?;
+        }
+        y.mean((2, 3))?.apply(&self.fc)
+    }
+}
+
 /// A ResNet trunk (and optional classifier head `fc`).
 #[derive(Debug, Clone)]
 pub struct ResNet {
