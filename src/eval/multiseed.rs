@@ -146,10 +146,16 @@ impl Arm {
 /// The name of an `--arm` list after its first run: `X` for `X/seed-<k>`, `X/net1` for
 /// `X/seed-<k>/net1_detections.json`, else the folder's or file's name.
 fn list_name(first: &Path) -> String {
+    // Relative paths (`seed-0`) have an empty parent: name them from where they are.
+    let first = &first.canonicalize().unwrap_or_else(|_| first.to_path_buf());
     let seed_dir = |p: &Path| name_of(p).starts_with(SEED_DIR_PREFIX);
     if seed_dir(first) {
         if let Some(parent) = first.parent() {
-            return name_of(parent);
+            // What follows `seed-<k>` (`seed-0_baseline`) tells two arms in one folder apart.
+            let name = name_of(first);
+            let suffix =
+                name[SEED_DIR_PREFIX.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+            return format!("{}{suffix}", name_of(parent));
         }
     }
     if let (true, Some(dir)) = (first.is_file(), first.parent()) {
@@ -816,6 +822,19 @@ mod tests {
     fn width(i: Option<Interval>) -> f64 {
         let i = i.unwrap();
         i.upper - i.lower
+    }
+
+    /// Two `--arm` lists in one folder (`X/seed-<k>` and `X/seed-<k>_baseline`, as a run of
+    /// several seeds with its baselines beside them) get two names.
+    #[test]
+    fn arm_lists_are_named_after_their_folder_and_seed_suffix() {
+        let d = tempfile::tempdir().unwrap();
+        let x = d.path().join("frcnn");
+        for s in ["seed-0", "seed-0_baseline"] {
+            std::fs::create_dir_all(x.join(s)).unwrap();
+        }
+        assert_eq!(list_name(&x.join("seed-0")), "frcnn");
+        assert_eq!(list_name(&x.join("seed-0_baseline")), "frcnn_baseline");
     }
 
     #[test]
