@@ -190,19 +190,7 @@ impl Method for Dml {
 
     /// One group (one optimizer) per network, as the paper's one optimizer per network.
     fn param_groups(&self) -> Vec<Vec<(String, Var)>> {
-        self.networks()
-            .into_iter()
-            .map(|n| {
-                let data = n.net.vars.varmap.data().lock().expect("varmap lock");
-                let mut v: Vec<(String, Var)> = data
-                    .iter()
-                    .filter(|(k, _)| n.net.model.is_trainable(k))
-                    .map(|(k, var)| (n.state_name(k), var.clone()))
-                    .collect();
-                v.sort_by(|a, b| a.0.cmp(&b.0));
-                v
-            })
-            .collect()
+        self.networks().iter().map(|n| n.trainable()).collect()
     }
 }
 

@@ -181,6 +181,18 @@ impl NamedNetwork<'_> {
             format!("{}.{param}", self.name)
         }
     }
+
+    /// Its trainable variables under their checkpoint names, sorted.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let data = self.net.vars.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(k, _)| self.net.model.is_trainable(k))
+            .map(|(k, var)| (self.state_name(k), var.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 /// A frozen model evaluated beside the trained network at the end of a run (a teacher), so the
@@ -235,15 +247,8 @@ pub trait Method {
     /// Parameter groups, one optimizer each (same solver settings): by default one group of
     /// every trainable network parameter and every variable of the method's own, by name.
     fn param_groups(&self) -> Vec<Vec<(String, Var)>> {
-        let mut v: Vec<(String, Var)> = vec![];
-        for n in self.networks() {
-            let data = n.net.vars.varmap.data().lock().expect("varmap lock");
-            v.extend(
-                data.iter()
-                    .filter(|(k, _)| n.net.model.is_trainable(k))
-                    .map(|(k, var)| (n.state_name(k), var.clone())),
-            );
-        }
+        let mut v: Vec<(String, Var)> =
+            self.networks().iter().flat_map(|n| n.trainable()).collect();
         if let Some(own) = self.own_vars() {
             let data = own.data().lock().expect("varmap lock");
             v.extend(data.iter().map(|(k, var)| (k.clone(), var.clone())));
