@@ -276,22 +276,16 @@ mod tests {
         let total = (&out.losses["distill.cbd.feature"] + &out.losses["loss_cls"]).unwrap();
         let grads = total.backward().unwrap();
         let vars = cbd.student.vars.varmap.data().lock().unwrap();
-        for name in [
-            "projection.weight",
-            "projection.bias",
-            "fc.weight",
-            "backbone.layer4.1.conv2.weight",
-        ] {
-            let g = grads.get(vars[name].as_tensor()).expect(name);
-            let n = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(n > 0.0, "{name} got no gradient");
-        }
+        crate::distill::test_util::assert_gradients(
+            &grads,
+            |n| vars.get(n).cloned(),
+            &[
+                "projection.weight",
+                "projection.bias",
+                "fc.weight",
+                "backbone.layer4.1.conv2.weight",
+            ],
+        );
         // The teachers are plain tensors: their features track no operation.
         for t in &cbd.teachers {
             let f = t.features(&b, cbd.student.config.input()).unwrap();

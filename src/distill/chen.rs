@@ -192,23 +192,16 @@ mod tests {
         let grads = total.backward().unwrap();
         let student_vars = d.student.vars.varmap.data().lock().unwrap();
         let own_vars = d.terms.own_vars().data().lock().unwrap();
-        for name in [
-            "distill.0.teacher0.adaptation.weight",
-            "backbone.body.layer1.0.conv1.weight",
-            "rpn.head.cls_logits.weight",
-            "roi_heads.box_predictor.cls_score.weight",
-        ] {
-            let var = student_vars.get(name).or(own_vars.get(name)).expect(name);
-            let g = grads.get(var.as_tensor()).expect(name);
-            let n = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(n > 0.0, "{name} got a zero gradient");
-        }
+        crate::distill::test_util::assert_gradients(
+            &grads,
+            |n| student_vars.get(n).or(own_vars.get(n)).cloned(),
+            &[
+                "distill.0.teacher0.adaptation.weight",
+                "backbone.body.layer1.0.conv1.weight",
+                "rpn.head.cls_logits.weight",
+                "roi_heads.box_predictor.cls_score.weight",
+            ],
+        );
         // The adaptation layers are the method's, not the student's.
         assert!(!student_vars.contains_key("distill.0.teacher0.adaptation.weight"));
         // Nothing of the teacher is in the graph: its outputs track no operation.
@@ -340,27 +333,20 @@ mod tests {
         let grads = total.backward().unwrap();
         let student_vars = d.student.vars.varmap.data().lock().unwrap();
         let own_vars = d.terms.own_vars().data().lock().unwrap();
-        for name in [
-            "distill.0.teacher0.align.weight",
-            "distill.1.teacher0.align.weight",
-            "distill.2.teacher0.generation.0.weight",
-            "distill.2.teacher0.generation.2.weight",
-            "distill.3.teacher0.channel_add_conv_s.3.weight",
-            "distill.3.teacher0.channel_add_conv_t.3.weight",
-            "backbone.fpn.layer_blocks.1.0.weight",
-            "backbone.fpn.layer_blocks.0.0.weight",
-        ] {
-            let var = student_vars.get(name).or(own_vars.get(name)).expect(name);
-            let g = grads.get(var.as_tensor()).expect(name);
-            let n = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(n > 0.0, "{name} got a zero gradient");
-        }
+        crate::distill::test_util::assert_gradients(
+            &grads,
+            |n| student_vars.get(n).or(own_vars.get(n)).cloned(),
+            &[
+                "distill.0.teacher0.align.weight",
+                "distill.1.teacher0.align.weight",
+                "distill.2.teacher0.generation.0.weight",
+                "distill.2.teacher0.generation.2.weight",
+                "distill.3.teacher0.channel_add_conv_s.3.weight",
+                "distill.3.teacher0.channel_add_conv_t.3.weight",
+                "backbone.fpn.layer_blocks.1.0.weight",
+                "backbone.fpn.layer_blocks.0.0.weight",
+            ],
+        );
         // GcBlock's context convs are in the graph; their gradient passes the zero-initialised
         // last conv, so it is zero at the first step (as in the official initialisation).
         assert!(grads

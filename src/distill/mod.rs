@@ -71,3 +71,28 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         Some(MethodConfig::Dcm { .. }) => Box::new(dcm::Dcm::new(cfg, run)?),
     })
 }
+
+/// Helpers shared by the methods' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::backprop::GradStore;
+    use candle_core::Var;
+
+    /// Each of `names` (found by `var`) got a non-zero gradient in `grads`.
+    pub fn assert_gradients(grads: &GradStore, var: impl Fn(&str) -> Option<Var>, names: &[&str]) {
+        for name in names {
+            let v = var(name).unwrap_or_else(|| panic!("no variable {name}"));
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0, "{name} got a zero gradient");
+        }
+    }
+}
