@@ -137,79 +137,6 @@ fn plottable((x, y): (f64, f64)) -> bool {
         .all(|v| v.is_finite() && v.abs() <= MAX_MAGNITUDE)
 }
 
-/// Line chart of several named series over x (e.g. loss terms over iterations).
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_desc: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
-    register();
-    let (w, h) = (900u32, 500u32);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let pts = series.iter().flat_map(|s| s.1.iter());
-        let absurd = pts.clone().filter(|&&p| !plottable(p)).count();
-        if absurd > 0 {
-            eprintln!(
-                "warning: {}: left out {absurd} non-finite point(s) or of magnitude above {MAX_MAGNITUDE:e}",
-                path.display()
-            );
-        }
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in pts {
-            if plottable((x, y)) {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-                y0 = y0.min(y);
-                y1 = y1.max(y);
-            }
-        }
-        if x0 > x1 {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        if x1 - x0 < 1e-12 {
-            x1 = x0 + 1.0;
-        }
-        let pad = ((y1 - y0) * 0.05).max(1e-6);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .draw()
-            .map_err(plot_err)?;
-        for (i, (name, pts)) in series.iter().enumerate() {
-            let c = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    pts.iter().copied().filter(|&p| plottable(p)),
-                    c.stroke_width(2),
-                ))
-                .map_err(plot_err)?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
-    save_rgb(path, buf, w, h)
-}
-
 /// One panel of [`panels_chart`]: named series, horizontal reference lines (a teacher's AP),
 /// and whether to mark each point (a series of a few evaluations is points, not a line).
 pub struct Panel {
@@ -384,7 +311,13 @@ mod panel_tests {
             (4.0, f64::NAN),
         ];
         let t = std::time::Instant::now();
-        line_chart(&p, "m", "iteration", &[("m".into(), pts)]).unwrap();
+        let panel = Panel {
+            title: "m".into(),
+            series: vec![("m".into(), pts)],
+            references: vec![],
+            markers: false,
+        };
+        panels_chart(&p, "iteration", (0.0, 4.0), &[panel]).unwrap();
         assert!(p.is_file());
         let bars = [DeltaBar {
             label: "x".into(),
