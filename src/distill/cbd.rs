@@ -144,7 +144,6 @@ impl Method for Cbd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::loader::Target;
     use crate::distill::teacher::Teacher;
     use crate::models::config::ModelConfig;
     use crate::models::contract::Want;
@@ -227,19 +226,7 @@ mod tests {
         let student = Network::new(&model(Some(128)), 3, 7, &Device::Cpu).unwrap();
         let mut cbd =
             Cbd::with_teachers(&cfg, student, vec![teacher(1, 0), teacher(2, 1)]).unwrap();
-        let b = Batch {
-            images: Tensor::rand(-1f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap(),
-            image_sizes: vec![(32, 32); 4],
-            original_sizes: vec![(32, 32); 4],
-            image_ids: vec![1, 2, 3, 4],
-            targets: (0..4)
-                .map(|i| Target {
-                    boxes: vec![],
-                    labels: vec![1 + i % 3],
-                    crowd: vec![],
-                })
-                .collect(),
-        };
+        let b = crate::distill::test_util::class_batch(32);
         let out = cbd.step(&b, &mut StepRng::seed_from_u64(0)).unwrap();
         assert_eq!(
             out.losses.keys().collect::<Vec<_>>(),

@@ -177,11 +177,7 @@ pub fn choose(
 
 impl Method for Colad {
     fn networks(&self) -> Vec<NamedNetwork<'_>> {
-        self.nets
-            .iter()
-            .zip(NAMES)
-            .map(|(net, name)| NamedNetwork { name, net })
-            .collect()
+        NamedNetwork::zip(&self.nets, &NAMES)
     }
 
     fn eval_network(&self) -> usize {

@@ -148,11 +148,7 @@ pub fn dcm_losses(
 
 impl Method for Dcm {
     fn networks(&self) -> Vec<NamedNetwork<'_>> {
-        self.nets
-            .iter()
-            .zip(NAMES)
-            .map(|(net, name)| NamedNetwork { name, net })
-            .collect()
+        NamedNetwork::zip(&self.nets, &NAMES)
     }
 
     fn eval_network(&self) -> usize {
@@ -234,7 +230,6 @@ mod tests {
     /// both networks and every auxiliary variable gets a gradient from the summed loss.
     #[test]
     fn gradient_reaches_both_networks_and_every_auxiliary_classifier() {
-        use crate::data::loader::Target;
         use rand::SeedableRng;
         let dev = Device::Cpu;
         let model = |w: f64| -> crate::models::config::ModelConfig {
@@ -274,19 +269,7 @@ mod tests {
             kd_weight: 1.0,
             evaluated: 0,
         };
-        let b = Batch {
-            images: Tensor::rand(-1f32, 1.0, (4, 3, 32, 32), &dev).unwrap(),
-            image_sizes: vec![(32, 32); 4],
-            original_sizes: vec![(32, 32); 4],
-            image_ids: vec![1, 2, 3, 4],
-            targets: (0..4)
-                .map(|i| Target {
-                    boxes: vec![],
-                    labels: vec![1 + i % 3],
-                    crowd: vec![],
-                })
-                .collect(),
-        };
+        let b = crate::distill::test_util::class_batch(32);
         let out = dcm.step(&b, &mut StepRng::seed_from_u64(0)).unwrap();
         let keys: Vec<&str> = out.losses.keys().map(|k| k.as_str()).collect();
         assert_eq!(

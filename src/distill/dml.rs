@@ -124,11 +124,7 @@ fn head_key(h: Head) -> &'static str {
 
 impl Method for Dml {
     fn networks(&self) -> Vec<NamedNetwork<'_>> {
-        self.nets
-            .iter()
-            .zip(&self.names)
-            .map(|(net, name)| NamedNetwork { name, net })
-            .collect()
+        NamedNetwork::zip(&self.nets, &self.names)
     }
 
     fn eval_network(&self) -> usize {
@@ -270,20 +266,7 @@ mod tests {
     }
 
     fn batch() -> Batch {
-        use crate::data::loader::Target;
-        Batch {
-            images: Tensor::rand(-1f32, 1.0, (4, 3, 16, 16), &Device::Cpu).unwrap(),
-            image_sizes: vec![(16, 16); 4],
-            original_sizes: vec![(16, 16); 4],
-            image_ids: vec![1, 2, 3, 4],
-            targets: (0..4)
-                .map(|i| Target {
-                    boxes: vec![],
-                    labels: vec![1 + i % 3],
-                    crowd: vec![],
-                })
-                .collect(),
-        }
+        crate::distill::test_util::class_batch(16)
     }
 
     /// Three networks (two architectures): each one's term is the mean of its KL to the two

@@ -78,6 +78,30 @@ pub(crate) mod test_util {
     use candle_core::backprop::GradStore;
     use candle_core::Var;
 
+    /// Four random `side`-pixel images labelled 1, 2, 3, 1 (classification targets, no boxes).
+    pub fn class_batch(side: usize) -> crate::data::loader::Batch {
+        use crate::data::loader::{Batch, Target};
+        Batch {
+            images: candle_core::Tensor::rand(
+                -1f32,
+                1.0,
+                (4, 3, side, side),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap(),
+            image_sizes: vec![(side, side); 4],
+            original_sizes: vec![(side, side); 4],
+            image_ids: vec![1, 2, 3, 4],
+            targets: (0..4)
+                .map(|i| Target {
+                    boxes: vec![],
+                    labels: vec![1 + i % 3],
+                    crowd: vec![],
+                })
+                .collect(),
+        }
+    }
+
     /// Each of `names` (found by `var`) got a non-zero gradient in `grads`.
     pub fn assert_gradients(grads: &GradStore, var: impl Fn(&str) -> Option<Var>, names: &[&str]) {
         for name in names {

@@ -172,7 +172,18 @@ pub struct NamedNetwork<'a> {
     pub net: &'a Network,
 }
 
-impl NamedNetwork<'_> {
+impl<'a> NamedNetwork<'a> {
+    /// Each of `nets` under the name at its index (a multi-network method's `networks()`).
+    pub fn zip<S: AsRef<str> + 'a>(nets: &'a [Network], names: &'a [S]) -> Vec<Self> {
+        nets.iter()
+            .zip(names)
+            .map(|(net, name)| NamedNetwork {
+                name: name.as_ref(),
+                net,
+            })
+            .collect()
+    }
+
     /// The checkpoint name of one of its parameters.
     pub fn state_name(&self, param: &str) -> String {
         if self.name.is_empty() {
