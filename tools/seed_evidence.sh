@@ -16,6 +16,11 @@
 #   cbd       cls_lt_instance, cls_lt_balanced, cls_lt_cbd, cls_lt_cbd_ens, cls_lt_cbd_ens_seeds
 #             (5 seeds: the difference is small against the spread)
 #   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
+#   feat_cross  issue 21, cross-family: the shipped Faster R-CNN teacher → the PAA student with
+#             PKD, CWD, MGD, against the student alone and Chen et al.'s hints that hurt
+#   feat_paa  issue 21, the PAA teacher → the PAA student with PKD, CWD, MGD, FGD, and LAD + PKD
+#   feat_frcnn  issue 21, same family: Faster R-CNN R18×0.5 → R18×0.25 (the default job's pair)
+#             with PKD, CWD, MGD, FGD against the student alone and Chen et al.'s hints
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -41,18 +46,19 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
-KDET=target/release/kdet
-if [ $LIST = 0 ]; then
-  cargo build --release --quiet
-  mkdir -p "$OUT"
+# KDET names a built binary to use (e.g. a copy, so that builds meanwhile do not replace it).
+if [ -z "${KDET:-}" ]; then
+  KDET=target/release/kdet
+  [ $LIST = 1 ] || cargo build --release --quiet
 fi
+[ $LIST = 1 ] || mkdir -p "$OUT"
 
 # Seeds finished of runs/<name>: seed-<k> folders with eval.json.
 finished() {
@@ -119,6 +125,9 @@ CHEN_ROWS=(frcnn_distill_l2_regression frcnn_distill_bounded_regression frcnn_di
   frcnn_distill_kd)
 PAA_ROWS=(lad lad_kd paa_hint_from_frcnn paa_hint_from_frcnn_light)
 SIMCLR_ROWS=(cls_simclr cls_simclr_x4 cls_simclr_self cls_simclr_self_t2 cls_simclr_self_lr cls_simclr_self_t1)
+FEAT_CROSS_ROWS=(paa_hint_from_frcnn paa_pkd_from_frcnn paa_cwd_from_frcnn paa_mgd_from_frcnn)
+FEAT_PAA_ROWS=(paa_pkd paa_cwd paa_mgd paa_fgd lad lad_pkd)
+FEAT_FRCNN_ROWS=(frcnn_distill_hint frcnn_pkd frcnn_cwd frcnn_mgd frcnn_fgd)
 CBD_ROWS=(cls_lt_balanced cls_lt_cbd cls_lt_cbd_ens cls_lt_cbd_ens_seeds)
 
 if wanted teachers; then
@@ -169,6 +178,25 @@ if wanted backbone; then
   for r in frcnn_student frcnn_student_from_cls_plain frcnn_student_from_cls; do seeds "$r" "$SEEDS"; done
   compare backbone runs/frcnn_student runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
   compare backbone_simclr runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+fi
+
+if wanted feat_cross; then
+  for r in paa_student "${FEAT_CROSS_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
+  compare feat_cross runs/paa_student $(printf 'runs/%s ' "${FEAT_CROSS_ROWS[@]}")
+  compare feat_cross_vs_hints $(printf 'runs/%s ' "${FEAT_CROSS_ROWS[@]}")
+fi
+
+if wanted feat_paa; then
+  for r in paa_student "${FEAT_PAA_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
+  compare feat_paa runs/paa_student $(printf 'runs/%s ' "${FEAT_PAA_ROWS[@]}")
+  compare feat_lad_pkd runs/lad runs/lad_pkd
+fi
+
+if wanted feat_frcnn; then
+  seeds frcnn_distill "$SEEDS" configs/synth/frcnn_distill.json --baseline
+  for r in "${FEAT_FRCNN_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
+  compare feat_frcnn runs/frcnn_distill_baseline $(printf 'runs/%s ' "${FEAT_FRCNN_ROWS[@]}") runs/frcnn_distill
+  compare feat_frcnn_vs_hints $(printf 'runs/%s ' "${FEAT_FRCNN_ROWS[@]}")
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this
