@@ -12,9 +12,10 @@
 # 2.15.0 + torchvision 0.29.2 from PyPI; earlier tables used torch 2.4.1 + torchvision 0.19.1)
 # and, for the PAA row, mmdetection 3.3.0 (made as tools/make_paa_fixture.py's header says).
 # Environment: RUNS (default 10), WARMUP (3), THREADS (2), PAUSE seconds between runs (10),
-# ROUNDS (1), KDET (a kdet binary to time instead of building target/release/kdet). Run on an otherwise idle machine; on a loaded one use THREADS=1 (with 2 threads
-# and other processes on the cores, PyTorch's OpenMP workers spin-wait for each other and its
-# steps slow down up to 35-fold) and ROUNDS >= 5, and say so beside the numbers.
+# ROUNDS (1), KDET (a kdet binary to time instead of building target/release/kdet). Run on an
+# otherwise idle machine; on a loaded one use THREADS=1 (with 2 threads and other processes on
+# the cores, PyTorch's OpenMP workers spin-wait for each other: its classifier step went from 66
+# to 2,321 ms) and ROUNDS >= 5, and say so beside the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:-/work/venv-paa/bin/python}

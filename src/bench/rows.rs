@@ -7,7 +7,10 @@
 //! Shapes: the synthetic rows use the shipped synthetic configs (`configs/synth/*.json`: 128-px
 //! images, batch 4); the R50 rows torchvision's `fasterrcnn_resnet50_fpn` settings at 800 px
 //! (batch 2 for training, 1 for inference, an 800 × 1067 image padded to 800 × 1088); the
-//! kernels the shapes of that R50 model at that size.
+//! kernels the shapes of that R50 model at that size; the classifier rows (one classifier, DML,
+//! DCM, SimCLR pretraining) `configs/synth/cls_base.json`'s: 64 images of 32², 32 classes. The
+//! method rows build their method from its shipped config as `kdet train` does. Both sides feed
+//! the same images ([`super::inputs`]).
 
 use std::path::Path;
 
