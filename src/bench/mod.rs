@@ -20,6 +20,7 @@ use crate::models::layers::NormKind;
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::ops::conv::{conv2d, ConvImpl, ConvParams};
 
+pub mod inputs;
 pub mod rows;
 
 /// One benchmark row: median milliseconds of kdet and of candle's built-in.
@@ -31,9 +32,16 @@ pub struct Row {
     pub gflop: Option<f64>,
 }
 
+/// The median as Python's `statistics.median` (tools/bench_torch.py) defines it: the middle
+/// element, or the mean of the two middle ones of an even count.
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
 }
 
 fn time<F: FnMut() -> Result<()>>(warmup: usize, runs: usize, mut f: F) -> Result<f64> {
@@ -142,7 +150,14 @@ fn resnet_step_with(depth: u32, imp: ConvImpl, warmup: usize, runs: usize) -> Re
             ..Default::default()
         };
         let mut opt = Optimizer::new(params_with_decay(vars, &solver), &solver);
-        let input = randn(&[2, 3, 224, 224], 5)?;
+        // The images of tools/bench_torch.py's ResNet rows (`inputs`).
+        let input = inputs::images(
+            2,
+            (224, 224),
+            (224, 224),
+            &crate::data::transforms::InputConfig::default(),
+            5,
+        )?;
         let labels = Tensor::new(&[3u32, 917], &Device::Cpu)?;
         time(warmup, runs, || {
             let logits = net.classify_t(&input, true)?;

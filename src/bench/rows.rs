@@ -7,7 +7,10 @@
 //! Shapes: the synthetic rows use the shipped synthetic configs (`configs/synth/*.json`: 128-px
 //! images, batch 4); the R50 rows torchvision's `fasterrcnn_resnet50_fpn` settings at 800 px
 //! (batch 2 for training, 1 for inference, an 800 × 1067 image padded to 800 × 1088); the
-//! kernels the shapes of that R50 model at that size.
+//! kernels the shapes of that R50 model at that size; the classifier rows (one classifier, DML,
+//! DCM, SimCLR pretraining) `configs/synth/cls_base.json`'s: 64 images of 32², 32 classes. The
+//! method rows build their method from its shipped config as `kdet train` does. Both sides feed
+//! the same images ([`super::inputs`]).
 
 use std::path::Path;
 
@@ -15,12 +18,11 @@ use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::inputs::{class_batch, detection_batch, run_data};
 use super::{median, randn};
+use crate::config::solver::SolverConfig;
 use crate::config::LoadedConfig;
-use crate::data::loader::{Batch, Target};
-use crate::distill::chen::ChenDistillation;
-use crate::distill::teacher::Teacher;
-use crate::engine::method::Method;
+use crate::data::loader::Batch;
 use crate::engine::optim::{params_with_decay, Optimizer};
 use crate::error::{Error, Result};
 use crate::models::build::Network;
@@ -39,6 +41,8 @@ pub struct RowResult {
     pub runs: usize,
     /// Peak resident set of the process, MiB.
     pub peak_rss_mb: f64,
+    /// Images one step processes (for images/s; SimCLR: the N images of its 2N views).
+    pub images: usize,
 }
 
 /// Every row, in table order, with what it measures.
@@ -60,6 +64,38 @@ pub const ROWS: &[(&str, &str)] = &[
     (
         "distill_step_synth",
         "Chen et al. distillation step (all terms), synth student + teacher, 4×128²",
+    ),
+    (
+        "distill_pkd_synth",
+        "PKD distillation step (p2–p5, weight 6), synth student + teacher, 4×128²",
+    ),
+    (
+        "distill_cwd_synth",
+        "CWD distillation step (p2–p6, τ 1, weight 10), synth student + teacher, 4×128²",
+    ),
+    (
+        "distill_mgd_synth",
+        "MGD distillation step (p2–p5, α 5e-7, λ 0.45), synth student + teacher, 4×128²",
+    ),
+    (
+        "distill_fgd_synth",
+        "FGD distillation step (p2–p5, Faster R-CNN weights), synth student + teacher, 4×128²",
+    ),
+    (
+        "cls_step_synth",
+        "classifier training step, synth R18 ×0.25, 64×32², 32 classes",
+    ),
+    (
+        "dml_step_synth",
+        "DML step, two synth classifiers (R18 ×0.25), 64×32²",
+    ),
+    (
+        "dcm_step_synth",
+        "DCM step, two synth classifiers + auxiliary classifiers at c3, c4, 64×32²",
+    ),
+    (
+        "simclr_pretrain_step_synth",
+        "SimCLR pretraining step (NT-Xent, τ 0.5), synth R18 ×0.25, 64 images = 128 views of 32²",
     ),
     (
         "paa_step_synth_student",
@@ -117,31 +153,23 @@ fn config(rel: &str) -> Result<LoadedConfig> {
     crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
 }
 
-/// A batch of `n` random images `h × w` (already normalised) with two boxes each.
-fn batch(n: usize, h: usize, w: usize, seed: u64) -> Result<Batch> {
-    let images = randn(&[n, 3, h, w], seed)?;
-    let (sx, sy) = (w as f32 / 128.0, h as f32 / 128.0);
-    let targets = (0..n)
-        .map(|i| Target {
-            boxes: vec![
-                [10.0 * sx, 12.0 * sy, 50.0 * sx, 60.0 * sy],
-                [70.0 * sx, (20 + i) as f32 * sy, 110.0 * sx, 90.0 * sy],
-            ],
-            labels: vec![1, 2],
-            crowd: vec![],
-        })
-        .collect();
-    Ok(Batch {
-        images,
-        image_sizes: vec![(h, w); n],
-        original_sizes: vec![(h, w); n],
-        image_ids: (1..=n as u64).collect(),
-        targets,
-    })
+/// The synthetic detection configs' batch: 4 images of 128², two boxes each.
+fn synth_batch(model: &ModelConfig) -> Result<Batch> {
+    detection_batch(4, (128, 128), (128, 128), model.input(), 1)
 }
 
-/// The model's trainable variables under an SGD with momentum 0.9 and weight decay 1e-4 (the
-/// references' settings, as the PyTorch side).
+/// The optimizer of every row: SGD with momentum 0.9 and weight decay 1e-4 (the references'
+/// settings, as the PyTorch side), lr 0.01.
+fn solver() -> SolverConfig {
+    SolverConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..Default::default()
+    }
+}
+
+/// The model's trainable variables under [`solver`].
 fn sgd(net: &Network) -> Optimizer {
     let vars: Vec<(String, Var)> = net
         .vars
@@ -153,13 +181,30 @@ fn sgd(net: &Network) -> Optimizer {
         .filter(|(k, _)| net.model.is_trainable(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let solver = crate::config::solver::SolverConfig {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        ..Default::default()
-    };
-    Optimizer::new(params_with_decay(vars, &solver), &solver)
+    Optimizer::new(params_with_decay(vars, &solver()), &solver())
+}
+
+/// A training step of the method a config describes (`distill::build_method`, as `kdet train`
+/// builds it, teachers and method variables included), one optimizer per parameter group as
+/// the trainer: the method's step, the sum of its losses, backward, every optimizer's step.
+fn method_step(rel: &str, classes: usize, b: &Batch, timing: Timing) -> Result<f64> {
+    let cfg = config(rel)?;
+    let mut method = crate::distill::build_method(&cfg, &run_data(classes))?;
+    let mut opts: Vec<Optimizer> = method
+        .param_groups()
+        .into_iter()
+        .map(|g| Optimizer::new(params_with_decay(g, &solver()), &solver()))
+        .collect();
+    let mut it = 0u64;
+    timing.run(|| {
+        it += 1;
+        let step = method.step(b, &mut StepRng::seed_from_u64(it))?;
+        let grads = sum(step.losses.into_values())?.backward()?;
+        for o in &mut opts {
+            o.step(&grads, 0.01)?;
+        }
+        Ok(())
+    })
 }
 
 /// A training step of the plain method: forward, assignment, losses, backward, SGD.
@@ -253,10 +298,28 @@ fn fpn_features(grad: bool) -> Result<(Vec<Tensor>, Vec<f32>)> {
 
 /// Run row `name`.
 pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResult> {
-    let ms = match name {
+    let (ms, images) = match name {
+        "infer_synth_student" | "infer_r50_800" => (inference_row(name, timing, weights)?, 1),
+        "roi_align_fwd" | "roi_align_fwd_bwd" | "nms_batched" | "anchors_decode" => {
+            (kernel_row(name, timing)?, 0)
+        }
+        _ => training_row(name, timing)?,
+    };
+    Ok(RowResult {
+        name: name.to_string(),
+        median_ms: ms,
+        runs: timing.runs,
+        peak_rss_mb: peak_rss_mb(),
+        images,
+    })
+}
+
+/// A training row: median ms and images per step.
+fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
+    Ok(match name {
         "resnet18_step" | "resnet50_step" => {
             let depth = if name == "resnet18_step" { 18 } else { 50 };
-            super::resnet_step(depth, timing.warmup, timing.runs)?
+            (super::resnet_step(depth, timing.warmup, timing.runs)?, 2)
         }
         "frcnn_step_synth_student" | "frcnn_step_synth_teacher" | "paa_step_synth_student" => {
             let file = match name {
@@ -264,70 +327,83 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
                 "frcnn_step_synth_teacher" => "configs/synth/frcnn_r18_teacher.json",
                 _ => "configs/synth/paa_student.json",
             };
-            let c = config(file)?;
-            detector_step(&c.config.model, 5, &batch(4, 128, 128, 1)?, timing)?
+            let model = config(file)?.config.model;
+            (detector_step(&model, 5, &synth_batch(&model)?, timing)?, 4)
         }
-        "frcnn_step_r50_800" => detector_step(&r50(), 90, &batch(2, 800, 1088, 1)?, timing)?,
+        "frcnn_step_r50_800" => {
+            let b = detection_batch(2, (800, 1088), (800, 1088), r50().input(), 1)?;
+            (detector_step(&r50(), 90, &b, timing)?, 2)
+        }
         _ if scaling(name).is_some() => {
             // The synthetic student's architecture on larger images: how the step's cost grows
             // with the image side and the batch (the PyTorch side sets its transform to the
             // same size, so neither resizes).
             let (side, n) = scaling(name).expect("checked");
-            let c = config("configs/synth/frcnn_student.json")?;
+            let model = config("configs/synth/frcnn_student.json")?.config.model;
             // Padded to a multiple of 32, as the loader (and torchvision's transform) pads.
             let padded = side.div_ceil(32) * 32;
-            let mut b = batch(n, padded, padded, 1)?;
-            b.image_sizes = vec![(side, side); n];
-            b.original_sizes = vec![(side, side); n];
-            detector_step(&c.config.model, 5, &b, timing)?
+            let b = detection_batch(n, (side, side), (padded, padded), model.input(), 1)?;
+            (detector_step(&model, 5, &b, timing)?, n)
         }
-        "distill_step_synth" => {
-            let cfg = config("configs/synth/frcnn_distill.json")?;
-            let dev = Device::Cpu;
-            let student = Network::new(&cfg.config.model, 5, 0, &dev)?;
-            let teacher = Teacher::load(&cfg, 0, 5, &dev)?;
-            let mut method = ChenDistillation::with_teachers(&cfg, student, vec![teacher])?;
-            let groups = method.param_groups();
-            let solver = crate::config::solver::SolverConfig {
-                lr: 0.01,
-                momentum: 0.9,
-                weight_decay: 1e-4,
-                ..Default::default()
+        "distill_step_synth" | "distill_pkd_synth" | "distill_cwd_synth" | "distill_mgd_synth"
+        | "distill_fgd_synth" => {
+            let rel = match name {
+                "distill_step_synth" => "configs/synth/frcnn_distill.json".to_string(),
+                _ => format!("configs/synth/frcnn_{}.json", &name[8..11]),
             };
-            let mut opt = Optimizer::new(
-                params_with_decay(groups.into_iter().flatten().collect(), &solver),
-                &solver,
-            );
-            let b = batch(4, 128, 128, 1)?;
-            let mut it = 0u64;
-            timing.run(|| {
-                it += 1;
-                let step = method.step(&b, &mut StepRng::seed_from_u64(it))?;
-                let loss = sum(step.losses.into_values())?;
-                opt.step(&loss.backward()?, 0.01)
-            })?
+            let b = synth_batch(&config(&rel)?.config.model)?;
+            (method_step(&rel, 5, &b, timing)?, 4)
         }
-        "infer_synth_student" | "infer_r50_800" => {
-            let (model, classes, b) = if name == "infer_synth_student" {
-                let c = config("configs/synth/frcnn_student.json")?;
-                (c.config.model, 5, batch(1, 128, 128, 2)?)
-            } else {
-                let mut b = batch(1, 800, 1088, 2)?;
-                b.image_sizes = vec![(800, 1067)];
-                b.original_sizes = vec![(800, 1067)];
-                (r50(), 90, b)
+        "cls_step_synth" | "dml_step_synth" | "dcm_step_synth" => {
+            let rel = match name {
+                "cls_step_synth" => "configs/synth/cls_base.json",
+                "dml_step_synth" => "configs/synth/cls_dml.json",
+                _ => "configs/synth/cls_dcm.json",
             };
-            // The same weights as the PyTorch side when given (inference cost depends on how many
-            // boxes pass the score threshold).
-            let net = match weights {
-                Some(w) => Network::load(&model, classes, w, &Device::Cpu)?,
-                None => Network::new(&model, classes, 0, &Device::Cpu)?,
-            };
-            timing.run(|| {
-                net.model.predict(&b)?;
-                Ok(())
-            })?
+            let b = class_batch(64, 32, 32, config(rel)?.config.model.input(), 1)?;
+            (method_step(rel, 32, &b, timing)?, 64)
         }
+        "simclr_pretrain_step_synth" => {
+            // The loader's two views of 64 images, already augmented (augmentation is the data
+            // pipeline's, untimed on both sides): 128 unlabeled images, views 1 then views 2.
+            let rel = "configs/synth/cls_simclr_pretrain.json";
+            let b = class_batch(128, 32, 0, config(rel)?.config.model.input(), 1)?;
+            (method_step(rel, 32, &b, timing)?, 64)
+        }
+        other => {
+            return Err(Error::msg(format!(
+                "unknown benchmark row `{other}`; rows: {}",
+                ROWS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    })
+}
+
+/// An inference row: one image through `predict`, median ms.
+fn inference_row(name: &str, timing: Timing, weights: Option<&Path>) -> Result<f64> {
+    let (model, classes, b) = if name == "infer_synth_student" {
+        let model = config("configs/synth/frcnn_student.json")?.config.model;
+        let b = detection_batch(1, (128, 128), (128, 128), model.input(), 2)?;
+        (model, 5, b)
+    } else {
+        let b = detection_batch(1, (800, 1067), (800, 1088), r50().input(), 2)?;
+        (r50(), 90, b)
+    };
+    // The same weights as the PyTorch side when given (inference cost depends on how many
+    // boxes pass the score threshold).
+    let net = match weights {
+        Some(w) => Network::load(&model, classes, w, &Device::Cpu)?,
+        None => Network::new(&model, classes, 0, &Device::Cpu)?,
+    };
+    timing.run(|| {
+        net.model.predict(&b)?;
+        Ok(())
+    })
+}
+
+/// A kernel row (RoIAlign, NMS, anchors), median ms.
+fn kernel_row(name: &str, timing: Timing) -> Result<f64> {
+    match name {
         "roi_align_fwd" | "roi_align_fwd_bwd" => {
             let backward = name == "roi_align_fwd_bwd";
             let (f, scales) = fpn_features(backward)?;
@@ -341,7 +417,7 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
                     y.sum_all()?.backward()?;
                 }
                 Ok(())
-            })?
+            })
         }
         "nms_batched" => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
@@ -351,47 +427,38 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
             timing.run(|| {
                 batched_nms(&boxes, &scores, &classes, 0.5);
                 Ok(())
-            })?
+            })
         }
-        "anchors_decode" => {
-            let g = AnchorGenerator {
-                sizes: vec![32., 64., 128., 256., 512.],
-                aspect_ratios: vec![0.5, 1.0, 2.0],
-            };
-            let sizes = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)];
-            let n: usize = sizes.iter().map(|(h, w)| h * w * 3).sum();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-            let deltas: Vec<[f32; 4]> = (0..n)
-                .map(|_| std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)))
-                .collect();
-            let coder = BoxCoder::new([1.0, 1.0, 1.0, 1.0]);
-            timing.run(|| {
-                let anchors: Vec<Box4> = g
-                    .anchors((800, 1088), &sizes)
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let decoded: Vec<Box4> = anchors
-                    .iter()
-                    .zip(&deltas)
-                    .map(|(a, d)| coder.decode(d, a))
-                    .collect();
-                std::hint::black_box(decoded);
-                Ok(())
-            })?
-        }
-        other => {
-            return Err(Error::msg(format!(
-                "unknown benchmark row `{other}`; rows: {}",
-                ROWS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
-            )))
-        }
+        _ => anchors_decode(timing),
+    }
+}
+
+/// Anchors for 5 levels × 3 ratios at 800 × 1088 and the decoding of one delta per anchor.
+fn anchors_decode(timing: Timing) -> Result<f64> {
+    let g = AnchorGenerator {
+        sizes: vec![32., 64., 128., 256., 512.],
+        aspect_ratios: vec![0.5, 1.0, 2.0],
     };
-    Ok(RowResult {
-        name: name.to_string(),
-        median_ms: ms,
-        runs: timing.runs,
-        peak_rss_mb: peak_rss_mb(),
+    let sizes = [(200, 272), (100, 136), (50, 68), (25, 34), (13, 17)];
+    let n: usize = sizes.iter().map(|(h, w)| h * w * 3).sum();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let deltas: Vec<[f32; 4]> = (0..n)
+        .map(|_| std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)))
+        .collect();
+    let coder = BoxCoder::new([1.0, 1.0, 1.0, 1.0]);
+    timing.run(|| {
+        let anchors: Vec<Box4> = g
+            .anchors((800, 1088), &sizes)
+            .into_iter()
+            .flatten()
+            .collect();
+        let decoded: Vec<Box4> = anchors
+            .iter()
+            .zip(&deltas)
+            .map(|(a, d)| coder.decode(d, a))
+            .collect();
+        std::hint::black_box(decoded);
+        Ok(())
     })
 }
 
@@ -415,20 +482,53 @@ mod tests {
     #[test]
     fn every_cheap_row_runs() {
         let t = Timing { warmup: 0, runs: 1 };
-        for name in [
-            "nms_batched",
-            "anchors_decode",
-            "frcnn_step_synth_student",
-            "paa_step_synth_student",
-            "infer_synth_student",
-            "scale_s400_b1",
+        for (name, images) in [
+            ("nms_batched", 0),
+            ("anchors_decode", 0),
+            ("frcnn_step_synth_student", 4),
+            ("paa_step_synth_student", 4),
+            ("infer_synth_student", 1),
+            ("scale_s400_b1", 1),
+            ("distill_step_synth", 4),
+            ("distill_pkd_synth", 4),
+            ("distill_cwd_synth", 4),
+            ("distill_mgd_synth", 4),
+            ("distill_fgd_synth", 4),
+            ("cls_step_synth", 64),
+            ("dml_step_synth", 64),
+            ("dcm_step_synth", 64),
+            ("simclr_pretrain_step_synth", 64),
         ] {
             let r = run(name, t, None).unwrap();
             assert!(r.median_ms > 0.0 && r.peak_rss_mb > 0.0, "{r:?}");
+            assert_eq!(r.images, images, "{name}");
         }
         assert!(run("nope", t, None)
             .unwrap_err()
             .to_string()
             .contains("nms_batched"));
+    }
+
+    /// Every row has its PyTorch side in tools/bench_torch.py (which CI cannot run: no torch).
+    #[test]
+    fn every_row_is_in_the_pytorch_script() {
+        let py = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_torch.py"),
+        )
+        .unwrap();
+        for (name, _) in ROWS {
+            let quoted = format!("\"{name}\"");
+            let scaling = name.starts_with("scale_s") && py.contains("\"scale_s\"");
+            assert!(
+                py.contains(&quoted) || scaling,
+                "{name} is not a row of tools/bench_torch.py"
+            );
+        }
+    }
+
+    #[test]
+    fn median_averages_the_two_middle_values_of_an_even_count() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }
