@@ -16,6 +16,8 @@
 #   cbd       cls_lt_instance, cls_lt_balanced, cls_lt_cbd, cls_lt_cbd_ens, cls_lt_cbd_ens_seeds
 #             (5 seeds: the difference is small against the spread)
 #   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
+#   online    online distillation on video streams (issue 24): tools/online_evidence.sh (its
+#             arms over 3 synthetic streams, not training seeds; ≈ 1 h)
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -41,11 +43,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|online|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone online data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone online data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 KDET=target/release/kdet
@@ -169,6 +171,10 @@ if wanted backbone; then
   for r in frcnn_student frcnn_student_from_cls_plain frcnn_student_from_cls; do seeds "$r" "$SEEDS"; done
   compare backbone runs/frcnn_student runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
   compare backbone_simclr runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+fi
+
+if wanted online; then
+  if [ $LIST = 1 ]; then tools/online_evidence.sh --list; else tools/online_evidence.sh; fi
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

@@ -793,3 +793,131 @@ fn mean(v: &[f64]) -> f64 {
         v.iter().sum::<f64>() / v.len() as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_doubles_when_the_student_agrees_halves_when_not_within_bounds() {
+        let mut p = StridePolicy::new(8, 64);
+        assert_eq!(p.stride, 8, "Algorithm 1 starts at δ_min");
+        let mut seen = vec![];
+        for agreed in [false, true, true, true, true, false, false, false, true] {
+            p.next(agreed);
+            seen.push(p.stride);
+        }
+        assert_eq!(seen, [8, 16, 32, 64, 64, 32, 16, 8, 16]);
+        // Bounds that are no powers of two: clamped, never outside.
+        let mut p = StridePolicy::new(3, 10);
+        p.next(true);
+        p.next(true);
+        assert_eq!(p.stride, 10);
+        p.next(false);
+        p.next(false);
+        p.next(false);
+        assert_eq!(p.stride, 3);
+    }
+
+    fn dets(v: &[([f32; 4], f32, u32)]) -> Detections {
+        Detections {
+            boxes: v.iter().map(|d| d.0).collect(),
+            scores: v.iter().map(|d| d.1).collect(),
+            labels: v.iter().map(|d| d.2).collect(),
+        }
+    }
+
+    fn target(v: &[([f32; 4], u32)]) -> Target {
+        Target {
+            boxes: v.iter().map(|d| d.0).collect(),
+            labels: v.iter().map(|d| d.1).collect(),
+            crowd: vec![],
+        }
+    }
+
+    #[test]
+    fn agreement_is_f1_of_class_matches_at_the_iou() {
+        let t = target(&[([0., 0., 10., 10.], 1), ([20., 20., 30., 30.], 2)]);
+        // One exact match, one of the wrong class, one below the score threshold (ignored):
+        // TP 1 of 2 student and 2 teacher boxes → F1 = 2·1 / 4.
+        let s = dets(&[
+            ([0., 0., 10., 10.], 0.9, 1),
+            ([20., 20., 30., 30.], 0.8, 1),
+            ([20., 20., 30., 30.], 0.1, 2),
+        ]);
+        assert!((agreement(&s, 0.5, &t, 0.5) - 0.5).abs() < 1e-12);
+        // IoU of [0,0,10,10] with [0,0,10,5] is 0.5: a match at 0.5, none at 0.6.
+        let half = dets(&[([0., 0., 10., 5.], 0.9, 1)]);
+        let one = target(&[([0., 0., 10., 10.], 1)]);
+        assert_eq!(agreement(&half, 0.5, &one, 0.5), 1.0);
+        assert_eq!(agreement(&half, 0.5, &one, 0.6), 0.0);
+        // A teacher box matches once: the duplicate is a false positive (2·1 / 3).
+        let dup = dets(&[([0., 0., 10., 10.], 0.9, 1), ([0., 0., 10., 10.], 0.8, 1)]);
+        assert!((agreement(&dup, 0.5, &one, 0.5) - 2.0 / 3.0).abs() < 1e-12);
+        // Nothing to find and nothing found: full agreement; only one side empty: none.
+        assert_eq!(agreement(&dets(&[]), 0.5, &target(&[]), 0.5), 1.0);
+        assert_eq!(agreement(&dets(&[]), 0.5, &one, 0.5), 0.0);
+        assert_eq!(agreement(&dup, 0.5, &target(&[]), 0.5), 0.0);
+    }
+
+    #[test]
+    fn bad_policies_are_located_errors() {
+        let err = |online: &str| {
+            crate::config::from_str("c.json", &format!(r#"{{"online": {online}}}"#))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(r#"{"min_stride": 16, "max_stride": 8}"#);
+        assert!(
+            e.contains("c.json: online.min_stride: 16 is above max_stride 8"),
+            "{e}"
+        );
+        let e = err(r#"{"min_stride": 0}"#);
+        assert!(e.contains("online.min_stride: must be >= 1"), "{e}");
+        for bad in ["0", "1.5", "-0.2"] {
+            let e = err(&format!(r#"{{"threshold": {bad}}}"#));
+            assert!(
+                e.contains("online.threshold") && e.contains("outside (0, 1]"),
+                "{e}"
+            );
+        }
+        let e = err(r#"{"lr": 0}"#);
+        assert!(e.contains("online.lr: must be > 0"), "{e}");
+        let e = err(r#"{"stride": 8}"#);
+        assert!(e.contains("online") && e.contains("stride"), "{e}");
+        // The paper's defaults.
+        let d = OnlineConfig::default();
+        assert_eq!((d.min_stride, d.max_stride, d.max_updates), (8, 64, 8));
+        assert_eq!((d.threshold, d.lr, d.momentum), (0.9, 0.01, 0.9));
+    }
+
+    #[test]
+    fn frames_come_from_folders_in_name_order_and_list_files() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["b.png", "a.png", "c.png"] {
+            image::RgbImage::new(4, 4).save(d.path().join(n)).unwrap();
+        }
+        let got = collect_frames(&[d.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["a.png", "b.png", "c.png"]);
+        let list = d.path().join("list.txt");
+        std::fs::write(&list, "# order\nc.png\n\na.png\n").unwrap();
+        assert_eq!(
+            collect_frames(&[list.clone()]).unwrap(),
+            [d.path().join("c.png"), d.path().join("a.png")]
+        );
+        std::fs::write(&list, "c.png\nmissing.png\n").unwrap();
+        let e = collect_frames(&[list]).unwrap_err().to_string();
+        assert!(
+            e.contains("list.txt: line 2:") && e.contains("missing.png"),
+            "{e}"
+        );
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = collect_frames(&[empty]).unwrap_err().to_string();
+        assert!(e.contains("no JPEG or PNG"), "{e}");
+    }
+}
