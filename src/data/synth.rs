@@ -283,12 +283,12 @@ impl Background {
                 let stripe = self.stripe_amp
                     * ((x as f64 * self.angle.cos() + y as f64 * self.angle.sin()) * self.freq)
                         .sin();
-                for c in 0..3 {
+                for (c, p) in px[y * s + x].iter_mut().enumerate() {
                     let v = self.c0[c] * (1.0 - t)
                         + self.c1[c] * t
                         + stripe
                         + rng.random_range(-10.0..10.0);
-                    px[y * s + x][c] = if gain == 1.0 { v } else { v * gain };
+                    *p = if gain == 1.0 { v } else { v * gain };
                 }
             }
         }

@@ -906,7 +906,7 @@ mod tests {
         let list = d.path().join("list.txt");
         std::fs::write(&list, "# order\nc.png\n\na.png\n").unwrap();
         assert_eq!(
-            collect_frames(&[list.clone()]).unwrap(),
+            collect_frames(std::slice::from_ref(&list)).unwrap(),
             [d.path().join("c.png"), d.path().join("a.png")]
         );
         std::fs::write(&list, "c.png\nmissing.png\n").unwrap();
