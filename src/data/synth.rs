@@ -406,6 +406,15 @@ fn render(size: u32, rng: &mut ChaCha8Rng, weights: &[f64]) -> (image::RgbImage,
     (to_image(&px, size), objects)
 }
 
+/// The COCO categories of the first `k` shapes (id = index + 1).
+pub(crate) fn shape_categories(k: usize) -> Vec<serde_json::Value> {
+    SHAPES[..k]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
+        .collect()
+}
+
 /// Seed of image `index` of `split` (0 = train, 1 = val).
 fn image_seed(seed: u64, split: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -453,11 +462,7 @@ pub fn generate(spec: &SynthSpec, root: &Path) -> Result<SynthPaths> {
                 }));
             }
         }
-        let categories: Vec<_> = SHAPES[..spec.classes]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
-            .collect();
+        let categories = shape_categories(spec.classes);
         let doc = json!({
             "info": {"description": format!("kdet synthetic shapes ({name})"), "version": "1"},
             "images": images,

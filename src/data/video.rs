@@ -282,11 +282,7 @@ pub fn generate_video(spec: &VideoSpec, root: &Path) -> Result<VideoPaths> {
             );
         }
     }
-    let categories: Vec<_> = SHAPES[..spec.classes]
-        .iter()
-        .enumerate()
-        .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
-        .collect();
+    let categories = super::synth::shape_categories(spec.classes);
     let doc = json!({
         "info": {"description": "kdet synthetic video (one fixed camera)", "version": "1",
                  "scene_starts": cuts.iter().map(|c| c + 1).collect::<Vec<_>>()},

@@ -328,26 +328,7 @@ pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Resu
         trace: vec![],
     };
     let _signals = super::interrupt::Guard::new()?;
-    let mut spent = 0.0;
-    for (i, path) in frames.iter().enumerate() {
-        let id = truth.as_ref().map_or(i as u64 + 1, |t| t.ids[i]);
-        spent += s.frame(i, path, id, opts.teacher_every_frame)?;
-        super::interrupt::fault_hooks();
-        if let Some(sig) = super::interrupt::requested() {
-            s.finish(frames.len(), spent, truth.as_ref())?;
-            return Err(Error::Interrupted {
-                signal: sig,
-                msg: format!(
-                    "interrupted by {} after frame {} of {}; the student's detections so far \
-                     and its checkpoint are in {}",
-                    super::interrupt::signal_name(sig),
-                    i + 1,
-                    frames.len(),
-                    s.out.display()
-                ),
-            });
-        }
-    }
+    let spent = s.frames(frames, truth.as_ref(), opts)?;
     s.finish(frames.len(), spent, truth.as_ref())
 }
 
@@ -546,6 +527,55 @@ fn predict(model: &dyn Model, batch: &Batch) -> Result<Detections> {
 }
 
 impl Stream<'_> {
+    /// Every frame in order, with a progress bar; a signal stops after its frame with the
+    /// outputs so far written. Returns the stream's seconds.
+    fn frames(
+        &mut self,
+        frames: &[PathBuf],
+        truth: Option<&Truth>,
+        opts: &OnlineOptions,
+    ) -> Result<f64> {
+        let pb = indicatif::ProgressBar::new(frames.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut spent = 0.0;
+        for (i, path) in frames.iter().enumerate() {
+            let id = truth.map_or(i as u64 + 1, |t| t.ids[i]);
+            spent += self.frame(i, path, id, opts.teacher_every_frame)?;
+            let msg = format!(
+                "stride {} teacher {} updates {}",
+                self.policy.stride, self.teacher_calls, self.updates
+            );
+            pb.inc(1);
+            if pb.is_hidden() && (i + 1) % 100 == 0 {
+                eprintln!("frame {}/{}: {msg}", i + 1, frames.len());
+            }
+            pb.set_message(msg);
+            super::interrupt::fault_hooks();
+            if let Some(sig) = super::interrupt::requested() {
+                pb.finish_and_clear();
+                self.finish(frames.len(), spent, truth)?;
+                return Err(Error::Interrupted {
+                    signal: sig,
+                    msg: format!(
+                        "interrupted by {} after frame {} of {}; the student's detections so far \
+                         and its checkpoint are in {}",
+                        super::interrupt::signal_name(sig),
+                        i + 1,
+                        frames.len(),
+                        self.out.display()
+                    ),
+                });
+            }
+        }
+        pb.finish_and_clear();
+        Ok(spent)
+    }
+
     /// Frame `i`: the student predicts (a key frame: the teacher runs and the student learns);
     /// its detections are recorded under `id`, drawn when asked, and the frame's record logged.
     /// Returns the seconds the stream spent on it (a reference teacher's run excluded).
