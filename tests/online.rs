@@ -188,6 +188,16 @@ fn folders_signals_and_bad_input() {
         e.contains("no image with file_name `frame_000001.png` (frame 1"),
         "{e}"
     );
+    // An unreadable frame stops the stream, naming its index.
+    let list = d.path().join("list.txt");
+    std::fs::write(d.path().join("bad.png"), b"not an image").unwrap();
+    let first = frames.join("frame_000001.png");
+    std::fs::write(&list, format!("{}\nbad.png\n", first.display())).unwrap();
+    let e = fails(&kdet(&["online", &cfg, list.to_str().unwrap()]));
+    assert!(
+        e.contains("frame 2 of the stream") && e.contains("bad.png"),
+        "{e}"
+    );
     // A student whose classes are not the teacher's.
     let side = d.path().join("student.json");
     let mut s: serde_json::Value = serde_json::from_slice(
