@@ -522,6 +522,32 @@ struct Stream<'a> {
     trace: Vec<(usize, usize, Option<f64>)>,
 }
 
+/// The teacher's detections scoring at least `min_score` as ground truth: in the frame's
+/// coordinates (the agreement's), and as `batch` to train on, in the network's coordinates as
+/// the loader hands ground truth.
+fn pseudo_labels(td: &Detections, min_score: f32, batch: &Batch) -> (Target, Batch) {
+    let keep: Vec<usize> = (0..td.scores.len())
+        .filter(|&k| td.scores[k] >= min_score)
+        .collect();
+    let target = Target {
+        boxes: keep.iter().map(|&k| td.boxes[k]).collect(),
+        labels: keep.iter().map(|&k| td.labels[k]).collect(),
+        crowd: vec![],
+    };
+    let mut boxes = target.boxes.clone();
+    crate::data::transforms::resize_boxes(
+        &mut boxes,
+        batch.original_sizes[0],
+        batch.image_sizes[0],
+    );
+    let mut train = batch.clone();
+    train.targets = vec![Target {
+        boxes,
+        ..target.clone()
+    }];
+    (target, train)
+}
+
 fn predict(model: &dyn Model, batch: &Batch) -> Result<Detections> {
     Ok(model.predict(batch)?.into_detections()?.remove(0))
 }
@@ -645,26 +671,7 @@ impl Stream<'_> {
         self.time_teacher(t.elapsed().as_secs_f64());
         self.teacher_calls += 1;
         let thr = self.pol.score_threshold as f32;
-        let keep: Vec<usize> = (0..td.scores.len())
-            .filter(|&k| td.scores[k] >= thr)
-            .collect();
-        let target = Target {
-            boxes: keep.iter().map(|&k| td.boxes[k]).collect(),
-            labels: keep.iter().map(|&k| td.labels[k]).collect(),
-            crowd: vec![],
-        };
-        // The targets in the network's coordinates, as the loader hands ground truth.
-        let mut train = batch.clone();
-        let mut boxes = target.boxes.clone();
-        crate::data::transforms::resize_boxes(
-            &mut boxes,
-            batch.original_sizes[0],
-            batch.image_sizes[0],
-        );
-        train.targets = vec![Target {
-            boxes,
-            ..target.clone()
-        }];
+        let (target, train) = pseudo_labels(&td, thr, batch);
         let mut a = agreement(&dets, thr, &target, self.pol.iou);
         let before = a;
         let mut u = 0;
