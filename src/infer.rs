@@ -118,6 +118,30 @@ pub fn draw(img: &mut RgbImage, d: &Detections, names: &[String], score_thr: f32
     Ok(())
 }
 
+/// `rgb` with the detections scoring at least `score_thr` drawn; a small image is enlarged
+/// (nearest) first, so that the labels stay readable.
+pub fn drawing(
+    rgb: &RgbImage,
+    d: &Detections,
+    names: &[String],
+    score_thr: f32,
+) -> Result<RgbImage> {
+    let k = (384 / rgb.width().min(rgb.height()).max(1)).max(1);
+    let mut canvas = image::imageops::resize(
+        rgb,
+        rgb.width() * k,
+        rgb.height() * k,
+        image::imageops::FilterType::Nearest,
+    );
+    let mut shown = d.clone();
+    shown
+        .boxes
+        .iter_mut()
+        .for_each(|b| b.iter_mut().for_each(|v| *v *= k as f32));
+    draw(&mut canvas, &shown, names, score_thr)?;
+    Ok(canvas)
+}
+
 /// The drawing's file name of each image: `<stem>.png`, or `<stem>-<n>.png` (`n` the image's
 /// 1-based position, its detections' `image_id`) when several inputs share the stem
 /// (`d1/x.png d2/x.png`, `x.jpg x.png`), so no drawing overwrites another.
@@ -234,6 +258,32 @@ fn refuse_unknown_contents(out: &Path) -> Result<()> {
     )))
 }
 
+/// A batch of one image as a network with `input` sees it at inference: normalised, resized
+/// (no flip), padded; no targets.
+pub fn image_batch(
+    rgb: &RgbImage,
+    image_id: u64,
+    input: &InputConfig,
+    device: &Device,
+) -> Result<crate::data::loader::Batch> {
+    let mut x = ImageF32::from_rgb(rgb);
+    let orig = (x.h, x.w);
+    normalize(&mut x, &input.mean, &input.std);
+    let (nh, nw) = input.output_size(x.h, x.w);
+    let sample = Sample {
+        image_id,
+        image: resize_bilinear(&x, nh, nw),
+        target: Target {
+            boxes: vec![],
+            labels: vec![],
+            crowd: vec![],
+        },
+        original_size: orig,
+        flipped: false,
+    };
+    collate(vec![sample], input.size_divisible as usize, device)
+}
+
 /// Run the model on each image. A detector: `DIR/<name>.png` drawings (see [`drawing_names`]) and
 /// `DIR/detections.json` (detections scoring at least `score_thr`); a classifier: the `top_k`
 /// classes of each image in `DIR/predictions.json`. `category_ids[l-1]` and `names[l-1]`
@@ -272,23 +322,7 @@ pub fn infer(
     let mut classes = vec![];
     for (i, path) in images.iter().enumerate() {
         let rgb = crate::data::decode_image(path)?.to_rgb8();
-        let mut x = ImageF32::from_rgb(&rgb);
-        let orig = (x.h, x.w);
-        normalize(&mut x, &input.mean, &input.std);
-        let (nh, nw) = input.output_size(x.h, x.w);
-        let x = resize_bilinear(&x, nh, nw);
-        let sample = Sample {
-            image_id: i as u64 + 1,
-            image: x,
-            target: Target {
-                boxes: vec![],
-                labels: vec![],
-                crowd: vec![],
-            },
-            original_size: orig,
-            flipped: false,
-        };
-        let batch = collate(vec![sample], input.size_divisible as usize, device)?;
+        let batch = image_batch(&rgb, i as u64 + 1, input, device)?;
         let d = match model.predict(&batch)? {
             Predictions::Classes(mut p) => {
                 let p = p.remove(0);
@@ -318,20 +352,7 @@ pub fn infer(
             }
             other => other.into_detections()?.remove(0),
         };
-        // Small images are enlarged (nearest) so that labels stay readable.
-        let k = (384 / rgb.width().min(rgb.height()).max(1)).max(1);
-        let mut canvas = image::imageops::resize(
-            &rgb,
-            rgb.width() * k,
-            rgb.height() * k,
-            image::imageops::FilterType::Nearest,
-        );
-        let mut shown = d.clone();
-        shown
-            .boxes
-            .iter_mut()
-            .for_each(|b| b.iter_mut().for_each(|v| *v *= k as f32));
-        draw(&mut canvas, &shown, names, score_thr)?;
+        let canvas = drawing(&rgb, &d, names, score_thr)?;
         let dst = out.join(&drawings[i]);
         canvas
             .save(&dst)

@@ -21,6 +21,8 @@
 #   feat_paa  issue 21, the PAA teacher → the PAA student with PKD, CWD, MGD, FGD, and LAD + PKD
 #   feat_frcnn  issue 21, same family: Faster R-CNN R18×0.5 → R18×0.25 (the default job's pair)
 #             with PKD, CWD, MGD, FGD against the student alone and Chen et al.'s hints
+#   online    online distillation on video streams (issue 24): tools/online_evidence.sh (its
+#             arms over 3 synthetic streams, not training seeds; ≈ 1 h)
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -46,11 +48,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|online|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 # KDET names a built binary to use (e.g. a copy, so that builds meanwhile do not replace it).
@@ -197,6 +199,10 @@ if wanted feat_frcnn; then
   for r in "${FEAT_FRCNN_ROWS[@]}"; do seeds "$r" "$SEEDS"; done
   compare feat_frcnn runs/frcnn_distill_baseline $(printf 'runs/%s ' "${FEAT_FRCNN_ROWS[@]}") runs/frcnn_distill
   compare feat_frcnn_vs_hints $(printf 'runs/%s ' "${FEAT_FRCNN_ROWS[@]}")
+fi
+
+if wanted online; then
+  if [ $LIST = 1 ]; then tools/online_evidence.sh --list; else tools/online_evidence.sh; fi
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

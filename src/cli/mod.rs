@@ -7,6 +7,7 @@ mod data;
 mod eval;
 mod export;
 mod infer;
+mod online;
 mod plot;
 mod synth;
 mod train;
@@ -85,10 +86,15 @@ pub enum Cmd {
     /// Detect objects in images: draws boxes, class names and scores, and writes one COCO
     /// results JSON for all images.
     Infer(infer::InferArgs),
+    /// Online distillation on a video stream (Mullapudi et al. 2019): the student predicts
+    /// every frame and learns from the teacher on key frames whose spacing adapts to how well
+    /// it agrees; writes its detections, per-frame metrics and the cost against the teacher.
+    Online(online::OnlineArgs),
     /// Export student weights as safetensors (+ sidecar JSON) that PyTorch can load.
     Export(export::ExportArgs),
     /// Write a deterministic synthetic dataset (same seed ⇒ same bytes): COCO-style detection,
-    /// or ImageFolder classification crops (`--task classification`).
+    /// ImageFolder classification crops (`--task classification`), or a fixed-camera video
+    /// with ground truth for every frame (`--task video`, for `kdet online`).
     Synth(synth::SynthArgs),
     /// Dataset tools.
     Data(data::DataArgs),
@@ -109,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Eval(a) => eval::run(a, device),
         Cmd::Compare(a) => compare::run(a),
         Cmd::Infer(a) => infer::run(a, device),
+        Cmd::Online(a) => online::run(a, device),
         Cmd::Export(a) => export::run(a, device),
         Cmd::Synth(a) => synth::run(a),
         Cmd::Data(a) => data::run(a),

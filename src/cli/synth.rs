@@ -6,10 +6,12 @@ use super::*;
 #[derive(clap::Args)]
 pub struct SynthArgs {
     /// Output folder: DIR/images/*.png and DIR/annotations/{train,val}.json (detection);
-    /// DIR/{train,val}/<class>/*.png and DIR/unlabeled/*.png (classification).
+    /// DIR/{train,val}/<class>/*.png and DIR/unlabeled/*.png (classification);
+    /// DIR/frames/frame_000001.png … and DIR/annotations.json (video: a new or empty folder).
     #[arg(long)]
     pub out: PathBuf,
-    /// `detection` or `classification` (one object crop per image, class = shape × colour).
+    /// `detection`, `classification` (one object crop per image, class = shape × colour) or
+    /// `video` (one fixed camera: moving shapes, drifting light, scene cuts; for `kdet online`).
     #[arg(long, value_enum, default_value = "detection")]
     pub task: kdet::data::synth::SynthTask,
     /// Random seed.
@@ -36,6 +38,15 @@ pub struct SynthArgs {
     /// Classification: images without labels, in DIR/unlabeled.
     #[arg(long, default_value_t = 0)]
     pub unlabeled: usize,
+    /// Video: number of frames (--train and --val do not apply).
+    #[arg(long, default_value_t = 300)]
+    pub frames: usize,
+    /// Video: the scene cuts to a new background and new objects every this many frames.
+    #[arg(long, default_value_t = 150)]
+    pub scene_length: usize,
+    /// Video: at most this many objects in view at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_objects: usize,
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
@@ -49,7 +60,32 @@ pub fn run(args: SynthArgs) -> anyhow::Result<ExitCode> {
         classes,
         long_tail,
         unlabeled,
+        frames,
+        scene_length,
+        max_objects,
     } = args;
+    if task == kdet::data::synth::SynthTask::Video {
+        let spec = kdet::data::video::VideoSpec {
+            seed,
+            frames,
+            size,
+            classes,
+            scene_length,
+            max_objects,
+        };
+        let p = kdet::data::video::generate_video(&spec, &out)?;
+        eprintln!(
+            "wrote {frames} frames to {} and their ground truth to {} (scenes start at frames {})",
+            p.frames.display(),
+            p.annotations.display(),
+            p.cuts
+                .iter()
+                .map(|c| (c + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let spec = SynthSpec {
         task,
         seed,

@@ -48,6 +48,9 @@ pub struct Config {
     /// Optimizer, learning-rate schedule and run length.
     #[serde(default)]
     pub solver: SolverConfig,
+    /// `kdet online`'s stream policy (`engine::online`); training ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<crate::engine::online::OnlineConfig>,
     /// Where checkpoints, metrics and plots go.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
@@ -545,6 +548,9 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
     }
     check(cfg.data.validate())?;
     check(cfg.solver.validate())?;
+    if let Some(o) = &cfg.online {
+        check(o.validate("online"))?;
+    }
     if cfg.method.as_ref().is_some_and(|m| m.needs_negatives()) && cfg.solver.batch_size < 2 {
         return Err(c.error(
             "solver.batch_size",

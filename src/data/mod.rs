@@ -1,7 +1,7 @@
 //! Datasets: the `data` config section ([`config`]), COCO parsing and validation ([`coco`]),
 //! ImageFolder classification data ([`folder`]), transforms and the `model.input` section
 //! ([`transforms`]), threaded batching and samplers ([`loader`]), the synthetic shapes datasets
-//! ([`synth`]), torchvision's COCO category list ([`torchvision_coco`]) and SimCLR's two-view
+//! ([`synth`]), the synthetic fixed-camera video ([`video`]), torchvision's COCO category list ([`torchvision_coco`]) and SimCLR's two-view
 //! augmentation ([`contrastive`]). [`Split`] is either
 //! kind of split, as training and evaluation see it.
 
@@ -13,6 +13,7 @@ pub mod loader;
 pub mod synth;
 pub mod torchvision_coco;
 pub mod transforms;
+pub mod video;
 
 use std::path::Path;
 

@@ -43,6 +43,9 @@ pub enum SynthTask {
     Detection,
     /// ImageFolder classification: one object crop per image, class = shape × colour.
     Classification,
+    /// A stream of frames from one fixed camera (`data::video`, `kdet online`); `kdet synth`
+    /// only, not a training set.
+    Video,
 }
 
 /// A synthetic dataset generated on first use (`data.synthetic`; `kdet synth`).
@@ -97,10 +100,16 @@ impl SynthSpec {
         if self.train == 0 {
             return Err(invalid(format!("{p}.train"), "must be >= 1"));
         }
-        let (min_size, max_classes) = match self.task {
-            SynthTask::Detection => (32, SHAPES.len()),
-            SynthTask::Classification => (16, SHAPES.len() * COLOURS.len()),
-        };
+        let (min_size, max_classes) =
+            match self.task {
+                SynthTask::Video => return Err(invalid(
+                    format!("{p}.task"),
+                    "`video` is a stream of frames for `kdet online`, made by `kdet synth --task \
+                     video`, not a training set; use `detection` or `classification`",
+                )),
+                SynthTask::Detection => (32, SHAPES.len()),
+                SynthTask::Classification => (16, SHAPES.len() * COLOURS.len()),
+            };
         if self.size < min_size {
             return Err(invalid(
                 format!("{p}.size"),
@@ -202,7 +211,7 @@ struct Object {
 }
 
 /// Class probabilities: geometric decay so that first / last = `ratio`.
-fn class_weights(k: usize, ratio: f64) -> Vec<f64> {
+pub(crate) fn class_weights(k: usize, ratio: f64) -> Vec<f64> {
     (0..k)
         .map(|i| {
             if k == 1 {
@@ -214,7 +223,7 @@ fn class_weights(k: usize, ratio: f64) -> Vec<f64> {
         .collect()
 }
 
-fn pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
+pub(crate) fn pick(rng: &mut ChaCha8Rng, weights: &[f64]) -> usize {
     let total: f64 = weights.iter().sum();
     let mut x = rng.random::<f64>() * total;
     for (i, w) in weights.iter().enumerate() {
@@ -236,29 +245,139 @@ fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     inter / (a[2] * a[3] + b[2] * b[3] - inter)
 }
 
-/// Render one image and its objects.
-fn render(size: u32, rng: &mut ChaCha8Rng, weights: &[f64]) -> (image::RgbImage, Vec<Object>) {
-    let s = size as usize;
-    // Background: a two-colour gradient, low-contrast stripes and per-pixel noise.
-    let c0: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..215.0));
-    let c1: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..215.0));
-    let (gx, gy) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
-    let freq = rng.random_range(0.05..0.4);
-    let stripe_amp = rng.random_range(0.0..18.0);
-    let angle: f64 = rng.random_range(0.0..std::f64::consts::PI);
-    let mut px = vec![[0f64; 3]; s * s];
-    for y in 0..s {
-        for x in 0..s {
-            let (fx, fy) = (x as f64 / s as f64, y as f64 / s as f64);
-            let t = ((gx * (fx - 0.5) + gy * (fy - 0.5)) + 0.5).clamp(0.0, 1.0);
-            let stripe =
-                stripe_amp * ((x as f64 * angle.cos() + y as f64 * angle.sin()) * freq).sin();
+/// A textured background: a two-colour gradient with low-contrast stripes (the video stream
+/// shifts it slowly and scales its light, `data::video`).
+#[derive(Debug, Clone)]
+pub(crate) struct Background {
+    pub c0: [f64; 3],
+    pub c1: [f64; 3],
+    gx: f64,
+    gy: f64,
+    freq: f64,
+    stripe_amp: f64,
+    angle: f64,
+}
+
+impl Background {
+    /// A random background (the draws in the order the dataset has always made them).
+    pub(crate) fn random(rng: &mut ChaCha8Rng) -> Self {
+        Self {
+            c0: std::array::from_fn(|_| rng.random_range(40.0..215.0)),
+            c1: std::array::from_fn(|_| rng.random_range(40.0..215.0)),
+            gx: rng.random_range(-1.0..1.0),
+            gy: rng.random_range(-1.0..1.0),
+            freq: rng.random_range(0.05..0.4),
+            stripe_amp: rng.random_range(0.0..18.0),
+            angle: rng.random_range(0.0..std::f64::consts::PI),
+        }
+    }
+
+    /// Its `s × s` pixels (row-major RGB in [0, 255] before rounding), each with per-pixel
+    /// noise in ±10, scaled by `gain` (the light).
+    pub(crate) fn paint(&self, s: usize, gain: f64, rng: &mut ChaCha8Rng) -> Vec<[f64; 3]> {
+        let mut px = vec![[0f64; 3]; s * s];
+        for y in 0..s {
+            for x in 0..s {
+                let (fx, fy) = (x as f64 / s as f64, y as f64 / s as f64);
+                let t = ((self.gx * (fx - 0.5) + self.gy * (fy - 0.5)) + 0.5).clamp(0.0, 1.0);
+                let stripe = self.stripe_amp
+                    * ((x as f64 * self.angle.cos() + y as f64 * self.angle.sin()) * self.freq)
+                        .sin();
+                for (c, p) in px[y * s + x].iter_mut().enumerate() {
+                    let v = self.c0[c] * (1.0 - t)
+                        + self.c1[c] * t
+                        + stripe
+                        + rng.random_range(-10.0..10.0);
+                    *p = if gain == 1.0 { v } else { v * gain };
+                }
+            }
+        }
+        px
+    }
+}
+
+/// A colour whose grey level differs by more than 60 from the background's at the centre of
+/// box `[x, y, w, h]`, so the shape stands out.
+pub(crate) fn contrasting_colour(
+    px: &[[f64; 3]],
+    s: usize,
+    b: [f64; 4],
+    rng: &mut ChaCha8Rng,
+) -> [f64; 3] {
+    let [x, y, w, h] = b;
+    let (cx, cy) = (
+        ((x + w / 2.0).max(0.0) as usize).min(s - 1),
+        ((y + h / 2.0).max(0.0) as usize).min(s - 1),
+    );
+    let bg = px[cy * s + cx];
+    let bg_l = (bg[0] + bg[1] + bg[2]) / 3.0;
+    loop {
+        let c: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
+        if ((c[0] + c[1] + c[2]) / 3.0 - bg_l).abs() > 60.0 {
+            break c;
+        }
+    }
+}
+
+/// Rasterise shape `class` filling box `[x, y, w, h]` (which may reach outside the image) in
+/// `colour` with 2×2 supersampling and per-pixel noise. Returns the tight box `[x, y, w, h]`
+/// of the pixels at least half covered and the covered area, or `None` when no pixel is.
+pub(crate) fn draw_shape(
+    px: &mut [[f64; 3]],
+    s: usize,
+    class: usize,
+    b: [f64; 4],
+    colour: [f64; 3],
+    rng: &mut ChaCha8Rng,
+) -> Option<([f64; 4], f64)> {
+    let [x, y, w, h] = b;
+    let (mut x1, mut y1, mut x2, mut y2, mut area) = (usize::MAX, usize::MAX, 0, 0, 0.0);
+    for py in (y.floor().max(0.0) as usize)..((y + h).ceil().max(0.0) as usize).min(s) {
+        for pxi in (x.floor().max(0.0) as usize)..((x + w).ceil().max(0.0) as usize).min(s) {
+            let mut cov = 0.0;
+            for (oy, ox) in [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)] {
+                let u = ((pxi as f64 + ox) - x) / w * 2.0 - 1.0;
+                let v = ((py as f64 + oy) - y) / h * 2.0 - 1.0;
+                if inside(class, u, v) {
+                    cov += 0.25;
+                }
+            }
+            if cov == 0.0 {
+                continue;
+            }
+            let noise = rng.random_range(-12.0..12.0);
+            let p = &mut px[py * s + pxi];
             for c in 0..3 {
-                px[y * s + x][c] =
-                    c0[c] * (1.0 - t) + c1[c] * t + stripe + rng.random_range(-10.0..10.0);
+                p[c] = p[c] * (1.0 - cov) + (colour[c] + noise) * cov;
+            }
+            area += cov;
+            if cov >= 0.5 {
+                x1 = x1.min(pxi);
+                y1 = y1.min(py);
+                x2 = x2.max(pxi + 1);
+                y2 = y2.max(py + 1);
             }
         }
     }
+    (x2 > x1 && y2 > y1).then(|| {
+        let bbox = [x1 as f64, y1 as f64, (x2 - x1) as f64, (y2 - y1) as f64];
+        (bbox, area)
+    })
+}
+
+/// Pixels (as [`Background::paint`] makes them) → an 8-bit image.
+pub(crate) fn to_image(px: &[[f64; 3]], size: u32) -> image::RgbImage {
+    let s = size as usize;
+    image::RgbImage::from_fn(size, size, |x, y| {
+        let p = px[y as usize * s + x as usize];
+        image::Rgb(p.map(|v| v.round().clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// Render one image and its objects.
+fn render(size: u32, rng: &mut ChaCha8Rng, weights: &[f64]) -> (image::RgbImage, Vec<Object>) {
+    let s = size as usize;
+    let mut px = Background::random(rng).paint(s, 1.0, rng);
     let n_obj = rng.random_range(1..=6);
     let mut objects: Vec<Object> = Vec::new();
     for _ in 0..n_obj {
@@ -278,62 +397,22 @@ fn render(size: u32, rng: &mut ChaCha8Rng, weights: &[f64]) -> (image::RgbImage,
             let b = [x, y, w, h];
             objects.iter().all(|o| iou(&o.bbox, &b) <= 0.3).then_some(b)
         });
-        let Some([x, y, w, h]) = placed else { continue };
-        // A colour that stands out from the background under the object.
-        let (cx, cy) = (
-            ((x + w / 2.0) as usize).min(s - 1),
-            ((y + h / 2.0) as usize).min(s - 1),
-        );
-        let bg = px[cy * s + cx];
-        let bg_l = (bg[0] + bg[1] + bg[2]) / 3.0;
-        let colour: [f64; 3] = loop {
-            let c: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
-            if ((c[0] + c[1] + c[2]) / 3.0 - bg_l).abs() > 60.0 {
-                break c;
-            }
-        };
-        // Rasterise with 2×2 supersampling; the box is the tight box of pixels ≥ half covered.
-        let (mut x1, mut y1, mut x2, mut y2, mut area) = (usize::MAX, usize::MAX, 0, 0, 0.0);
-        for py in (y.floor() as usize)..((y + h).ceil() as usize).min(s) {
-            for pxi in (x.floor() as usize)..((x + w).ceil() as usize).min(s) {
-                let mut cov = 0.0;
-                for (oy, ox) in [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)] {
-                    let u = ((pxi as f64 + ox) - x) / w * 2.0 - 1.0;
-                    let v = ((py as f64 + oy) - y) / h * 2.0 - 1.0;
-                    if inside(class, u, v) {
-                        cov += 0.25;
-                    }
-                }
-                if cov == 0.0 {
-                    continue;
-                }
-                let noise = rng.random_range(-12.0..12.0);
-                let p = &mut px[py * s + pxi];
-                for c in 0..3 {
-                    p[c] = p[c] * (1.0 - cov) + (colour[c] + noise) * cov;
-                }
-                area += cov;
-                if cov >= 0.5 {
-                    x1 = x1.min(pxi);
-                    y1 = y1.min(py);
-                    x2 = x2.max(pxi + 1);
-                    y2 = y2.max(py + 1);
-                }
-            }
-        }
-        if x2 > x1 && y2 > y1 {
-            objects.push(Object {
-                class,
-                bbox: [x1 as f64, y1 as f64, (x2 - x1) as f64, (y2 - y1) as f64],
-                area,
-            });
+        let Some(b) = placed else { continue };
+        let colour = contrasting_colour(&px, s, b, rng);
+        if let Some((bbox, area)) = draw_shape(&mut px, s, class, b, colour, rng) {
+            objects.push(Object { class, bbox, area });
         }
     }
-    let img = image::RgbImage::from_fn(size, size, |x, y| {
-        let p = px[y as usize * s + x as usize];
-        image::Rgb(p.map(|v| v.round().clamp(0.0, 255.0) as u8))
-    });
-    (img, objects)
+    (to_image(&px, size), objects)
+}
+
+/// The COCO categories of the first `k` shapes (id = index + 1).
+pub(crate) fn shape_categories(k: usize) -> Vec<serde_json::Value> {
+    SHAPES[..k]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
+        .collect()
 }
 
 /// Seed of image `index` of `split` (0 = train, 1 = val).
@@ -383,11 +462,7 @@ pub fn generate(spec: &SynthSpec, root: &Path) -> Result<SynthPaths> {
                 }));
             }
         }
-        let categories: Vec<_> = SHAPES[..spec.classes]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| json!({"id": i + 1, "name": s, "supercategory": "shape"}))
-            .collect();
+        let categories = shape_categories(spec.classes);
         let doc = json!({
             "info": {"description": format!("kdet synthetic shapes ({name})"), "version": "1"},
             "images": images,
@@ -424,6 +499,8 @@ fn cached_root(spec: &SynthSpec, cache_dir: &Path) -> Result<PathBuf> {
             spec.classes,
             spec.long_tail,
         )),
+        // Refused by `validate`: a stream is written where `kdet synth` is told, never cached.
+        SynthTask::Video => return Err(Error::msg("a synthetic video is not a cached dataset")),
         SynthTask::Classification => serde_json::to_string(&(
             "classification",
             spec.seed,

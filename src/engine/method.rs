@@ -333,7 +333,20 @@ pub fn network(
     seed: u64,
     run: &RunData,
 ) -> Result<Network> {
-    let net = Network::new(model, run.num_classes(), seed, &run.device)?;
+    network_for(cfg, model, json_path, seed, run.num_classes(), &run.device)
+}
+
+/// [`network`] for `num_classes` foreground classes on `device` (a run without training data:
+/// `kdet online`'s student).
+pub fn network_for(
+    cfg: &LoadedConfig,
+    model: &crate::models::config::ModelConfig,
+    json_path: &str,
+    seed: u64,
+    num_classes: usize,
+    device: &Device,
+) -> Result<Network> {
+    let net = Network::new(model, num_classes, seed, device)?;
     let b = model.backbone();
     if let Some(w) = &b.weights {
         let path = cfg.resolve_weights(&format!("{json_path}.backbone.weights"), w)?;

@@ -1,14 +1,15 @@
 //! Training machinery: the training-method seam and plain training ([`method`]), the loop
 //! ([`trainer`]), optimizers ([`optim`]), learning-rate schedule ([`schedule`]), atomic
 //! checkpoints ([`checkpoint`]), metrics log and plots ([`metrics`]), the run folder's files and
-//! what `--resume` may change ([`rundir`], [`resume`]), several training seeds ([`seeds`]) and evaluation over a val split
-//! ([`evaluator`]).
+//! what `--resume` may change ([`rundir`], [`resume`]), several training seeds ([`seeds`]), evaluation over a val split
+//! ([`evaluator`]) and online distillation on a video stream ([`online`]).
 
 pub mod checkpoint;
 pub mod evaluator;
 pub mod interrupt;
 pub mod method;
 pub mod metrics;
+pub mod online;
 pub mod optim;
 pub mod resume;
 pub mod rundir;

@@ -156,7 +156,8 @@ pub struct Input {
 }
 
 /// The local files and folders a run reads: its config and every file of its `base` chain,
-/// teachers' and backbone weights, annotation files, image folders, the synthetic data cache.
+/// teachers', backbone and `kdet online`'s student weights, annotation files, image folders,
+/// the synthetic data cache.
 pub fn inputs(cfg: &LoadedConfig) -> Vec<Input> {
     let mut v: Vec<Input> = config_chain(&cfg.path)
         .into_iter()
@@ -179,6 +180,12 @@ pub fn inputs(cfg: &LoadedConfig) -> Vec<Input> {
     }
     for (i, t) in c.teachers.iter().enumerate() {
         weights.push((format!("teachers[{i}].weights"), Some(t.weights.clone())));
+    }
+    if let Some(o) = &c.online {
+        weights.push((
+            "online.student_weights".to_string(),
+            o.student_weights.clone(),
+        ));
     }
     for (key, w) in weights {
         let Some(w) = w.filter(|w| !w.is_empty() && !crate::hub::is_hub(w)) else {

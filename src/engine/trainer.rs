@@ -123,11 +123,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
     let settings = run_strings(c, run.train.fingerprint()?)?;
     let mut strings = frozen_strings(&method.frozen_inputs());
     strings.extend(settings.clone());
-    let mut optimizers: Vec<Optimizer> = method
-        .param_groups()
-        .into_iter()
-        .map(|g| Optimizer::new(params_with_decay(g, &c.solver), &c.solver))
-        .collect();
+    let mut optimizers = optimizers(&*method, &c.solver);
     let plan = Plan::new(cfg, &run, &*method)?;
     let ckpt_path = out.join("checkpoint.safetensors");
     let (start, changes) = if opts.resume {
@@ -560,8 +556,7 @@ impl Session<'_> {
         Ok(it)
     }
 
-    /// One step at iteration `it`: the method's losses, summed (a non-finite one stops the run),
-    /// backward, clipping, the optimizers' steps, the progress bar and the step's record.
+    /// One step at iteration `it`: [`update`], the progress bar and the step's record.
     fn step(
         &mut self,
         method: &mut dyn Method,
@@ -573,29 +568,18 @@ impl Session<'_> {
     ) -> Result<()> {
         let s = &self.cfg.config.solver;
         let step_t = Instant::now();
-        let seed = self.cfg.config.seed;
-        let mut rng = StepRng::seed_from_u64(seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut step = method.step(batch, &mut rng)?;
-        if crate::util::fault_point("nan-loss") {
-            // Test hook: a NaN loss, as a diverging run produces.
-            if let Some(t) = step.losses.values_mut().next() {
-                *t = (&*t * f64::NAN)?;
-            }
-        }
-        let (loss, terms) = sum_losses(&step.losses, it + 1, self.saved)?;
-        drop(step.losses);
-        let mut grads = loss.backward()?;
-        if let Some(max) = s.grad_clip {
-            let params = optimizers.iter().flat_map(|o| o.params());
-            clip_grad_norm(&mut grads, params.map(|p| p.var.as_tensor()), max)?;
-        }
         let lr_now = self.plan.lr.lr(it);
-        for o in optimizers.iter_mut() {
-            o.step(&grads, lr_now)?;
-        }
+        let at = StepAt {
+            seed: self.cfg.config.seed,
+            it,
+            lr: lr_now,
+            grad_clip: s.grad_clip,
+            saved: self.saved,
+        };
+        let step = update(method, optimizers, batch, &at)?;
         let done = it + 1;
         self.pb.set_position(done);
-        let total_loss: f64 = terms.values().sum();
+        let total_loss: f64 = step.terms.values().sum();
         self.pb
             .set_message(format!("loss {total_loss:.3} lr {lr_now:.2e}"));
         if done.is_multiple_of(s.log_every) || done == self.plan.total {
@@ -604,7 +588,7 @@ impl Session<'_> {
             let mut rec = json!({"iter": done, "epoch": epoch, "lr": lr_now, "loss": total_loss,
                 "time": step_t.elapsed().as_secs_f64(), "data_wait": data_wait,
                 "rss_mb": crate::util::rss_mb()});
-            for (k, v) in terms.iter().chain(&step.metrics) {
+            for (k, v) in step.terms.iter().chain(&step.metrics) {
                 rec[k] = json!(v);
             }
             self.log.write(&rec)?;
@@ -616,22 +600,15 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// An atomic checkpoint at `it`: the networks, the method's variables, the optimizers'
-    /// state and the run's strings — never of diverged weights.
+    /// An atomic checkpoint at `it` ([`save_checkpoint`]).
     fn checkpoint(&mut self, method: &dyn Method, optimizers: &[Optimizer], it: u64) -> Result<()> {
-        check_finite_params(optimizers, it, self.saved)?;
-        let (st, step) = optim_state(optimizers);
-        let aux = method.own_vars().map(named_tensors).unwrap_or_default();
-        checkpoint::save(
+        save_checkpoint(
             &self.ckpt_path,
-            &checkpoint::State {
-                model: &network_tensors(method),
-                aux: &aux,
-                optim: &st,
-                optim_step: step,
-                iter: it,
-                strings: &self.strings,
-            },
+            method,
+            optimizers,
+            it,
+            &self.strings,
+            self.saved,
         )?;
         self.saved = Some(it);
         Ok(())
@@ -734,6 +711,94 @@ impl Session<'_> {
             None => Ok(()),
         }
     }
+}
+
+/// Where an optimizer update stands: the run's seed and the iteration `it` (which seed the
+/// step's RNG), the learning rate, gradient clipping, and the last checkpoint on disk (what a
+/// stop can fall back on).
+#[derive(Debug, Clone, Copy)]
+pub struct StepAt {
+    pub seed: u64,
+    pub it: u64,
+    pub lr: f64,
+    pub grad_clip: Option<f64>,
+    pub saved: Option<u64>,
+}
+
+/// What one update logged: the loss terms' values and the method's other numbers.
+pub struct Updated {
+    pub terms: BTreeMap<String, f64>,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One optimizer per parameter group of `method`, with the solver's settings.
+pub fn optimizers(method: &dyn Method, s: &crate::config::solver::SolverConfig) -> Vec<Optimizer> {
+    method
+        .param_groups()
+        .into_iter()
+        .map(|g| Optimizer::new(params_with_decay(g, s), s))
+        .collect()
+}
+
+/// One optimizer update — the loop's step, and each of `kdet online`'s updates on a key frame:
+/// the method's losses on `batch` (its RNG seeded from the seed and iteration, so a resumed run
+/// draws what the uninterrupted one would), summed (a non-finite one stops the run), backward,
+/// clipping, each optimizer's step.
+pub fn update(
+    method: &mut dyn Method,
+    optimizers: &mut [Optimizer],
+    batch: &crate::data::loader::Batch,
+    at: &StepAt,
+) -> Result<Updated> {
+    let mut rng = StepRng::seed_from_u64(at.seed ^ (at.it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut step = method.step(batch, &mut rng)?;
+    if crate::util::fault_point("nan-loss") {
+        // Test hook: a NaN loss, as a diverging run produces.
+        if let Some(t) = step.losses.values_mut().next() {
+            *t = (&*t * f64::NAN)?;
+        }
+    }
+    let (loss, terms) = sum_losses(&step.losses, at.it + 1, at.saved)?;
+    drop(step.losses);
+    let mut grads = loss.backward()?;
+    if let Some(max) = at.grad_clip {
+        let params = optimizers.iter().flat_map(|o| o.params());
+        clip_grad_norm(&mut grads, params.map(|p| p.var.as_tensor()), max)?;
+    }
+    for o in optimizers.iter_mut() {
+        o.step(&grads, at.lr)?;
+    }
+    Ok(Updated {
+        terms,
+        metrics: step.metrics,
+    })
+}
+
+/// An atomic checkpoint at iteration `it` of `method`'s networks, its own variables, the
+/// optimizers' state and the run's `strings` (settings, frozen inputs) — never of diverged
+/// weights (`saved`: the last good checkpoint, for the message).
+pub fn save_checkpoint(
+    path: &Path,
+    method: &dyn Method,
+    optimizers: &[Optimizer],
+    it: u64,
+    strings: &BTreeMap<String, String>,
+    saved: Option<u64>,
+) -> Result<()> {
+    check_finite_params(optimizers, it, saved)?;
+    let (st, step) = optim_state(optimizers);
+    let aux = method.own_vars().map(named_tensors).unwrap_or_default();
+    checkpoint::save(
+        path,
+        &checkpoint::State {
+            model: &network_tensors(method),
+            aux: &aux,
+            optim: &st,
+            optim_step: step,
+            iter: it,
+            strings,
+        },
+    )
 }
 
 /// Refuse detection training data that cannot train a detector: no boxes at all (after dropping

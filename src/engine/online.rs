@@ -1,0 +1,960 @@
+//! Online model distillation on a video stream (Mullapudi et al., ICCV 2019, "Online Model
+//! Distillation for Efficient Video Inference", Algorithm 1), for detectors: `kdet online`.
+//!
+//! The student predicts every frame. On a key frame the frozen teacher runs too; its
+//! detections scoring at least `online.score_threshold` become the student's ground truth, and
+//! the student takes up to `max_updates` gradient steps on that frame, measuring its agreement
+//! with the teacher (F1 at IoU `online.iou`, the paper's mIoU for detection) before each and
+//! stopping once it reaches `threshold`. The stride to the next key frame then doubles (the
+//! student agreed) or halves (it did not), kept in `[min_stride, max_stride]` — the authors'
+//! PyTorch code steps through strides 8, 16, 32, 64 this way.
+//!
+//! Nothing here is a second trainer: the student is a [`Plain`] method, each update is the
+//! training loop's own [`update`] (the method's step, NaN guard, backward, clipping, the
+//! engine's optimizer), checkpoints are [`save_checkpoint`]'s, per-frame records go to the
+//! loop's [`MetricsLog`], the folder is claimed as a run folder (`engine::rundir`), and Ctrl-C
+//! stops after the frame with a checkpoint (`engine::interrupt`). The stream is the batch
+//! source; this file is its policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::evaluator::ResultRecord;
+use super::method::Plain;
+use super::metrics::MetricsLog;
+use super::optim::Optimizer;
+use super::trainer::{optimizers, save_checkpoint, update, StepAt};
+use crate::config::LoadedConfig;
+use crate::data::loader::{Batch, Target};
+use crate::distill::teacher::Teacher;
+use crate::error::{invalid, Check, Error, Result};
+use crate::models::contract::{Detections, Model};
+use crate::models::sidecar::Sidecar;
+
+/// The `online` section: the stream's policy (Mullapudi et al. 2019 §4 and Algorithm 1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnlineConfig {
+    /// The student's starting weights (a whole model, local or `hf://`); absent: `model` from
+    /// its seed (and `model.backbone.weights`), as training starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub student_weights: Option<String>,
+    /// Paper: δ_min = 8 frames between teacher calls at least.
+    pub min_stride: usize,
+    /// Paper: δ_max = 64.
+    pub max_stride: usize,
+    /// Paper: u_max = 8 updates per key frame at most (0: the student never learns).
+    pub max_updates: usize,
+    /// Paper: a_thr = 0.9 — updates stop, and the stride doubles, once the agreement reaches it.
+    pub threshold: f64,
+    /// Paper: 0.01 ("high learning rate") with momentum 0.9; the authors' code: SGD, lr 0.01,
+    /// momentum 0.9. The rest of the optimizer (kind, weight decay, clipping) is `solver`'s.
+    pub lr: f64,
+    pub momentum: f64,
+    /// Teacher detections scoring at least this are the student's ground truth, and student
+    /// detections scoring at least this are compared with them. kdet's choice (`kdet infer`'s
+    /// drawing threshold); the paper's targets are Mask R-CNN's confident instances.
+    pub score_threshold: f64,
+    /// IoU at which a student detection matches a teacher one of its class (agreement F1).
+    pub iou: f64,
+    /// Write each frame with the student's detections drawn (`<frame>.png`).
+    pub draw: bool,
+}
+
+impl Default for OnlineConfig {
+    fn default() -> Self {
+        Self {
+            student_weights: None,
+            min_stride: 8,
+            max_stride: 64,
+            max_updates: 8,
+            threshold: 0.9,
+            lr: 0.01,
+            momentum: 0.9,
+            score_threshold: 0.5,
+            iou: 0.5,
+            draw: false,
+        }
+    }
+}
+
+impl OnlineConfig {
+    /// Ranges; `p` is the section's JSON path (`online`).
+    pub fn validate(&self, p: &str) -> Check {
+        if self.min_stride == 0 {
+            return Err(invalid(format!("{p}.min_stride"), "must be >= 1 frame"));
+        }
+        if self.min_stride > self.max_stride {
+            return Err(invalid(
+                format!("{p}.min_stride"),
+                format!(
+                    "{} is above max_stride {}: the stride lives between them",
+                    self.min_stride, self.max_stride
+                ),
+            ));
+        }
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(self.threshold) {
+            return Err(invalid(
+                format!("{p}.threshold"),
+                format!(
+                    "{} is outside (0, 1]: it is an F1 the student must reach",
+                    self.threshold
+                ),
+            ));
+        }
+        if !in_unit(self.iou) {
+            return Err(invalid(format!("{p}.iou"), "must be in (0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.score_threshold) {
+            return Err(invalid(format!("{p}.score_threshold"), "must be in [0, 1]"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid(format!("{p}.lr"), "must be > 0"));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(invalid(format!("{p}.momentum"), "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// The stride between key frames: doubled after a key frame where the student reached the
+/// threshold, halved otherwise, within `[min, max]`; it starts at `min` (Algorithm 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StridePolicy {
+    pub min: usize,
+    pub max: usize,
+    pub stride: usize,
+}
+
+impl StridePolicy {
+    pub fn new(min: usize, max: usize) -> Self {
+        Self {
+            min,
+            max,
+            stride: min,
+        }
+    }
+
+    /// After a key frame: whether the student agreed with the teacher.
+    pub fn next(&mut self, agreed: bool) {
+        self.stride = if agreed {
+            (self.stride * 2).min(self.max)
+        } else {
+            (self.stride / 2).max(self.min)
+        };
+    }
+}
+
+/// The student's agreement with the teacher on one frame: F1 at IoU `iou` of the student's
+/// detections scoring at least `min_score` against the teacher's targets, matched greedily
+/// (student detections by falling score, each to the unmatched target of its class it overlaps
+/// most). Both empty: 1 (nothing to find, nothing found).
+pub fn agreement(student: &Detections, min_score: f32, teacher: &Target, iou: f64) -> f64 {
+    let mut order: Vec<usize> = (0..student.scores.len())
+        .filter(|&i| student.scores[i] >= min_score)
+        .collect();
+    let n_student = order.len();
+    let n_teacher = teacher.boxes.len();
+    if n_student + n_teacher == 0 {
+        return 1.0;
+    }
+    order.sort_by(|&a, &b| student.scores[b].total_cmp(&student.scores[a]));
+    let mut taken = vec![false; n_teacher];
+    let mut tp = 0usize;
+    for i in order {
+        let best = (0..n_teacher)
+            .filter(|&j| !taken[j] && teacher.labels[j] == student.labels[i])
+            .map(|j| (j, box_iou(&student.boxes[i], &teacher.boxes[j])))
+            .filter(|&(_, v)| v >= iou)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((j, _)) = best {
+            taken[j] = true;
+            tp += 1;
+        }
+    }
+    2.0 * tp as f64 / (n_student + n_teacher) as f64
+}
+
+fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) as f64;
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0) as f64;
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| ((r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0)) as f64;
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// The frames of `inputs` in stream order: each folder's images in name order, each image
+/// file itself, and each list file (`.txt`: one image path a line, relative to the list's
+/// folder; blank lines and `#` comments skipped).
+pub fn collect_frames(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut frames = vec![];
+    for p in inputs {
+        if p.is_file() && p.extension().is_some_and(|e| e == "txt") {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let dir = p.parent().unwrap_or(Path::new("."));
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let f = dir.join(line);
+                if !f.is_file() {
+                    return Err(Error::msg(format!(
+                        "{}: line {}: {} is not a file",
+                        p.display(),
+                        n + 1,
+                        f.display()
+                    )));
+                }
+                frames.push(f);
+            }
+        } else {
+            frames.extend(crate::infer::collect_images(std::slice::from_ref(p))?);
+        }
+    }
+    if frames.is_empty() {
+        return Err(Error::msg(
+            "no frames: the inputs hold no JPEG or PNG image",
+        ));
+    }
+    Ok(frames)
+}
+
+/// How to run a stream.
+#[derive(Debug, Clone, Default)]
+pub struct OnlineOptions {
+    /// Ground truth of the frames (COCO, `file_name` = each frame's name): the student's and
+    /// the teacher's AP against it at the end.
+    pub truth: Option<PathBuf>,
+    /// Also run the teacher on every frame (not counted in the cost): its AP against `truth`,
+    /// and its time per frame measured rather than estimated from the key frames.
+    pub teacher_every_frame: bool,
+}
+
+/// What a stream reports (also written as `online.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineSummary {
+    pub frames: usize,
+    pub teacher_calls: usize,
+    /// Fraction of frames the teacher ran on (its cost share in calls).
+    pub teacher_fraction: f64,
+    pub updates: u64,
+    /// Mean agreement on key frames before any update (the student as the frame found it).
+    pub mean_agreement: f64,
+    /// Wall time of the stream (student, teacher calls, updates), and frames per second.
+    pub seconds: f64,
+    pub fps: f64,
+    /// The teacher's mean time per frame.
+    pub teacher_seconds_per_frame: f64,
+    /// The stream's time over the teacher's on every frame: below 1 is cheaper.
+    pub cost_ratio: f64,
+    /// The student's stream detections against the truth (COCO AP, AP50).
+    pub student_ap: Option<f64>,
+    pub student_ap50: Option<f64>,
+    /// The teacher on every frame against the truth (`teacher_every_frame`).
+    pub teacher_ap: Option<f64>,
+    pub teacher_ap50: Option<f64>,
+    pub output_dir: PathBuf,
+}
+
+/// The files a stream writes into its folder, drawings aside.
+const FILES: [&str; 9] = [
+    "config.json",
+    "model.safetensors",
+    "model.json",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+    "detections.json",
+    "teacher_detections.json",
+    "online.json",
+    "stream.png",
+];
+
+/// Run the stream `frames` through online distillation as the config's `online` section says:
+/// the student (`model`, from `online.student_weights` or its seed) learns from `teachers[0]`
+/// on key frames; every frame's student detections are the output. Writes into `output_dir`
+/// (claimed as a run folder), never over an input.
+pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Result<OnlineSummary> {
+    let pol = cfg.config.online.clone().unwrap_or_default();
+    check_config(cfg)?;
+    let device = cfg.device()?;
+    let (teacher, names, ids) = load_teacher(cfg, &device)?;
+    let method = Plain {
+        student: load_student(cfg, &pol, &names, &device)?,
+    };
+    let truth = opts
+        .truth
+        .as_deref()
+        .map(|t| Truth::load(t, frames, &names))
+        .transpose()?;
+    let out = open_folder(cfg, frames, &pol)?;
+    let mut solver = cfg.config.solver.clone();
+    (solver.lr, solver.momentum) = (pol.lr, pol.momentum);
+    let mut strings = super::checkpoint::frozen_strings(&[teacher.frozen_input()]);
+    strings.insert("online.frames".into(), frames.len().to_string());
+    let mut s = Stream {
+        cfg,
+        optimizers: optimizers(&method, &solver),
+        method,
+        teacher,
+        policy: StridePolicy::new(pol.min_stride, pol.max_stride),
+        pol,
+        device,
+        names,
+        ids,
+        log: MetricsLog::open(&out, None)?,
+        out,
+        strings,
+        next_key: 0,
+        updates: 0,
+        teacher_calls: 0,
+        agreements: vec![],
+        teacher_seconds: 0.0,
+        teacher_timed: 0,
+        student_recs: vec![],
+        teacher_recs: vec![],
+        trace: vec![],
+    };
+    let _signals = super::interrupt::Guard::new()?;
+    let spent = s.frames(frames, truth.as_ref(), opts)?;
+    s.finish(frames.len(), spent, truth.as_ref())
+}
+
+/// What `kdet online` refuses in a config: not one teacher, training-method sections.
+fn check_config(cfg: &LoadedConfig) -> Result<()> {
+    let c = &cfg.config;
+    if c.teachers.len() != 1 {
+        return Err(cfg.error(
+            "teachers",
+            format!(
+                "online distillation learns from one teacher; this config names {}",
+                c.teachers.len()
+            ),
+        ));
+    }
+    if !c.distill.is_empty() || c.method.is_some() {
+        let key = if c.method.is_some() {
+            "method"
+        } else {
+            "distill"
+        };
+        return Err(cfg.error(
+            key,
+            "online distillation trains the student on the teacher's detections alone; \
+             remove this section",
+        ));
+    }
+    Ok(())
+}
+
+/// `teachers[0]` with its class names and category ids (its sidecar's).
+fn load_teacher(cfg: &LoadedConfig, device: &Device) -> Result<(Teacher, Vec<String>, Vec<u64>)> {
+    let key = "teachers[0].weights";
+    let path = cfg.resolve_weights(key, &cfg.config.teachers[0].weights)?;
+    let side = Sidecar::find(&path)?.ok_or_else(|| {
+        cfg.error(
+            key,
+            format!(
+                "{} has no sidecar (`<stem>.json` or `model.json` beside it) naming its classes: \
+                 the stream has no annotations to take them from",
+                path.display()
+            ),
+        )
+    })?;
+    let names: Vec<String> = side.field("classes")?;
+    let ids: Vec<u64> = side.field("category_ids")?;
+    let teacher = Teacher::load(cfg, 0, names.len(), device)?;
+    Ok((teacher, names, ids))
+}
+
+/// The student: `online.student_weights` (whose sidecar's classes, when it has one, must be the
+/// teacher's), else `model` from the config's seed.
+fn load_student(
+    cfg: &LoadedConfig,
+    pol: &OnlineConfig,
+    names: &[String],
+    device: &Device,
+) -> Result<crate::models::build::Network> {
+    let c = &cfg.config;
+    let Some(w) = &pol.student_weights else {
+        return super::method::network_for(cfg, &c.model, "model", c.seed, names.len(), device);
+    };
+    let key = "online.student_weights";
+    let path = cfg.resolve_weights(key, w)?;
+    if let Some(side) = Sidecar::find(&path)? {
+        let theirs: Vec<String> = side.field("classes")?;
+        if theirs != names {
+            return Err(cfg.error(
+                key,
+                format!(
+                    "{} detects [{}], the teacher [{}]: the student learns the teacher's classes, \
+                     in its order",
+                    path.display(),
+                    theirs.join(", "),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    crate::models::build::Network::load(&c.model, names.len(), &path, device)
+        .map_err(|e| cfg.error(key, e.to_string()))
+}
+
+/// Check, create and claim `output_dir` (a run folder: kdet's manifest, no input overwritten;
+/// no frame may lie in it), then write `config.json`.
+fn open_folder(cfg: &LoadedConfig, frames: &[PathBuf], pol: &OnlineConfig) -> Result<PathBuf> {
+    let out = cfg.resolve("output_dir", &cfg.config.output_dir);
+    super::rundir::check_output_dir(cfg, &out)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let out = std::fs::canonicalize(&out).map_err(|e| Error::io(&out, e))?;
+    if let Some(f) = frames
+        .iter()
+        .find(|f| std::fs::canonicalize(f).is_ok_and(|f| f.parent() == Some(out.as_path())))
+    {
+        return Err(cfg.error(
+            "output_dir",
+            format!(
+                "{} holds the frame {}: the stream's outputs go to a folder of their own",
+                out.display(),
+                f.display()
+            ),
+        ));
+    }
+    let mut files: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
+    if pol.draw {
+        files.extend(crate::infer::drawing_names(frames));
+    }
+    super::rundir::claim(cfg, &out, &files, false)?;
+    let config_json = serde_json::to_string_pretty(&cfg.config).expect("config serialises");
+    crate::util::write_atomic(&out.join("config.json"), config_json.as_bytes())?;
+    Ok(out)
+}
+
+/// The ground truth of the frames: each frame's image id in it (matched by file name), and
+/// the truth restricted to the frames.
+struct Truth {
+    ids: Vec<u64>,
+    gt: hotcoco::Dataset,
+}
+
+impl Truth {
+    fn load(file: &Path, frames: &[PathBuf], names: &[String]) -> Result<Self> {
+        let mut gt =
+            crate::data::coco::load_ground_truth(file, crate::data::coco::Purpose::Eval)?.dataset;
+        let cats: Vec<String> = crate::data::coco::CategoryMap::new(&gt.categories).names;
+        if cats != names {
+            return Err(Error::msg(format!(
+                "{}: categories [{}] are not the teacher's classes [{}]",
+                file.display(),
+                cats.join(", "),
+                names.join(", ")
+            )));
+        }
+        let by_name: HashMap<&str, u64> = gt
+            .images
+            .iter()
+            .map(|im| (im.file_name.as_str(), im.id))
+            .collect();
+        let mut ids = vec![];
+        for (i, f) in frames.iter().enumerate() {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let id = by_name.get(name).copied().ok_or_else(|| {
+                Error::msg(format!(
+                    "{}: no image with file_name `{name}` (frame {} of the stream, {})",
+                    file.display(),
+                    i + 1,
+                    f.display()
+                ))
+            })?;
+            ids.push(id);
+        }
+        gt.images.retain(|im| ids.contains(&im.id));
+        gt.annotations.retain(|a| ids.contains(&a.image_id));
+        Ok(Self { ids, gt })
+    }
+
+    /// COCO AP and AP50 of `recs` against the truth.
+    fn score(&self, recs: &[ResultRecord]) -> Result<(f64, f64)> {
+        let dets = recs.iter().map(|r| r.to_annotation()).collect();
+        let s = crate::eval::evaluate(self.gt.clone(), dets)?;
+        Ok((s.stats[0], s.stats[1]))
+    }
+}
+
+/// A stream in progress: the networks, the policy's state and what it has measured.
+struct Stream<'a> {
+    cfg: &'a LoadedConfig,
+    pol: OnlineConfig,
+    teacher: Teacher,
+    method: Plain,
+    optimizers: Vec<Optimizer>,
+    device: Device,
+    names: Vec<String>,
+    ids: Vec<u64>,
+    log: MetricsLog,
+    out: PathBuf,
+    strings: BTreeMap<String, String>,
+    policy: StridePolicy,
+    /// The next key frame (0-based).
+    next_key: usize,
+    /// Updates so far: the iteration the loop's RNG and checkpoints count.
+    updates: u64,
+    teacher_calls: usize,
+    /// Agreement before updating, per key frame.
+    agreements: Vec<f64>,
+    teacher_seconds: f64,
+    teacher_timed: usize,
+    student_recs: Vec<ResultRecord>,
+    teacher_recs: Vec<ResultRecord>,
+    /// (frame, stride, agreement on key frames) for the plot.
+    trace: Vec<(usize, usize, Option<f64>)>,
+}
+
+/// The teacher's detections scoring at least `min_score` as ground truth: in the frame's
+/// coordinates (the agreement's), and as `batch` to train on, in the network's coordinates as
+/// the loader hands ground truth.
+fn pseudo_labels(td: &Detections, min_score: f32, batch: &Batch) -> (Target, Batch) {
+    let keep: Vec<usize> = (0..td.scores.len())
+        .filter(|&k| td.scores[k] >= min_score)
+        .collect();
+    let target = Target {
+        boxes: keep.iter().map(|&k| td.boxes[k]).collect(),
+        labels: keep.iter().map(|&k| td.labels[k]).collect(),
+        crowd: vec![],
+    };
+    let mut boxes = target.boxes.clone();
+    crate::data::transforms::resize_boxes(
+        &mut boxes,
+        batch.original_sizes[0],
+        batch.image_sizes[0],
+    );
+    let mut train = batch.clone();
+    train.targets = vec![Target {
+        boxes,
+        ..target.clone()
+    }];
+    (target, train)
+}
+
+fn predict(model: &dyn Model, batch: &Batch) -> Result<Detections> {
+    Ok(model.predict(batch)?.into_detections()?.remove(0))
+}
+
+impl Stream<'_> {
+    /// Every frame in order, with a progress bar; a signal stops after its frame with the
+    /// outputs so far written. Returns the stream's seconds.
+    fn frames(
+        &mut self,
+        frames: &[PathBuf],
+        truth: Option<&Truth>,
+        opts: &OnlineOptions,
+    ) -> Result<f64> {
+        let pb = indicatif::ProgressBar::new(frames.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut spent = 0.0;
+        for (i, path) in frames.iter().enumerate() {
+            let id = truth.map_or(i as u64 + 1, |t| t.ids[i]);
+            spent += self.frame(i, path, id, opts.teacher_every_frame)?;
+            let msg = format!(
+                "stride {} teacher {} updates {}",
+                self.policy.stride, self.teacher_calls, self.updates
+            );
+            pb.inc(1);
+            if pb.is_hidden() && (i + 1) % 100 == 0 {
+                eprintln!("frame {}/{}: {msg}", i + 1, frames.len());
+            }
+            pb.set_message(msg);
+            super::interrupt::fault_hooks();
+            if let Some(sig) = super::interrupt::requested() {
+                pb.finish_and_clear();
+                self.finish(frames.len(), spent, truth)?;
+                return Err(Error::Interrupted {
+                    signal: sig,
+                    msg: format!(
+                        "interrupted by {} after frame {} of {}; the student's detections so far \
+                         and its checkpoint are in {}",
+                        super::interrupt::signal_name(sig),
+                        i + 1,
+                        frames.len(),
+                        self.out.display()
+                    ),
+                });
+            }
+        }
+        pb.finish_and_clear();
+        Ok(spent)
+    }
+
+    /// Frame `i`: the student predicts (a key frame: the teacher runs and the student learns);
+    /// its detections are recorded under `id`, drawn when asked, and the frame's record logged.
+    /// Returns the seconds the stream spent on it (a reference teacher's run excluded).
+    fn frame(&mut self, i: usize, path: &Path, id: u64, teacher_every_frame: bool) -> Result<f64> {
+        let t0 = Instant::now();
+        let rgb = crate::data::decode_image(path)
+            .map_err(|e| Error::msg(format!("frame {} of the stream: {e}", i + 1)))?
+            .to_rgb8();
+        let input = self.method.student.config.input().clone();
+        let batch = crate::infer::image_batch(&rgb, id, &input, &self.device)?;
+        let stride = self.policy.stride;
+        let mut rec = json!({"iter": self.updates, "frame": i + 1, "stride": stride, "key": false});
+        let mut dets = predict(&*self.method.student.model, &batch)?;
+        let mut teacher_dets = None;
+        if i == self.next_key {
+            let (d, t) = self.key_frame(i, &batch, dets, &mut rec)?;
+            (dets, teacher_dets) = (d, Some(t));
+        }
+        let spent = t0.elapsed().as_secs_f64();
+        for b in dets.to_coco(&self.ids, f32::NEG_INFINITY)? {
+            self.student_recs.push(ResultRecord::new(id, b));
+        }
+        if self.pol.draw {
+            let name = &crate::infer::drawing_names(&[path.to_path_buf()])[0];
+            let img =
+                crate::infer::drawing(&rgb, &dets, &self.names, self.pol.score_threshold as f32)?;
+            let dst = self.out.join(name);
+            img.save(&dst)
+                .map_err(|e| Error::msg(format!("{}: {e}", dst.display())))?;
+        }
+        if teacher_every_frame {
+            let t = Instant::now();
+            let td = match teacher_dets {
+                Some(d) => d,
+                None => predict(&*self.teacher.model, &batch)?,
+            };
+            self.time_teacher(t.elapsed().as_secs_f64());
+            for b in td.to_coco(&self.ids, f32::NEG_INFINITY)? {
+                self.teacher_recs.push(ResultRecord::new(id, b));
+            }
+        }
+        rec["teacher_calls"] = json!(self.teacher_calls);
+        rec["time"] = json!(spent);
+        self.log.write(&rec)?;
+        self.trace.push((i + 1, stride, rec["agreement"].as_f64()));
+        Ok(spent)
+    }
+
+    fn time_teacher(&mut self, seconds: f64) {
+        self.teacher_seconds += seconds;
+        self.teacher_timed += 1;
+    }
+
+    /// A key frame (Algorithm 1): the teacher's confident detections become the targets; while
+    /// the student's agreement is below the threshold and updates remain, one update on the
+    /// frame and a new prediction; then the stride doubles or halves. Returns the student's
+    /// final detections and the teacher's.
+    fn key_frame(
+        &mut self,
+        i: usize,
+        batch: &Batch,
+        mut dets: Detections,
+        rec: &mut Value,
+    ) -> Result<(Detections, Detections)> {
+        let t = Instant::now();
+        let td = predict(&*self.teacher.model, batch)?;
+        self.time_teacher(t.elapsed().as_secs_f64());
+        self.teacher_calls += 1;
+        let thr = self.pol.score_threshold as f32;
+        let (target, train) = pseudo_labels(&td, thr, batch);
+        let mut a = agreement(&dets, thr, &target, self.pol.iou);
+        let before = a;
+        let mut u = 0;
+        let mut losses = BTreeMap::new();
+        while u < self.pol.max_updates && a < self.pol.threshold {
+            let at = StepAt {
+                seed: self.cfg.config.seed,
+                it: self.updates,
+                lr: self.pol.lr,
+                grad_clip: self.cfg.config.solver.grad_clip,
+                saved: None,
+            };
+            losses = update(&mut self.method, &mut self.optimizers, &train, &at)?.terms;
+            self.updates += 1;
+            u += 1;
+            dets = predict(&*self.method.student.model, batch)?;
+            a = agreement(&dets, thr, &target, self.pol.iou);
+        }
+        self.agreements.push(before);
+        self.policy.next(a >= self.pol.threshold);
+        self.next_key = i + self.policy.stride;
+        for (k, v) in [
+            ("key", json!(true)),
+            ("targets", json!(target.boxes.len())),
+            ("agreement_before", json!(before)),
+            ("agreement", json!(a)),
+            ("updates", json!(u)),
+            ("next_stride", json!(self.policy.stride)),
+        ] {
+            rec[k] = v;
+        }
+        if u > 0 {
+            // The last update's loss terms.
+            rec["loss"] = json!(losses.values().sum::<f64>());
+            for (k, v) in losses {
+                rec[k] = json!(v);
+            }
+        }
+        Ok((dets, td))
+    }
+}
+
+impl Stream<'_> {
+    /// The stream's outputs (also after a signal, for the frames done): `detections.json`, the
+    /// reference teacher's, the checkpoint and `model.safetensors` of the student as it ends,
+    /// `online.json` and the plot. `spent`: the stream's seconds.
+    fn finish(&mut self, total: usize, spent: f64, truth: Option<&Truth>) -> Result<OnlineSummary> {
+        let out = self.out.clone();
+        super::evaluator::write_results(&out.join("detections.json"), &self.student_recs)?;
+        if !self.teacher_recs.is_empty() {
+            super::evaluator::write_results(
+                &out.join("teacher_detections.json"),
+                &self.teacher_recs,
+            )?;
+        }
+        let ckpt = out.join("checkpoint.safetensors");
+        save_checkpoint(
+            &ckpt,
+            &self.method,
+            &self.optimizers,
+            self.updates,
+            &self.strings,
+            None,
+        )?;
+        let student = &self.method.student;
+        let tensors: HashMap<_, _> = student.named_tensors().into_iter().collect();
+        crate::models::weights::write_safetensors(&tensors, &out.join("model.safetensors"))?;
+        Sidecar::write(
+            &out.join("model.json"),
+            &student.config,
+            &self.names,
+            &self.ids,
+        )?;
+        let frames = self.trace.len();
+        let per_frame = self.teacher_seconds / self.teacher_timed.max(1) as f64;
+        let score = |recs: &[ResultRecord], on: bool| match truth.filter(|_| on) {
+            Some(t) => t.score(recs).map(Some),
+            None => Ok(None),
+        };
+        let st = score(&self.student_recs, frames == total)?;
+        let te = score(
+            &self.teacher_recs,
+            frames == total && !self.teacher_recs.is_empty(),
+        )?;
+        let summary = OnlineSummary {
+            frames,
+            teacher_calls: self.teacher_calls,
+            teacher_fraction: self.teacher_calls as f64 / frames.max(1) as f64,
+            updates: self.updates,
+            mean_agreement: mean(&self.agreements),
+            seconds: spent,
+            fps: frames as f64 / spent.max(1e-9),
+            teacher_seconds_per_frame: per_frame,
+            cost_ratio: spent / (per_frame * frames as f64).max(1e-9),
+            student_ap: st.map(|v| v.0),
+            student_ap50: st.map(|v| v.1),
+            teacher_ap: te.map(|v| v.0),
+            teacher_ap50: te.map(|v| v.1),
+            output_dir: out.clone(),
+        };
+        let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
+        crate::util::write_atomic(&out.join("online.json"), text.as_bytes())?;
+        if let Err(e) = self.plot(&out.join("stream.png")) {
+            eprintln!("warning: stream.png: {e}");
+        }
+        Ok(summary)
+    }
+
+    /// `stream.png`: the stride over the frames, the agreement on key frames.
+    fn plot(&self, path: &Path) -> Result<()> {
+        use crate::plot::{panels_chart, Panel};
+        let stride: Vec<(f64, f64)> = self
+            .trace
+            .iter()
+            .map(|t| (t.0 as f64, t.1 as f64))
+            .collect();
+        let agree: Vec<(f64, f64)> = self
+            .trace
+            .iter()
+            .filter_map(|t| t.2.map(|a| (t.0 as f64, a)))
+            .collect();
+        let panel = |title: &str, name: &str, pts, refs, markers| Panel {
+            title: title.into(),
+            series: vec![(name.into(), pts)],
+            references: refs,
+            markers,
+        };
+        panels_chart(
+            path,
+            "frame",
+            (1.0, self.trace.len().max(2) as f64),
+            &[
+                panel(
+                    "frames between teacher calls",
+                    "stride",
+                    stride,
+                    vec![],
+                    false,
+                ),
+                panel(
+                    "agreement with the teacher on key frames (F1)",
+                    "after updates",
+                    agree,
+                    vec![("threshold".into(), self.pol.threshold)],
+                    true,
+                ),
+            ],
+        )
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_doubles_when_the_student_agrees_halves_when_not_within_bounds() {
+        let mut p = StridePolicy::new(8, 64);
+        assert_eq!(p.stride, 8, "Algorithm 1 starts at δ_min");
+        let mut seen = vec![];
+        for agreed in [false, true, true, true, true, false, false, false, true] {
+            p.next(agreed);
+            seen.push(p.stride);
+        }
+        assert_eq!(seen, [8, 16, 32, 64, 64, 32, 16, 8, 16]);
+        // Bounds that are no powers of two: clamped, never outside.
+        let mut p = StridePolicy::new(3, 10);
+        p.next(true);
+        p.next(true);
+        assert_eq!(p.stride, 10);
+        p.next(false);
+        p.next(false);
+        p.next(false);
+        assert_eq!(p.stride, 3);
+    }
+
+    fn dets(v: &[([f32; 4], f32, u32)]) -> Detections {
+        Detections {
+            boxes: v.iter().map(|d| d.0).collect(),
+            scores: v.iter().map(|d| d.1).collect(),
+            labels: v.iter().map(|d| d.2).collect(),
+        }
+    }
+
+    fn target(v: &[([f32; 4], u32)]) -> Target {
+        Target {
+            boxes: v.iter().map(|d| d.0).collect(),
+            labels: v.iter().map(|d| d.1).collect(),
+            crowd: vec![],
+        }
+    }
+
+    #[test]
+    fn agreement_is_f1_of_class_matches_at_the_iou() {
+        let t = target(&[([0., 0., 10., 10.], 1), ([20., 20., 30., 30.], 2)]);
+        // One exact match, one of the wrong class, one below the score threshold (ignored):
+        // TP 1 of 2 student and 2 teacher boxes → F1 = 2·1 / 4.
+        let s = dets(&[
+            ([0., 0., 10., 10.], 0.9, 1),
+            ([20., 20., 30., 30.], 0.8, 1),
+            ([20., 20., 30., 30.], 0.1, 2),
+        ]);
+        assert!((agreement(&s, 0.5, &t, 0.5) - 0.5).abs() < 1e-12);
+        // IoU of [0,0,10,10] with [0,0,10,5] is 0.5: a match at 0.5, none at 0.6.
+        let half = dets(&[([0., 0., 10., 5.], 0.9, 1)]);
+        let one = target(&[([0., 0., 10., 10.], 1)]);
+        assert_eq!(agreement(&half, 0.5, &one, 0.5), 1.0);
+        assert_eq!(agreement(&half, 0.5, &one, 0.6), 0.0);
+        // A teacher box matches once: the duplicate is a false positive (2·1 / 3).
+        let dup = dets(&[([0., 0., 10., 10.], 0.9, 1), ([0., 0., 10., 10.], 0.8, 1)]);
+        assert!((agreement(&dup, 0.5, &one, 0.5) - 2.0 / 3.0).abs() < 1e-12);
+        // Nothing to find and nothing found: full agreement; only one side empty: none.
+        assert_eq!(agreement(&dets(&[]), 0.5, &target(&[]), 0.5), 1.0);
+        assert_eq!(agreement(&dets(&[]), 0.5, &one, 0.5), 0.0);
+        assert_eq!(agreement(&dup, 0.5, &target(&[]), 0.5), 0.0);
+    }
+
+    #[test]
+    fn bad_policies_are_located_errors() {
+        let err = |online: &str| {
+            crate::config::from_str("c.json", &format!(r#"{{"online": {online}}}"#))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(r#"{"min_stride": 16, "max_stride": 8}"#);
+        assert!(
+            e.contains("c.json: online.min_stride: 16 is above max_stride 8"),
+            "{e}"
+        );
+        let e = err(r#"{"min_stride": 0}"#);
+        assert!(e.contains("online.min_stride: must be >= 1"), "{e}");
+        for bad in ["0", "1.5", "-0.2"] {
+            let e = err(&format!(r#"{{"threshold": {bad}}}"#));
+            assert!(
+                e.contains("online.threshold") && e.contains("outside (0, 1]"),
+                "{e}"
+            );
+        }
+        let e = err(r#"{"lr": 0}"#);
+        assert!(e.contains("online.lr: must be > 0"), "{e}");
+        let e = err(r#"{"stride": 8}"#);
+        assert!(e.contains("online") && e.contains("stride"), "{e}");
+        // The paper's defaults.
+        let d = OnlineConfig::default();
+        assert_eq!((d.min_stride, d.max_stride, d.max_updates), (8, 64, 8));
+        assert_eq!((d.threshold, d.lr, d.momentum), (0.9, 0.01, 0.9));
+    }
+
+    #[test]
+    fn frames_come_from_folders_in_name_order_and_list_files() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["b.png", "a.png", "c.png"] {
+            image::RgbImage::new(4, 4).save(d.path().join(n)).unwrap();
+        }
+        let got = collect_frames(&[d.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["a.png", "b.png", "c.png"]);
+        let list = d.path().join("list.txt");
+        std::fs::write(&list, "# order\nc.png\n\na.png\n").unwrap();
+        assert_eq!(
+            collect_frames(std::slice::from_ref(&list)).unwrap(),
+            [d.path().join("c.png"), d.path().join("a.png")]
+        );
+        std::fs::write(&list, "c.png\nmissing.png\n").unwrap();
+        let e = collect_frames(&[list]).unwrap_err().to_string();
+        assert!(
+            e.contains("list.txt: line 2:") && e.contains("missing.png"),
+            "{e}"
+        );
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = collect_frames(&[empty]).unwrap_err().to_string();
+        assert!(e.contains("no JPEG or PNG"), "{e}");
+    }
+}
