@@ -56,7 +56,7 @@ pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let train = |cfg: &LoadedConfig, opts| {
-        kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
+        kdet::engine::train(cfg, kdet::distill::build_method, opts)
     };
     let s = train(&cfg, opts)?;
     print_train_summary(
