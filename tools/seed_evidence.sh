@@ -16,6 +16,9 @@
 #   cbd       cls_lt_instance, cls_lt_balanced, cls_lt_cbd, cls_lt_cbd_ens, cls_lt_cbd_ens_seeds
 #             (5 seeds: the difference is small against the spread)
 #   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
+#   fed       federated runs (issue 25): FedAvg vs FedNTD at Dirichlet α = 0.1, α = 0.5 and 2-class
+#             shards (10 clients, 5 per round, 30 rounds), and FedX vs its local terms alone
+#             (k-NN / linear-probe top-1 in the seed tables)
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -41,11 +44,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|fed|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone fed data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone fed data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 KDET=target/release/kdet
@@ -169,6 +172,19 @@ if wanted backbone; then
   for r in frcnn_student frcnn_student_from_cls_plain frcnn_student_from_cls; do seeds "$r" "$SEEDS"; done
   compare backbone runs/frcnn_student runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
   compare backbone_simclr runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+fi
+
+if wanted fed; then
+  # Global top-1 after 30 rounds, FedNTD against FedAvg, paired by seed (same clients sampled).
+  for p in a01 a05 shards; do
+    seeds "fedavg_$p" "$SEEDS"
+    seeds "fedntd_$p" "$SEEDS"
+    compare "fed_$p" "runs/fedavg_$p" "runs/fedntd_$p"
+  done
+  # FedX and its local terms alone: no labels; `kdet train --seeds` prints each arm's k-NN and
+  # linear-probe top-1 over seeds (compare would read the untrained classifier head).
+  seeds fedx_local_a05 "$SEEDS"
+  seeds fedx_a05 "$SEEDS"
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

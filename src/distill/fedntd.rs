@@ -68,12 +68,19 @@ pub struct FedNtd {
 impl FedNtd {
     pub fn new(cfg: &LoadedConfig, run: &RunData) -> Result<Self> {
         let Some(MethodConfig::Fedntd { beta, temperature }) = cfg.config.method else {
-            return Err(Error::msg("internal: FedNTD built from another method's config"));
+            return Err(Error::msg(
+                "internal: FedNTD built from another method's config",
+            ));
         };
         let student = student_network(cfg, run)?;
         // The global model's weights come with each round (`set_global`); until then it is
         // the student's initialisation.
-        let global = Network::new(&cfg.config.model, run.num_classes(), cfg.config.seed, &run.device)?;
+        let global = Network::new(
+            &cfg.config.model,
+            run.num_classes(),
+            cfg.config.seed,
+            &run.device,
+        )?;
         Ok(Self {
             student,
             global,
@@ -122,10 +129,12 @@ impl Method for FedNtd {
         // The frozen global model on the same images, in training mode (module doc); its
         // logits are constants.
         let g = self.global.model.forward(&batch.images.detach(), true)?;
-        let go = self
-            .global
-            .model
-            .outputs(&g, &p.assignment, batch, Want::Heads(&[Head::Classifier]))?;
+        let go = self.global.model.outputs(
+            &g,
+            &p.assignment,
+            batch,
+            Want::Heads(&[Head::Classifier]),
+        )?;
         let global = go.head(Head::Classifier)?.logits()?.detach();
         let ntd = (ntd_loss(&local, &global, &labels, self.temperature)? * self.beta)?;
         let mut out = StepOutput::from_losses(p.out.losses);
@@ -188,9 +197,7 @@ mod tests {
         local2[1][2] = 9.0;
         let a = ntd_loss(&t(&local), &t(&global), &y, 1.0).unwrap();
         let b = ntd_loss(&t(&local2), &t(&global), &y, 1.0).unwrap();
-        assert!(
-            (a.to_scalar::<f32>().unwrap() - b.to_scalar::<f32>().unwrap()).abs() < 1e-6
-        );
+        assert!((a.to_scalar::<f32>().unwrap() - b.to_scalar::<f32>().unwrap()).abs() < 1e-6);
         // …whereas a not-true logit does.
         local2[0][1] = 4.0;
         let c = ntd_loss(&t(&local2), &t(&global), &y, 1.0).unwrap();
@@ -229,10 +236,26 @@ mod tests {
         assert!(ntd.to_scalar::<f32>().unwrap() > 0.0);
         assert!(out.losses.contains_key("loss_cls"));
         let grads = ntd.backward().unwrap();
-        let student = |name: &str| m.student.vars.varmap.data().lock().unwrap().get(name).cloned();
-        crate::distill::test_util::assert_gradients(&grads, student, &["fc.weight", "conv1.weight"]);
+        let student = |name: &str| {
+            m.student
+                .vars
+                .varmap
+                .data()
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+        };
+        crate::distill::test_util::assert_gradients(
+            &grads,
+            student,
+            &["fc.weight", "backbone.conv1.weight"],
+        );
         for (k, v) in m.global.vars.varmap.data().lock().unwrap().iter() {
-            assert!(grads.get(v.as_tensor()).is_none(), "global model's {k} got a gradient");
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "global model's {k} got a gradient"
+            );
         }
         // Given the local model's own weights as the global ones, the global model predicts
         // what the local one does.
@@ -240,7 +263,14 @@ mod tests {
         m.set_global(&w).unwrap();
         let p = |n: &Network| n.model.predict(&batch).unwrap().into_classes().unwrap();
         assert_eq!(p(&m.student), p(&m.global));
-        let bad = BTreeMap::from([("nope".to_string(), Tensor::zeros(1, candle_core::DType::F32, &d).unwrap())]);
-        assert!(m.set_global(&bad).unwrap_err().to_string().contains("do not fit"));
+        let bad = BTreeMap::from([(
+            "nope".to_string(),
+            Tensor::zeros(1, candle_core::DType::F32, &d).unwrap(),
+        )]);
+        assert!(m
+            .set_global(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("do not fit"));
     }
 }

@@ -58,7 +58,13 @@ pub struct Mlp {
 impl Mlp {
     /// Variables `<name>.0.{weight,bias}` and `<name>.2.{weight,bias}`, drawn like PyTorch's
     /// `nn.Linear`: U(−1/√fan_in, 1/√fan_in) for weights and biases.
-    fn new(vars: &Arc<SeededVarMap>, name: &str, din: usize, dout: usize, dev: &Device) -> Result<Self> {
+    fn new(
+        vars: &Arc<SeededVarMap>,
+        name: &str,
+        din: usize,
+        dout: usize,
+        dev: &Device,
+    ) -> Result<Self> {
         let vb = vars.builder(DType::F32, dev).pp(name);
         let u = |fan_in: usize| {
             let b = 1.0 / (fan_in as f64).sqrt();
@@ -104,7 +110,13 @@ fn kl_batchmean(input_log: &Tensor, target: &Tensor) -> candle_core::Result<Tens
 
 /// FedX's relational loss `js_loss(x1, x2, xa, t, t2)` (module doc): both views' similarity
 /// distributions over the anchors `xa` pulled towards their mean at the sharper τ'.
-pub fn js_loss(x1: &Tensor, x2: &Tensor, xa: &Tensor, t: f64, t2: f64) -> candle_core::Result<Tensor> {
+pub fn js_loss(
+    x1: &Tensor,
+    x2: &Tensor,
+    xa: &Tensor,
+    t: f64,
+    t2: f64,
+) -> candle_core::Result<Tensor> {
     let an = l2_normalize(xa)?.t()?;
     let s1 = l2_normalize(x1)?.matmul(&an)?;
     let s2 = l2_normalize(x2)?.matmul(&an)?;
@@ -148,7 +160,9 @@ impl FedX {
             augment,
         }) = cfg.config.method.clone()
         else {
-            return Err(Error::msg("internal: FedX built from another method's config"));
+            return Err(Error::msg(
+                "internal: FedX built from another method's config",
+            ));
         };
         let net = student_network(cfg, run)?;
         let d = match &net.config {
@@ -163,7 +177,12 @@ impl FedX {
         let own = net.vars.sibling();
         let proj = Mlp::new(&own, "fedx.proj", d, out_dim, &net.device)?;
         let pred = Mlp::new(&own, "fedx.pred", out_dim, out_dim, &net.device)?;
-        let global = Network::new(&cfg.config.model, run.num_classes(), cfg.config.seed, &run.device)?;
+        let global = Network::new(
+            &cfg.config.model,
+            run.num_classes(),
+            cfg.config.seed,
+            &run.device,
+        )?;
         Ok(Self {
             net,
             own,
@@ -295,7 +314,9 @@ mod tests {
             let l = r.iter().map(|v| v * v).sum::<f64>().sqrt();
             r.iter().map(|v| v / l).collect()
         };
-        let cos = |a: &Vec<f64>, b: &Vec<f64>| norm(a).iter().zip(norm(b)).map(|(x, y)| x * y).sum::<f64>();
+        let cos = |a: &Vec<f64>, b: &Vec<f64>| {
+            norm(a).iter().zip(norm(b)).map(|(x, y)| x * y).sum::<f64>()
+        };
         let softmax = |s: &[f64], t: f64| -> Vec<f64> {
             let z: f64 = s.iter().map(|v| (v / t).exp()).sum();
             s.iter().map(|v| (v / t).exp() / z).collect()
@@ -307,7 +328,13 @@ mod tests {
             let (q1, q2) = (softmax(&s1, t), softmax(&s2, t));
             let (r1, r2) = (softmax(&s1, t2), softmax(&s2, t2));
             let target: Vec<f64> = r1.iter().zip(&r2).map(|(x, y)| (x + y) / 2.0).collect();
-            let kl = |q: &[f64]| target.iter().zip(q).map(|(p, q)| p * (p / q).ln()).sum::<f64>();
+            let kl = |q: &[f64]| {
+                target
+                    .iter()
+                    .zip(q)
+                    .map(|(p, q)| p * (p / q).ln())
+                    .sum::<f64>()
+            };
             total += (kl(&q1) + kl(&q2)) / 2.0;
         }
         total / x1.len() as f64
@@ -317,14 +344,21 @@ mod tests {
     fn relational_loss_by_hand() {
         let x1 = vec![vec![1.0, 0.2, -0.3], vec![0.1, 1.0, 0.5]];
         let x2 = vec![vec![0.8, 0.1, 0.0], vec![-0.2, 0.9, 0.7]];
-        let xa = vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.3, -0.5, 1.0]];
+        let xa = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.3, -0.5, 1.0],
+        ];
         for (t, t2) in [(0.1, 0.1), (0.5, 0.2), (1.0, 0.05)] {
             let got = js_loss(&rows(&x1), &rows(&x2), &rows(&xa), t, t2)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap() as f64;
             let want = js_by_hand(&x1, &x2, &xa, t, t2);
-            assert!((got - want).abs() < 1e-4 * want.max(1.0), "({t}, {t2}): {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-4 * want.max(1.0),
+                "({t}, {t2}): {got} vs {want}"
+            );
         }
         // Identical views: both inputs equal; the loss is the KL between softmaxes at τ and τ'
         // of one distribution, zero when τ = τ'.
@@ -335,7 +369,11 @@ mod tests {
     #[test]
     fn relational_loss_gradient_matches_finite_differences() {
         let x2 = rows(&[vec![0.8, 0.1, 0.0], vec![-0.2, 0.9, 0.7]]);
-        let xa = rows(&[vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.3, -0.5, 1.0]]);
+        let xa = rows(&[
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.3, -0.5, 1.0],
+        ]);
         let x1 = rows(&[vec![1.0, 0.2, -0.3], vec![0.1, 1.0, 0.5]]);
         assert_grad_matches_fd(
             |t| js_loss(t, &x2, &xa, 0.5, 0.4).unwrap().reshape(1).unwrap(),
@@ -376,7 +414,12 @@ mod tests {
             augment: ContrastiveAugConfig::default(),
         };
         // The round's global model: another network, and this client's heads.
-        let mut w: BTreeMap<String, Tensor> = m.global.named_tensors().into_iter().collect();
+        let mut w: BTreeMap<String, Tensor> = m
+            .global
+            .named_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.copy().unwrap()))
+            .collect();
         for (k, t) in crate::models::weights::named_tensors(&m.own.varmap) {
             w.insert(k, t.copy().unwrap());
         }
@@ -394,7 +437,12 @@ mod tests {
         let names: Vec<&String> = out.losses.keys().collect();
         assert_eq!(
             names,
-            ["loss_js_global", "loss_js_local", "loss_nt_global", "loss_nt_local"]
+            [
+                "loss_js_global",
+                "loss_js_local",
+                "loss_nt_global",
+                "loss_nt_local"
+            ]
         );
         let mut total = out.losses["loss_nt_global"].clone();
         for l in out.losses.values() {
@@ -405,12 +453,20 @@ mod tests {
         crate::distill::test_util::assert_gradients(
             &grads,
             own,
-            &["fedx.proj.0.weight", "fedx.proj.2.bias", "fedx.pred.0.weight", "fedx.pred.2.weight"],
+            &[
+                "fedx.proj.0.weight",
+                "fedx.proj.2.bias",
+                "fedx.pred.0.weight",
+                "fedx.pred.2.weight",
+            ],
         );
         let net = |name: &str| m.net.vars.varmap.data().lock().unwrap().get(name).cloned();
-        crate::distill::test_util::assert_gradients(&grads, net, &["conv1.weight"]);
+        crate::distill::test_util::assert_gradients(&grads, net, &["backbone.conv1.weight"]);
         for (k, v) in m.global.vars.varmap.data().lock().unwrap().iter() {
-            assert!(grads.get(v.as_tensor()).is_none(), "global model's {k} got a gradient");
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "global model's {k} got a gradient"
+            );
         }
         // The global terms alone still reach the prediction head (through p¹, p²)…
         let g = out.losses["loss_js_global"].backward().unwrap();

@@ -103,7 +103,11 @@ impl ClientJob<'_> {
 
     /// Train `method` (holding the global weights) on `records` for the job's epochs. Stops
     /// early with `Ok(None)` when a signal asks (after the step in progress).
-    pub fn train(&self, method: &mut dyn Method, records: &[ImageRecord]) -> Result<Option<ClientRound>> {
+    pub fn train(
+        &self,
+        method: &mut dyn Method,
+        records: &[ImageRecord],
+    ) -> Result<Option<ClientRound>> {
         let c = &self.cfg.config;
         let mut optimizers = optimizers_for(method, &c.solver);
         let loader = self.loader(records, method);
@@ -185,7 +189,9 @@ impl Sum {
     /// The weighted average.
     pub fn average(&self) -> Result<Weights> {
         if self.examples == 0 {
-            return Err(Error::msg("no client trained in this round: nothing to average"));
+            return Err(Error::msg(
+                "no client trained in this round: nothing to average",
+            ));
         }
         self.sum
             .iter()
@@ -215,7 +221,10 @@ mod tests {
         let avg = s.average().unwrap();
         // By hand: (10·1 + 30·4 + 60·0) / 100 = 1.3; (20 − 30 + 30) / 100 = 0.2.
         let x = avg["x"].to_vec1::<f32>().unwrap();
-        assert!((x[0] - 1.3).abs() < 1e-6 && (x[1] - 0.2).abs() < 1e-6, "{x:?}");
+        assert!(
+            (x[0] - 1.3).abs() < 1e-6 && (x[1] - 0.2).abs() < 1e-6,
+            "{x:?}"
+        );
         assert_eq!(avg["y"].dims(), [1, 1]);
         assert_eq!(s.examples, 100);
         assert!(Sum::default().average().is_err());

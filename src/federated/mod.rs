@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod config;
+pub mod external;
 pub mod partition;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,7 +104,7 @@ pub fn make_clients(cfg: &LoadedConfig, run: &RunData) -> Result<Clients> {
     })
 }
 
-fn fed(cfg: &LoadedConfig) -> &FederatedConfig {
+pub(crate) fn fed(cfg: &LoadedConfig) -> &FederatedConfig {
     cfg.config
         .federated
         .as_ref()
@@ -128,7 +129,7 @@ fn partition_json(cfg: &LoadedConfig, run: &RunData, c: &Clients) -> Value {
 }
 
 /// Refuse a method that is no client method, and a model of several networks.
-fn check_method(cfg: &LoadedConfig, method: &dyn Method) -> Result<()> {
+pub(crate) fn check_method(cfg: &LoadedConfig, method: &dyn Method) -> Result<()> {
     if method.networks().len() != 1 {
         return Err(cfg.error(
             "method",
@@ -283,7 +284,12 @@ fn restore(
         ck.strings
             .get(key)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::msg(format!("{}: not a federated run's checkpoint (no {key})", path.display())))
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "{}: not a federated run's checkpoint (no {key})",
+                    path.display()
+                ))
+            })
     };
     let done = number(DONE_KEY)?;
     sum.examples = number("fed.examples")?;
@@ -382,7 +388,8 @@ impl Server<'_> {
         state.records.clear();
         state.done = 0;
         state.round = r + 1;
-        self.log.write(&json!({"iter": r + 1, "round": r + 1, "lr": lr,
+        self.log
+            .write(&json!({"iter": r + 1, "round": r + 1, "lr": lr,
             "loss": losses.iter().sum::<f64>() / losses.len().max(1) as f64,
             "clients": sampled, "time": t.elapsed().as_secs_f64(),
             "rss_mb": crate::util::rss_mb()}))?;
@@ -392,12 +399,16 @@ impl Server<'_> {
 
     /// The global model of `state` on the val split (with k-NN and linear-probe accuracy for a
     /// method that learns without labels), logged at its round.
-    fn evaluate(&mut self, method: &mut dyn Method, state: &RoundState) -> Result<Option<Evaluation>> {
+    fn evaluate(
+        &mut self,
+        method: &mut dyn Method,
+        state: &RoundState,
+    ) -> Result<Option<Evaluation>> {
         let Some(v) = &self.run.val else {
             return Ok(None);
         };
         load_global(method, &state.global)?;
-        let (e, _) = self.evaluate_global(method, v)?;
+        let (e, _) = evaluate_global(self.cfg, self.run, method, v)?;
         if !self.log.has(state.round, self.val_key) {
             let mut rec = json!({"iter": state.round});
             for (k, x) in e.named() {
@@ -405,30 +416,12 @@ impl Server<'_> {
             }
             self.log.write(&rec)?;
         }
-        self.say(format!("round {}: global model: val {}", state.round, headline(&e)));
+        self.say(format!(
+            "round {}: global model: val {}",
+            state.round,
+            headline(&e)
+        ));
         Ok(Some(e))
-    }
-
-    fn evaluate_global(
-        &self,
-        method: &dyn Method,
-        v: &Split,
-    ) -> Result<(Evaluation, crate::engine::evaluator::Predicted)> {
-        let net = &method.networks()[0];
-        let input = net.net.config.input();
-        let (mut e, preds) = evaluate(
-            &*net.net.model,
-            v,
-            input,
-            self.cfg.config.solver.batch_size,
-            &self.run.device,
-            None,
-            &self.run.train_counts(),
-        )?;
-        if method.two_views().is_some() {
-            add_representation(&mut e, &*net.net.model, self.run, input)?;
-        }
-        Ok((e, preds))
     }
 
     /// An atomic checkpoint of `state`: the global weights (the network's under `model.`, the
@@ -474,14 +467,19 @@ impl Server<'_> {
 
     /// The finished run's outputs: `model.safetensors` (the global network), the final
     /// predictions and `eval.json`.
-    fn finish(&mut self, method: &mut dyn Method, state: &RoundState, e: Option<&Evaluation>) -> Result<()> {
+    fn finish(
+        &mut self,
+        method: &mut dyn Method,
+        state: &RoundState,
+        e: Option<&Evaluation>,
+    ) -> Result<()> {
         load_global(method, &state.global)?;
         let out = self.ckpt.parent().expect("run folder").to_path_buf();
         let net = &method.networks()[0];
         let model: HashMap<String, Tensor> = net.net.named_tensors().into_iter().collect();
         write_safetensors(&model, &out.join("model.safetensors"))?;
         if let (Some(v), Some(_)) = (&self.run.val, e) {
-            let (e, preds) = self.evaluate_global(method, v)?;
+            let (e, preds) = evaluate_global(self.cfg, self.run, method, v)?;
             crate::engine::trainer::write_eval(
                 &out,
                 v,
@@ -516,8 +514,33 @@ impl Server<'_> {
     }
 }
 
+/// The global model (loaded in `method`) on the val split `v`, with k-NN and linear-probe
+/// accuracy of its features for a method that learns without labels (two views).
+pub fn evaluate_global(
+    cfg: &LoadedConfig,
+    run: &RunData,
+    method: &dyn Method,
+    v: &Split,
+) -> Result<(Evaluation, crate::engine::evaluator::Predicted)> {
+    let net = &method.networks()[0];
+    let input = net.net.config.input();
+    let (mut e, preds) = evaluate(
+        &*net.net.model,
+        v,
+        input,
+        cfg.config.solver.batch_size,
+        &run.device,
+        None,
+        &run.train_counts(),
+    )?;
+    if method.two_views().is_some() {
+        add_representation(&mut e, &*net.net.model, run, input)?;
+    }
+    Ok((e, preds))
+}
+
 /// A one-line summary: top-1 (and k-NN / probe when measured), or AP.
-fn headline(e: &Evaluation) -> String {
+pub fn headline(e: &Evaluation) -> String {
     let mut s = e.headline();
     if let Evaluation::Classification(c) = e {
         if let Some(r) = &c.representation {
@@ -548,7 +571,8 @@ pub fn validate(cfg: &LoadedConfig) -> Result<()> {
     };
     f.validate().map_err(|e| cfg.invalid(e))?;
     match &c.method {
-        None | Some(MethodConfig::Fedntd { .. })
+        None
+        | Some(MethodConfig::Fedntd { .. })
         | Some(MethodConfig::Fedx { .. })
         | Some(MethodConfig::SimclrPretrain { .. }) => {}
         Some(m) => {
@@ -582,9 +606,15 @@ pub fn validate(cfg: &LoadedConfig) -> Result<()> {
         ("solver.iterations", s.iterations.is_some()),
         ("solver.epochs", s.epochs.is_some()),
         ("solver.schedule", s.schedule.is_some()),
-        ("solver.warmup_iters", s.warmup_iters != defaults.warmup_iters),
+        (
+            "solver.warmup_iters",
+            s.warmup_iters != defaults.warmup_iters,
+        ),
         ("solver.eval_every", s.eval_every != defaults.eval_every),
-        ("solver.checkpoint_every", s.checkpoint_every != defaults.checkpoint_every),
+        (
+            "solver.checkpoint_every",
+            s.checkpoint_every != defaults.checkpoint_every,
+        ),
     ];
     if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
         return Err(cfg.error(

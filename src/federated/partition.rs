@@ -28,7 +28,9 @@ pub fn partition(
     if clients > n {
         return Err(invalid(
             "federated.clients",
-            format!("{clients} clients for {n} training images: every client needs images; at most {n}"),
+            format!(
+                "{clients} clients for {n} training images: every client needs images; at most {n}"
+            ),
         ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -183,8 +185,7 @@ fn dirichlet(
                 start = end.max(start);
             }
         }
-        if held.iter().map(Vec::len).sum::<usize>() == n
-            && held.iter().all(|h| h.len() >= min_size)
+        if held.iter().map(Vec::len).sum::<usize>() == n && held.iter().all(|h| h.len() >= min_size)
         {
             for h in &mut held {
                 h.shuffle(rng);
@@ -252,7 +253,10 @@ mod tests {
             assert_eq!(row.iter().sum::<usize>(), 100, "{row:?}");
             let classes = row.iter().filter(|&&c| c > 0).count();
             assert!((1..=2).contains(&classes), "{row:?}");
-            assert!(row.iter().all(|&c| c == 0 || c == 50 || c == 100), "{row:?}");
+            assert!(
+                row.iter().all(|&c| c == 0 || c == 50 || c == 100),
+                "{row:?}"
+            );
         }
         // Same seed, same partition; another seed, another.
         assert_eq!(parts, partition(&l, 10, 10, &p, 3).unwrap());
@@ -273,21 +277,49 @@ mod tests {
     fn shards_refuse_what_cannot_be_cut() {
         let l = labels();
         let key = "federated.partition.classes_per_client";
-        let e = partition(&l, 10, 10, &Partition::Shards { classes_per_client: 11 }, 0)
-            .unwrap_err();
+        let e = partition(
+            &l,
+            10,
+            10,
+            &Partition::Shards {
+                classes_per_client: 11,
+            },
+            0,
+        )
+        .unwrap_err();
         assert_eq!(e.path, key);
         assert!(e.msg.contains("has 10 classes"), "{}", e.msg);
-        let e =
-            partition(&l, 10, 7, &Partition::Shards { classes_per_client: 2 }, 0).unwrap_err();
+        let e = partition(
+            &l,
+            10,
+            7,
+            &Partition::Shards {
+                classes_per_client: 2,
+            },
+            0,
+        )
+        .unwrap_err();
         assert!(e.msg.contains("multiple of K"), "{}", e.msg);
         // 20 images of 10 classes, 10 clients × 10 classes: 10 shards per class of 2 images.
         let few: Vec<usize> = (0..20).map(|i| i % 10).collect();
-        let e = partition(&few, 10, 20, &Partition::Shards { classes_per_client: 10 }, 0)
-            .unwrap_err();
+        let e = partition(
+            &few,
+            10,
+            20,
+            &Partition::Shards {
+                classes_per_client: 10,
+            },
+            0,
+        )
+        .unwrap_err();
         assert!(e.msg.contains("fewer than its 20 shards"), "{}", e.msg);
         let e = partition(&few, 10, 21, &Partition::Iid, 0).unwrap_err();
         assert_eq!(e.path, "federated.clients");
-        assert!(e.msg.contains("21 clients for 20 training images"), "{}", e.msg);
+        assert!(
+            e.msg.contains("21 clients for 20 training images"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
@@ -325,12 +357,14 @@ mod tests {
         };
         let e = partition(&l, 5, 6, &p, 0).unwrap_err();
         assert_eq!(e.path, "federated.partition.min_size");
-        // Reachable only by luck at a tiny α: said, not looped on forever.
+        // Two classes of 25 images among 5 clients at a tiny α: each class goes (almost) all
+        // to one client, so 10 images on every client is never drawn — said, not looped on.
+        let two: Vec<usize> = (0..50).map(|i| i % 2).collect();
         let p = Partition::Dirichlet {
             alpha: 1e-3,
             min_size: 10,
         };
-        let e = partition(&l, 5, 5, &p, 0).unwrap_err();
+        let e = partition(&two, 2, 5, &p, 0).unwrap_err();
         assert_eq!(e.path, "federated.partition.alpha");
         assert!(e.msg.contains("raise α"), "{}", e.msg);
     }
