@@ -14,7 +14,7 @@
 //! `deepcopy` of the local model made after `model.train()`): BatchNorm normalises with the
 //! batch's statistics, so at a client's first step the two models agree and the term is 0.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use candle_core::{Tensor, D};
 
@@ -27,7 +27,6 @@ use crate::error::{Error, Result};
 use crate::models::build::Network;
 use crate::models::classifier::image_labels;
 use crate::models::contract::{Head, StepRng, Want};
-use crate::models::weights::load_tensors;
 
 /// The rows of `logits` (`N × K`) without each row's true class: `N × (K − 1)`, the other
 /// classes in their order (`refine_as_not_true`).
@@ -73,14 +72,8 @@ impl FedNtd {
             ));
         };
         let student = student_network(cfg, run)?;
-        // The global model's weights come with each round (`set_global`); until then it is
-        // the student's initialisation.
-        let global = Network::new(
-            &cfg.config.model,
-            run.num_classes(),
-            cfg.config.seed,
-            &run.device,
-        )?;
+        // The global model's weights come with each round (`set_global`).
+        let global = crate::federated::client::frozen_network(cfg, run)?;
         Ok(Self {
             student,
             global,
@@ -99,16 +92,7 @@ impl Method for FedNtd {
     }
 
     fn set_global(&mut self, global: &BTreeMap<String, Tensor>) -> Result<()> {
-        let map: HashMap<String, Tensor> =
-            global.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
-        let r = load_tensors(&self.global.vars.varmap, &map)?;
-        if !r.is_clean() {
-            return Err(Error::msg(format!(
-                "FedNTD: the global weights do not fit the model: {}",
-                r.describe()
-            )));
-        }
-        Ok(())
+        crate::federated::client::load_frozen(&self.global, global, "FedNTD")
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput> {

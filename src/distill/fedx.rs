@@ -24,7 +24,7 @@
 //! same client (another random batch of its images), and at a client's first step the batch's
 //! own first views rotated by one place (docs/methods.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -41,10 +41,6 @@ use crate::models::build::Network;
 use crate::models::classifier::l2_normalize;
 use crate::models::contract::StepRng;
 use crate::models::init::SeededVarMap;
-use crate::models::weights::load_tensors;
-
-/// Prefix of FedX's own variables.
-const OWN: &str = "fedx.";
 
 /// Linear → ReLU → Linear (`nn.Sequential(nn.Linear, nn.ReLU, nn.Linear)`), weights `out × in`.
 #[derive(Clone)]
@@ -177,12 +173,7 @@ impl FedX {
         let own = net.vars.sibling();
         let proj = Mlp::new(&own, "fedx.proj", d, out_dim, &net.device)?;
         let pred = Mlp::new(&own, "fedx.pred", out_dim, out_dim, &net.device)?;
-        let global = Network::new(
-            &cfg.config.model,
-            run.num_classes(),
-            cfg.config.seed,
-            &run.device,
-        )?;
+        let global = crate::federated::client::frozen_network(cfg, run)?;
         Ok(Self {
             net,
             own,
@@ -234,18 +225,7 @@ impl Method for FedX {
     }
 
     fn set_global(&mut self, global: &BTreeMap<String, Tensor>) -> Result<()> {
-        let encoder: HashMap<String, Tensor> = global
-            .iter()
-            .filter(|(k, _)| !k.starts_with(OWN))
-            .map(|(k, t)| (k.clone(), t.clone()))
-            .collect();
-        let r = load_tensors(&self.global.vars.varmap, &encoder)?;
-        if !r.is_clean() {
-            return Err(Error::msg(format!(
-                "FedX: the global weights do not fit the model: {}",
-                r.describe()
-            )));
-        }
+        crate::federated::client::load_frozen(&self.global, global, "FedX")?;
         self.global_proj = Some(Mlp::frozen(global, "fedx.proj")?);
         // A new client (or round): its anchors come from its own images.
         self.anchors = None;

@@ -17,6 +17,7 @@ use crate::data::loader::{DetectionDataset, Loader, Sampler};
 use crate::engine::method::Method;
 use crate::engine::trainer::{optimize, optimizers_for, state_vars};
 use crate::error::{Error, Result};
+use crate::models::build::Network;
 use crate::models::contract::StepRng;
 use crate::models::weights::{load_tensors, named_tensors};
 
@@ -57,6 +58,45 @@ pub fn load_global(method: &mut dyn Method, w: &Weights) -> Result<()> {
         )));
     }
     method.set_global(w)
+}
+
+/// The frozen copy of the round's global model a client method learns from (FedNTD, FedX): a
+/// network of the config's model, the config's initialisation until [`load_frozen`].
+pub fn frozen_network(cfg: &LoadedConfig, run: &crate::engine::method::RunData) -> Result<Network> {
+    Network::new(
+        &cfg.config.model,
+        run.num_classes(),
+        cfg.config.seed,
+        &run.device,
+    )
+}
+
+/// Load the global state `w` into `net`, a frozen copy of the global network: each of its
+/// variables from `w` (the entries of a method's own variables, which the network lacks, left
+/// out); a variable `w` lacks is an error naming `method`.
+pub fn load_frozen(net: &Network, w: &Weights, method: &str) -> Result<()> {
+    let names: std::collections::HashSet<String> = net
+        .vars
+        .varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .keys()
+        .cloned()
+        .collect();
+    let map: HashMap<String, Tensor> = w
+        .iter()
+        .filter(|(k, _)| names.contains(*k))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let r = load_tensors(&net.vars.varmap, &map)?;
+    if !r.is_clean() {
+        return Err(Error::msg(format!(
+            "{method}: the global weights do not fit the model: {}",
+            r.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// What a client's round reports.
