@@ -239,7 +239,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         seconds: t0.elapsed().as_secs_f64(),
         eval: last_eval,
         references: vec![],
-        evaluated: String::new(),
+        evaluated: "global model".into(),
     })
 }
 
