@@ -433,7 +433,7 @@ impl Server<'_> {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        let (model, mut aux): (Vec<(String, Tensor)>, Vec<(String, Tensor)>) = state
+        let (model, mut aux): (Vec<_>, Vec<_>) = state
             .global
             .iter()
             .map(|(k, t)| (k.clone(), t.clone()))
