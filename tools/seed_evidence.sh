@@ -18,7 +18,9 @@
 #   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
 #   fed       federated runs (issue 25): FedAvg vs FedNTD at Dirichlet α = 0.1, α = 0.5 and 2-class
 #             shards (10 clients, 5 per round, 30 rounds), and FedX vs its local terms alone
-#             (k-NN / linear-probe top-1 in the seed tables)
+#             (k-NN / linear-probe top-1 in the seed tables); measured ≈ 11 s per round of
+#             FedAvg/FedNTD and ≈ 8 s per FedX round on the loaded 2-core CPU: ≈ 5.5 and 3 min
+#             per seed, ≈ 2 h for the group at 3 seeds
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
