@@ -9,6 +9,7 @@
 //! | [`models`] | The model contract ([`models::contract`]: forward → assignment → losses/head outputs, taps, predictions), the `arch`-tagged model section and family table ([`models::config`]), the builder, Faster R-CNN (RPN, RoI heads), PAA, the image classifier (`classifier`: linear or cosine head, SimCLRv2 MLP layers, CBD projection), ResNet + FPN, seeded init, weight loading with key rules and reports, sidecars. |
 //! | [`engine`] | Training: the training-method seam and plain training ([`engine::method`]), the loop, SGD/AdamW with checkpointable state, lr schedule, atomic checksummed checkpoints and `--resume` (what it may change: [`engine::resume`]), the run folder's files ([`engine::rundir`]), several training seeds in one command ([`engine::seeds`]), metrics JSONL and plots, evaluation over a val split ([`engine::evaluator`]: detections or class probabilities, whichever the model predicts). |
 //! | [`distill`] | Distillation methods, one file each (Chen et al. 2017, LAD, Co-LAD, SimCLRv2, CBD), their loss terms (hints with adaptation, weighted soft CE, teacher-bounded regression, temperature KD), frozen teachers (kdet models; candle-transformers' ResNet and DINOv2 from the hub, [`distill::pretrained`]), and `build_method`. |
+//! | [`federated`] | Federated training simulated in one process: partitions (Dirichlet over labels, shards, IID), rounds of client training through the loop's step, FedAvg; its client methods FedNTD and FedX live in `distill`. |
 //! | [`data`] | The `data` section, COCO parsing and checks ([`data::coco`]), ImageFolder classification splits ([`data::folder`]), transforms and the `model.input` section, threaded loader and samplers (instance, class-balanced), the synthetic shapes datasets (detection; classification crops with a long tail), torchvision's COCO category list. |
 //! | [`eval`] | COCO evaluation on hotcoco: `kdet eval`, streaming evaluation, `kdet compare` with bootstrap CIs (over seeds and val images for multi-seed runs: [`eval::multiseed`]), `kdet data check`; classification accuracy (top-1/5, per class, many/medium/few) and its bootstrap comparison ([`eval::classify`]). |
 //! | [`ops`] | CPU custom ops (conv with GEMM backward, max-pool, BatchNorm, ReLU, RoIAlign), box machinery (coder, IoU, NMS, anchors, matcher) and the 1-D GMM of PAA. |
@@ -37,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod federated;
 pub mod hub;
 pub mod infer;
 pub mod manifest;

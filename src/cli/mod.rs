@@ -6,6 +6,7 @@ mod compare;
 mod data;
 mod eval;
 mod export;
+mod fed;
 mod infer;
 mod online;
 mod plot;
@@ -105,6 +106,10 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Draw a run's loss / lr / mAP curves to PNG.
     Plot(plot::PlotArgs),
+    /// One piece of a federated run at a time (initial state, a round's clients, a client's
+    /// local training, evaluation), for an outside driver such as the Flower app
+    /// (tools/flower/); `kdet train` runs the whole simulation.
+    Fed(fed::FedArgs),
 }
 
 /// Run the subcommand.
@@ -121,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Data(a) => data::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Plot(a) => plot::run(a),
+        Cmd::Fed(a) => fed::run(a, device),
     }
 }
 

@@ -55,9 +55,8 @@ pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
         kdet::engine::seeds::train_seeds(&cfg, spec, opts, baseline, build, print_train_summary)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let train = |cfg: &LoadedConfig, opts| {
-        kdet::engine::trainer::train(cfg, kdet::distill::build_method, opts)
-    };
+    let train =
+        |cfg: &LoadedConfig, opts| kdet::engine::train(cfg, kdet::distill::build_method, opts);
     let s = train(&cfg, opts)?;
     print_train_summary(
         &s,

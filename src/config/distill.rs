@@ -313,6 +313,59 @@ pub enum MethodConfig {
         #[serde(default)]
         augment: crate::data::contrastive::ContrastiveAugConfig,
     },
+    // Federated clients' methods (a `federated` section; `src/federated/`).
+    /// FedNTD (Lee et al., NeurIPS 2022, Eq. 4; github.com/Lee-Gihun/FedNTD `NTD_Loss`): a
+    /// client's loss `CE(y) + β · τ² · KL(q̃_g ‖ q̃_l)`, where q̃ is the softmax at τ over the
+    /// *not-true* classes (the label's logit removed) of the round's global model (frozen) and
+    /// of the local model, the KL averaged over the batch.
+    Fedntd {
+        /// β. The released `config/fedntd.json`: 1.
+        #[serde(default = "fedntd_one")]
+        beta: f64,
+        /// τ. The released `config/fedntd.json`: 1 (`NTD_Loss`'s own default, 3, is not used
+        /// there).
+        #[serde(default = "fedntd_one")]
+        temperature: f64,
+    },
+    /// FedX (Han et al., ECCV 2022; github.com/Sungwon-Han/FEDX `train_net_fedx`): no labels;
+    /// two views of each image and a batch of other images as anchors; the local model's
+    /// projection `z` and prediction `p` heads and the round's frozen global model's projection
+    /// `z_g` give `NT-Xent(z¹, z²) + NT-Xent(p¹, z_g²) + JS(p¹, p² | z_g^a) + JS(z¹, z² | z^a)`
+    /// (`src/distill/fedx.rs`).
+    Fedx {
+        /// τ of NT-Xent and of the relational loss's inputs. FedX `--temperature`: 0.1.
+        #[serde(default = "fedx_temperature")]
+        temperature: f64,
+        /// τ of the relational targets against the global model's anchors. FedX `--tt`: 0.1.
+        #[serde(default = "fedx_temperature")]
+        global_relation_temperature: f64,
+        /// τ of the relational targets against the local anchors. FedX `--ts`: 0.1.
+        #[serde(default = "fedx_temperature")]
+        local_relation_temperature: f64,
+        /// Width of the projection and prediction MLPs. FedX `--out_dim`: 256.
+        #[serde(default = "fedx_out_dim")]
+        out_dim: usize,
+        /// The global model's terms (`nt_global`, `js_global`). false: the local terms alone,
+        /// FedX's ablation without global knowledge.
+        #[serde(default = "fedx_global")]
+        global: bool,
+        /// The two-view augmentation (`data::contrastive`).
+        #[serde(default)]
+        augment: crate::data::contrastive::ContrastiveAugConfig,
+    },
+}
+
+fn fedntd_one() -> f64 {
+    1.0
+}
+fn fedx_temperature() -> f64 {
+    0.1
+}
+fn fedx_out_dim() -> usize {
+    256
+}
+fn fedx_global() -> bool {
+    true
 }
 
 fn simclr_pretrain_temperature() -> f64 {
@@ -398,6 +451,8 @@ impl MethodConfig {
             MethodConfig::SimclrPretrain { .. } => "simclr_pretrain",
             MethodConfig::Dml { .. } => "dml",
             MethodConfig::Dcm { .. } => "dcm",
+            MethodConfig::Fedntd { .. } => "fedntd",
+            MethodConfig::Fedx { .. } => "fedx",
         }
     }
 
@@ -420,7 +475,10 @@ impl MethodConfig {
     /// Whether the method contrasts the images of a batch with each other (NT-Xent), so that
     /// a batch needs at least two images (one's negatives are the others).
     pub fn needs_negatives(&self) -> bool {
-        matches!(self, MethodConfig::SimclrPretrain { .. })
+        matches!(
+            self,
+            MethodConfig::SimclrPretrain { .. } | MethodConfig::Fedx { .. }
+        )
     }
 
     /// Whether the method reads teachers through features and logits only, so a pretrained
@@ -620,6 +678,34 @@ impl MethodConfig {
                     ));
                 }
             }
+            MethodConfig::Fedntd { beta, temperature } => {
+                self.federated_classifier(teachers, model)?;
+                loss_weight("method.beta", *beta)?;
+                positive("method.temperature", *temperature)?;
+            }
+            MethodConfig::Fedx {
+                temperature,
+                global_relation_temperature,
+                local_relation_temperature,
+                out_dim,
+                augment,
+                ..
+            } => {
+                self.federated_classifier(teachers, model)?;
+                positive("method.temperature", *temperature)?;
+                positive(
+                    "method.global_relation_temperature",
+                    *global_relation_temperature,
+                )?;
+                positive(
+                    "method.local_relation_temperature",
+                    *local_relation_temperature,
+                )?;
+                if *out_dim == 0 {
+                    return Err(invalid("method.out_dim", "must be >= 1"));
+                }
+                augment.validate("method.augment")?;
+            }
             MethodConfig::Colad { partner, .. } => {
                 if !teachers.is_empty() {
                     return Err(invalid(
@@ -635,6 +721,33 @@ impl MethodConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl MethodConfig {
+    /// A federated client method's model and teachers: a classifier, and no teachers (the
+    /// round's global model is its only one).
+    fn federated_classifier(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
+        if model.arch() != "classifier" {
+            return Err(invalid(
+                "model.arch",
+                format!(
+                    "method {} trains a classifier, not `{}`",
+                    self.name(),
+                    model.arch()
+                ),
+            ));
+        }
+        if !teachers.is_empty() {
+            return Err(invalid(
+                "teachers",
+                format!(
+                    "{} learns from the round's global model; give no `teachers`",
+                    self.name()
+                ),
+            ));
         }
         Ok(())
     }

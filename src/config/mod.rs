@@ -60,6 +60,10 @@ pub struct Config {
     /// Fixes data order, augmentation and initialisation.
     #[serde(default)]
     pub seed: u64,
+    /// Federated training: the training split divided among clients, rounds of local training
+    /// and averaging (`src/federated/`). Absent: ordinary training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated: Option<crate::federated::config::FederatedConfig>,
 }
 
 /// A run directory of its own, relative to the config.
@@ -567,6 +571,7 @@ pub fn validate(c: &LoadedConfig) -> Result<()> {
         ));
     }
     crate::device::parse_device(&cfg.device).map_err(|m| c.error("device", m))?;
+    crate::federated::validate(c)?;
     Ok(())
 }
 

@@ -9,6 +9,8 @@
 //! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
 //! | [`dcm`] | dense cross-layer mutual-distillation (Yao & Sun 2020): two classifiers with auxiliary classifiers, KD between every cross pair |
 //! | [`dml`] | deep mutual learning (Zhang et al. 2018): K networks, each with the mean KL from the others' (detached) probabilities on its own samples |
+//! | [`fedntd`] | FedNTD (Lee et al. 2022): a federated client's CE + β·τ²·KL on the not-true classes from the round's frozen global model |
+//! | [`fedx`] | FedX (Han et al. 2022): a federated client's local and global contrastive + relational losses, no labels |
 //! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
 //! | [`contrastive`] | SimCLR / SimCLRv2 pretraining: two views per image, NT-Xent (Eq. 1) on SimCLRv2's projection head |
 //! | [`cbd`] | class-balanced distillation (Iscen et al. 2021): (1 − α)·CE + α·β·(1 − cos) to the teachers' normalised features |
@@ -36,6 +38,8 @@ pub mod contrastive;
 pub mod cwd;
 pub mod dcm;
 pub mod dml;
+pub mod fedntd;
+pub mod fedx;
 pub mod fgd;
 pub mod hint;
 pub mod kd;
@@ -69,6 +73,8 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         }
         Some(MethodConfig::Dml { .. }) => Box::new(dml::Dml::new(cfg, run)?),
         Some(MethodConfig::Dcm { .. }) => Box::new(dcm::Dcm::new(cfg, run)?),
+        Some(MethodConfig::Fedntd { .. }) => Box::new(fedntd::FedNtd::new(cfg, run)?),
+        Some(MethodConfig::Fedx { .. }) => Box::new(fedx::FedX::new(cfg, run)?),
     })
 }
 

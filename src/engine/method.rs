@@ -255,6 +255,13 @@ pub trait Method {
         vec![]
     }
 
+    /// Federated training (`federated`): the round's global model, by checkpoint name, which
+    /// the networks and own variables were just loaded with. A method that learns from it
+    /// keeps a frozen copy (FedNTD, FedX); others need nothing.
+    fn set_global(&mut self, _global: &BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+
     /// Parameter groups, one optimizer each (same solver settings): by default one group of
     /// every trainable network parameter and every variable of the method's own, by name.
     fn param_groups(&self) -> Vec<Vec<(String, Var)>> {

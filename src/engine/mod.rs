@@ -16,3 +16,17 @@ pub mod rundir;
 pub mod schedule;
 pub mod seeds;
 pub mod trainer;
+
+/// Train `cfg`: federated rounds when it has a `federated` section (`crate::federated`, which
+/// drives the loop's step per client), else the loop ([`trainer::train`]).
+pub fn train(
+    cfg: &crate::config::LoadedConfig,
+    build: trainer::MethodBuilder,
+    opts: trainer::TrainOptions,
+) -> crate::Result<trainer::TrainSummary> {
+    if cfg.config.federated.is_some() {
+        crate::federated::train(cfg, build, opts)
+    } else {
+        trainer::train(cfg, build, opts)
+    }
+}

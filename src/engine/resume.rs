@@ -63,6 +63,9 @@ const MAY_CHANGE: &[&str] = &[
     // Which of Co-LAD's networks evaluation and export describe: a choice about the outputs,
     // not the training.
     "method.evaluate",
+    // A federated run's length and its learning rate's decay per round, like the solver's.
+    "federated.rounds",
+    "federated.lr_decay",
 ];
 
 /// The checkpoint strings recording the run's identity: its config and training annotations.

@@ -22,7 +22,7 @@ use crate::manifest::{same_file, Manifest};
 pub const MANIFEST: &str = "kdet-run.json";
 
 /// What a run writes into its folder, by exact name.
-pub const OUTPUTS: [&str; 12] = [
+pub const OUTPUTS: [&str; 13] = [
     "checkpoint.safetensors",
     "model.safetensors",
     "model.json",
@@ -35,6 +35,8 @@ pub const OUTPUTS: [&str; 12] = [
     "loss.png",
     "lr.png",
     "ap.png",
+    // A federated run's clients (`federated`).
+    "partition.json",
 ];
 
 /// Whether `name` is a file kdet writes in a run folder: one of [`OUTPUTS`], or a network's

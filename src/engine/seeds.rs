@@ -23,7 +23,8 @@ use crate::eval::compare::{CompareOptions, RunInput};
 use crate::eval::multiseed::{compare_arms, Arm, SeedRun, SEED_DIR_PREFIX};
 use crate::eval::STAT_NAMES;
 
-use super::trainer::{train, MethodBuilder, TrainOptions, TrainSummary};
+use super::train;
+use super::trainer::{MethodBuilder, TrainOptions, TrainSummary};
 
 /// Which training seeds: a count from the config's `seed` on, or a list.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +99,9 @@ fn evaluated_at(dir: &Path) -> Option<u64> {
 /// is in epochs is never taken as finished here (its length needs the data): resuming it redoes
 /// only its final evaluation.
 fn finished(cfg: &LoadedConfig, dir: &Path) -> bool {
+    if let Some(f) = &cfg.config.federated {
+        return evaluated_at(dir) == Some(f.rounds);
+    }
     let (len, in_epochs) = cfg.config.solver.length();
     !in_epochs && evaluated_at(dir) == Some(len)
 }

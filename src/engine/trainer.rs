@@ -69,7 +69,7 @@ pub struct TrainOptions {
 
 /// Every checkpointed variable of a method: its networks' (under their checkpoint names) and
 /// its own, in one map so one report says what a checkpoint lacks or has too much of.
-fn state_vars(method: &dyn Method) -> VarMap {
+pub(crate) fn state_vars(method: &dyn Method) -> VarMap {
     let all = VarMap::new();
     {
         let mut data = all.data().lock().expect("varmap lock");
@@ -99,7 +99,7 @@ fn network_tensors(method: &dyn Method) -> Vec<(String, Tensor)> {
 }
 
 /// The optimizers' state, merged (parameter names are unique across groups).
-fn optim_state(opts: &[Optimizer]) -> (HashMap<String, Tensor>, u64) {
+pub(crate) fn optim_state(opts: &[Optimizer]) -> (HashMap<String, Tensor>, u64) {
     let mut all = HashMap::new();
     let mut step = 0;
     for o in opts {
@@ -190,7 +190,7 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
 
 /// `output_dir` must be a folder (or not exist yet), and a checkpoint in it is only continued
 /// (`--resume`) or replaced (`--fresh`) when asked to.
-fn check_output_dir(cfg: &LoadedConfig, out: &Path, opts: TrainOptions) -> Result<()> {
+pub(crate) fn check_output_dir(cfg: &LoadedConfig, out: &Path, opts: TrainOptions) -> Result<()> {
     rundir::check_output_dir(cfg, out)?;
     if !opts.resume && !opts.fresh && out.join("checkpoint.safetensors").exists() {
         return Err(Error::msg(format!(
@@ -354,7 +354,7 @@ fn too_short(
 /// iteration 0 clears the earlier run's outputs, `config.json` (the config the run started
 /// with), the evaluated network's sidecar, the metrics log (with the accepted changes of a
 /// resume). Returns the folder's canonical path and the log.
-fn open_run_folder(
+pub(crate) fn open_run_folder(
     cfg: &LoadedConfig,
     out: &Path,
     method: &dyn Method,
@@ -751,27 +751,15 @@ pub fn update(
     at: &StepAt,
 ) -> Result<Updated> {
     let mut rng = StepRng::seed_from_u64(at.seed ^ (at.it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut step = method.step(batch, &mut rng)?;
-    if crate::util::fault_point("nan-loss") {
-        // Test hook: a NaN loss, as a diverging run produces.
-        if let Some(t) = step.losses.values_mut().next() {
-            *t = (&*t * f64::NAN)?;
-        }
-    }
-    let (loss, terms) = sum_losses(&step.losses, at.it + 1, at.saved)?;
-    drop(step.losses);
-    let mut grads = loss.backward()?;
-    if let Some(max) = at.grad_clip {
-        let params = optimizers.iter().flat_map(|o| o.params());
-        clip_grad_norm(&mut grads, params.map(|p| p.var.as_tensor()), max)?;
-    }
-    for o in optimizers.iter_mut() {
-        o.step(&grads, at.lr)?;
-    }
-    Ok(Updated {
-        terms,
-        metrics: step.metrics,
-    })
+    optimize(
+        method,
+        optimizers,
+        batch,
+        &mut rng,
+        at.lr,
+        at.grad_clip,
+        (at.it + 1, at.saved),
+    )
 }
 
 /// An atomic checkpoint at iteration `it` of `method`'s networks, its own variables, the
@@ -803,7 +791,7 @@ pub fn save_checkpoint(
 
 /// Refuse detection training data that cannot train a detector: no boxes at all (after dropping
 /// degenerate and out-of-image ones).
-fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
+pub(crate) fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
     // Classification folders are checked as they load (no class, an empty class).
     let crate::data::Split::Detection(train) = &run.train else {
         return Ok(());
@@ -832,7 +820,7 @@ fn check_training_data(cfg: &LoadedConfig, run: &RunData) -> Result<()> {
 }
 
 /// The stop a signal asked for, after the checkpoint at `it` was written.
-fn interrupted(cfg: &LoadedConfig, sig: i32, it: u64, total: u64) -> Error {
+pub(crate) fn interrupted(cfg: &LoadedConfig, sig: i32, it: u64, total: u64) -> Error {
     Error::Interrupted {
         signal: sig,
         msg: format!(
@@ -852,7 +840,7 @@ fn kept(saved: Option<u64>) -> String {
     }
 }
 
-fn progress(total: u64, start: u64) -> ProgressBar {
+pub(crate) fn progress(total: u64, start: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}")
@@ -860,6 +848,42 @@ fn progress(total: u64, start: u64) -> ProgressBar {
     );
     pb.set_position(start);
     pb
+}
+
+/// One optimisation step of `method` on `batch` at learning rate `lr`: its losses, summed (a
+/// non-finite one stops the run, naming `at.0`, the step, and what is on disk, `at.1`),
+/// backward, clipping to `grad_clip`, every optimizer's step. The loop's step and a federated
+/// client's local steps (`federated::client`) both go through here.
+pub(crate) fn optimize(
+    method: &mut dyn Method,
+    optimizers: &mut [Optimizer],
+    batch: &crate::data::loader::Batch,
+    rng: &mut StepRng,
+    lr: f64,
+    grad_clip: Option<f64>,
+    at: (u64, Option<u64>),
+) -> Result<Updated> {
+    let mut step = method.step(batch, rng)?;
+    if crate::util::fault_point("nan-loss") {
+        // Test hook: a NaN loss, as a diverging run produces.
+        if let Some(t) = step.losses.values_mut().next() {
+            *t = (&*t * f64::NAN)?;
+        }
+    }
+    let (loss, terms) = sum_losses(&step.losses, at.0, at.1)?;
+    drop(step.losses);
+    let mut grads = loss.backward()?;
+    if let Some(max) = grad_clip {
+        let params = optimizers.iter().flat_map(|o| o.params());
+        clip_grad_norm(&mut grads, params.map(|p| p.var.as_tensor()), max)?;
+    }
+    for o in optimizers.iter_mut() {
+        o.step(&grads, lr)?;
+    }
+    Ok(Updated {
+        terms,
+        metrics: step.metrics,
+    })
 }
 
 /// Sum the named losses; a non-finite term stops training with its name and step (and what is
@@ -890,7 +914,7 @@ fn sum_losses(
 }
 
 /// Stop when an optimizer step made any parameter NaN or infinite (the loss was still finite).
-fn check_finite_params(opts: &[Optimizer], step: u64, saved: Option<u64>) -> Result<()> {
+pub(crate) fn check_finite_params(opts: &[Optimizer], step: u64, saved: Option<u64>) -> Result<()> {
     for p in opts.iter().flat_map(|o| o.params()) {
         let v = p
             .var
@@ -940,7 +964,7 @@ pub fn clip_grad_norm<'a>(
 }
 
 /// The final predictions (`detections.json` or `predictions.json`) and `eval.json`.
-fn write_eval(
+pub(crate) fn write_eval(
     out: &Path,
     split: &crate::data::Split,
     s: &Evaluation,

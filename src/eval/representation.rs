@@ -90,7 +90,8 @@ pub fn features(
                 "the model has no `{tap}` tap to evaluate features on"
             ))
         })?;
-        rows.push(f.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+        // Constants: the probe's optimisation must not backpropagate into the network.
+        rows.push(f.detach().to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
     }
     Ok(Tensor::cat(&rows, 0)?)
 }
