@@ -175,7 +175,7 @@ impl LoadedConfig {
                 "{}: no network `{name}` ({})",
                 self.path.display(),
                 match self.network_names().as_slice() {
-                    [] => "only colad and dml methods train several networks".to_string(),
+                    [] => "only colad, dml, dcm and dogo train several networks".to_string(),
                     names => format!("this config trains {}", names.join(", ")),
                 }
             ))),
@@ -190,9 +190,9 @@ impl LoadedConfig {
                 distill::ColadNetwork::Net1 => "net1",
                 distill::ColadNetwork::Net2 => "net2",
             }),
-            Some(MethodConfig::Dml { evaluate, .. }) | Some(MethodConfig::Dcm { evaluate, .. }) => {
-                Some(evaluate)
-            }
+            Some(MethodConfig::Dml { evaluate, .. })
+            | Some(MethodConfig::Dcm { evaluate, .. })
+            | Some(MethodConfig::Dogo { evaluate, .. }) => Some(evaluate),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@
 //! | [`dml`] | deep mutual learning (Zhang et al. 2018): K networks, each with the mean KL from the others' (detached) probabilities on its own samples |
 //! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
 //! | [`contrastive`] | SimCLR / SimCLRv2 pretraining: two views per image, NT-Xent (Eq. 1) on SimCLRv2's projection head |
+//! | [`dogo`] | DoGo (Bhat et al. 2021): two self-supervised networks, each its NT-Xent plus the KL from its peer's (detached) softmax of similarity scores |
 //! | [`cbd`] | class-balanced distillation (Iscen et al. 2021): (1 − α)·CE + α·β·(1 − cos) to the teachers' normalised features |
 //! | [`pretrained`] | classifier teachers: kdet classifiers or candle-transformers' ResNet / DINOv2 from safetensors, strict keys, per-teacher input |
 //! | [`terms`] | the `distill` terms, read through the model contract; μ on the hard losses |
@@ -36,6 +37,7 @@ pub mod contrastive;
 pub mod cwd;
 pub mod dcm;
 pub mod dml;
+pub mod dogo;
 pub mod fgd;
 pub mod hint;
 pub mod kd;
@@ -69,6 +71,7 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         }
         Some(MethodConfig::Dml { .. }) => Box::new(dml::Dml::new(cfg, run)?),
         Some(MethodConfig::Dcm { .. }) => Box::new(dcm::Dcm::new(cfg, run)?),
+        Some(MethodConfig::Dogo { .. }) => Box::new(dogo::Dogo::new(cfg, run)?),
     })
 }
 
