@@ -16,6 +16,12 @@
 #   cbd       cls_lt_instance, cls_lt_balanced, cls_lt_cbd, cls_lt_cbd_ens, cls_lt_cbd_ens_seeds
 #             (5 seeds: the difference is small against the spread)
 #   backbone  frcnn_student, frcnn_student_from_cls_plain, frcnn_student_from_cls
+#   ssl       issue 23's self-supervised claims, on 10 % of the labels (data.label_fraction):
+#             (a) cls_simclr_pretrain (single) → cls_simclr_finetune vs cls_student_10pct
+#                 (top-1, k-NN, probe); (b) SimCLRv2 big → small: cls_simclr_pretrain_big →
+#                 cls_simclr_finetune_big (single, the teacher) → cls_simclr_recipe (distilled on
+#                 the unlabeled pool) vs cls_student_10pct; (c) DoGo's small network (cls_dogo,
+#                 net1) vs the same network pretrained alone (cls_ssl_alone): k-NN, probe
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -41,11 +47,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|ssl|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone ssl data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone ssl data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 KDET=target/release/kdet
@@ -169,6 +175,17 @@ if wanted backbone; then
   for r in frcnn_student frcnn_student_from_cls_plain frcnn_student_from_cls; do seeds "$r" "$SEEDS"; done
   compare backbone runs/frcnn_student runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
   compare backbone_simclr runs/frcnn_student_from_cls_plain runs/frcnn_student_from_cls
+fi
+
+if wanted ssl; then
+  # The pretrained and fine-tuned networks other arms start from or learn from: one seed each.
+  for t in cls_simclr_pretrain cls_simclr_pretrain_big cls_simclr_finetune_big; do single $t; done
+  for r in cls_student_10pct cls_simclr_finetune cls_simclr_recipe cls_ssl_alone cls_dogo; do
+    seeds "$r" "$SEEDS"
+  done
+  compare ssl_finetune runs/cls_student_10pct runs/cls_simclr_finetune
+  compare ssl_recipe runs/cls_student_10pct runs/cls_simclr_recipe
+  compare ssl_dogo runs/cls_ssl_alone runs/cls_dogo
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

@@ -688,6 +688,14 @@ mod tests {
                 "x.json: data.synthetic.classes: must be in 1..=8",
             ),
             (
+                r#"{"data": {"synthetic": {}, "label_fraction": 0.1}}"#,
+                "x.json: data.label_fraction: subsets the labels of classification data",
+            ),
+            (
+                r#"{"data": {"label_fraction": -0.1}}"#,
+                "x.json: data.label_fraction: -0.1 is outside (0, 1]",
+            ),
+            (
                 r#"{"model": {"rpn": {"fg_iou_thresh": 1.5}}}"#,
                 "x.json: model.rpn.fg_iou_thresh: must be in [0, 1]",
             ),

@@ -178,8 +178,16 @@ pub fn probe_scores(
     Ok(xq.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?)
 }
 
+/// The per-image predictions of the k-NN and the linear probe (`ClassPrediction`s, scored like
+/// a classifier's own), for `kdet compare`'s paired intervals.
+#[derive(Debug, Clone)]
+pub struct RepresentationPredictions {
+    pub knn: Vec<ClassPrediction>,
+    pub probe: Vec<ClassPrediction>,
+}
+
 /// k-NN and linear-probe top-1 of `model`'s `pool` features: `train`'s labeled images are the
-/// labeled set, `val`'s the queries.
+/// labeled set, `val`'s the queries; with each image's predictions.
 pub fn evaluate_representation(
     model: &dyn Model,
     train: &ClassificationData,
@@ -187,7 +195,7 @@ pub fn evaluate_representation(
     input: &InputConfig,
     batch_size: usize,
     device: &Device,
-) -> Result<RepresentationSummary> {
+) -> Result<(RepresentationSummary, RepresentationPredictions)> {
     let tap = "pool";
     let labeled: Vec<ImageRecord> = train
         .records
@@ -223,20 +231,24 @@ pub fn evaluate_representation(
         .collect();
     let names = &val.categories.names;
     let ids = &val.categories.ids;
-    let score = |s: &Tensor| -> Result<f64> {
-        let p = top5(s, &ql, &files)?;
-        Ok(ClassSummary::new(&p, names, ids, &[]).top1)
-    };
-    let knn = score(&knn_scores(&ft, &tl, &fq, classes, KNN_K, KNN_T)?)?;
-    let probe = score(&probe_scores(&ft, &tl, &fq, classes)?.detach())?;
-    Ok(RepresentationSummary {
-        feature: tap.into(),
-        train_images: labeled.len(),
-        knn_k: KNN_K.min(labeled.len()),
-        knn_temperature: KNN_T,
-        knn_top1: knn,
-        probe_top1: probe,
-    })
+    let top1 = |p: &[ClassPrediction]| ClassSummary::new(p, names, ids, &[]).top1;
+    let knn = top5(
+        &knn_scores(&ft, &tl, &fq, classes, KNN_K, KNN_T)?,
+        &ql,
+        &files,
+    )?;
+    let probe = top5(&probe_scores(&ft, &tl, &fq, classes)?.detach(), &ql, &files)?;
+    Ok((
+        RepresentationSummary {
+            feature: tap.into(),
+            train_images: labeled.len(),
+            knn_k: KNN_K.min(labeled.len()),
+            knn_temperature: KNN_T,
+            knn_top1: top1(&knn),
+            probe_top1: top1(&probe),
+        },
+        RepresentationPredictions { knn, probe },
+    ))
 }
 
 #[cfg(test)]
