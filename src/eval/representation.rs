@@ -90,7 +90,9 @@ pub fn features(
                 "the model has no `{tap}` tap to evaluate features on"
             ))
         })?;
-        rows.push(f.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+        // Frozen: without `detach` every probe step would backpropagate through the network's
+        // whole forward of every batch.
+        rows.push(f.detach().to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
     }
     Ok(Tensor::cat(&rows, 0)?)
 }
@@ -257,6 +259,38 @@ mod tests {
 
     fn argmax_rows(t: &Tensor) -> Result<Vec<u32>> {
         Ok(t.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    }
+
+    /// The features carry no autograd graph: the probe's 500 steps must not backpropagate
+    /// through the network (they did, taking minutes for a few hundred images).
+    #[test]
+    fn features_are_frozen() {
+        let d = tempfile::tempdir().unwrap();
+        for (c, i) in [("a", 0), ("a", 1), ("b", 0)] {
+            let p = d.path().join(format!("{c}/{i}.png"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::RgbImage::from_pixel(8, 8, image::Rgb([i * 90, 40, 200]))
+                .save(&p)
+                .unwrap();
+        }
+        let data = crate::data::folder::load_folder(d.path(), None).unwrap();
+        let cfg: crate::models::config::ModelConfig = serde_json::from_value(serde_json::json!({
+            "arch": "classifier",
+            "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+            "input": {"min_size": 16, "max_size": 16}}))
+        .unwrap();
+        let net = crate::models::build::Network::new(&cfg, 2, 0, &Device::Cpu).unwrap();
+        let f = features(
+            &*net.model,
+            &data.records,
+            cfg.input(),
+            "pool",
+            2,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(f.dims()[0], 3);
+        assert!(!f.track_op(), "the features hold the network's graph");
     }
 
     #[test]
