@@ -982,23 +982,7 @@ mod tests {
     fn classifier_run(dir: &Path, seed: u64, right: usize) {
         let run = dir.join(format!("seed-{seed}"));
         std::fs::create_dir_all(&run).unwrap();
-        let preds: Vec<classify::ClassPrediction> = (0..40)
-            .map(|i| {
-                let label = 1 + (i % 2) as u32;
-                let top = if i < right { label } else { 3 - label };
-                classify::ClassPrediction {
-                    file: format!("{i}.png"),
-                    label,
-                    top5: vec![top, 3 - top],
-                    scores: vec![0.6, 0.4],
-                }
-            })
-            .collect();
-        std::fs::write(
-            run.join("predictions.json"),
-            serde_json::to_vec(&preds).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(run.join("predictions.json"), predictions(40, right)).unwrap();
         let eval = serde_json::json!({"task": "classification", "gt": dir.parent().unwrap(), "predictions": "predictions.json",
             "iter": 1, "train_counts": [400, 4]});
         std::fs::write(run.join("eval.json"), eval.to_string()).unwrap();
