@@ -28,6 +28,14 @@
 #             (k-NN / linear-probe top-1 in the seed tables); measured ≈ 11 s per round of
 #             FedAvg/FedNTD and ≈ 8 s per FedX round on the loaded 2-core CPU: ≈ 5.5 and 3 min
 #             per seed, ≈ 2 h for the group at 3 seeds
+#   ssl       issue 23's self-supervised claims, on 10 % of the labels (data.label_fraction):
+#             (a) cls_simclr_pretrain (single) → cls_simclr_finetune vs cls_student_10pct
+#                 (top-1, k-NN, probe); (b) SimCLRv2 big → small: cls_simclr_pretrain_big →
+#                 cls_simclr_finetune_big (single, the teacher) → cls_simclr_recipe (distilled on
+#                 the unlabeled pool) vs cls_student_10pct; (c) DoGo's small network (cls_dogo,
+#                 net1) vs the same network pretrained alone (cls_ssl_alone): k-NN, probe.
+#             Measured steps (2-core CPU, shared): pretraining ≈ 0.13 s/iter (≈ 7 min per
+#             3000-iteration run), DoGo ≈ 0.5 s/iter (≈ 25 min per seed); ≈ 2.5–3 h in all
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -53,11 +61,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|online|fed|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|online|fed|ssl|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 # KDET names a built binary to use (e.g. a copy, so that builds meanwhile do not replace it).
@@ -221,6 +229,17 @@ if wanted fed; then
   # linear-probe top-1 over seeds (compare would read the untrained classifier head).
   seeds fedx_local_a05 "$SEEDS"
   seeds fedx_a05 "$SEEDS"
+fi
+
+if wanted ssl; then
+  # The pretrained and fine-tuned networks other arms start from or learn from: one seed each.
+  for t in cls_simclr_pretrain cls_simclr_pretrain_big cls_simclr_finetune_big; do single $t; done
+  for r in cls_student_10pct cls_simclr_finetune cls_simclr_recipe cls_ssl_alone cls_dogo; do
+    seeds "$r" "$SEEDS"
+  done
+  compare ssl_finetune runs/cls_student_10pct runs/cls_simclr_finetune
+  compare ssl_recipe runs/cls_student_10pct runs/cls_simclr_recipe
+  compare ssl_dogo runs/cls_ssl_alone runs/cls_dogo
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

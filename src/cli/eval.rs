@@ -94,5 +94,10 @@ fn eval_model(
         &run.train_counts(),
     )?;
     kdet::engine::evaluator::add_representation(&mut s, &*net.model, &run, net.config.input())?;
+    if let (kdet::engine::evaluator::Evaluation::Classification(c), Some(m)) =
+        (&mut s, &cfg.config.method)
+    {
+        c.self_supervised = m.self_supervised();
+    }
     Ok(s)
 }

@@ -60,7 +60,12 @@ pub fn run(args: TrainArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
     let s = train(&cfg, opts)?;
     print_train_summary(
         &s,
-        !cfg.config.teachers.is_empty() || cfg.config.method.is_some(),
+        !cfg.config.teachers.is_empty()
+            || cfg
+                .config
+                .method
+                .as_ref()
+                .is_some_and(|m| !m.self_supervised()),
     );
     if baseline {
         eprintln!("training the same student without distillation (--baseline)");

@@ -353,6 +353,39 @@ pub enum MethodConfig {
         #[serde(default)]
         augment: crate::data::contrastive::ContrastiveAugConfig,
     },
+    /// DoGo, "Distill on the Go" (Bhat, Arani & Zonooz, CVPR-W 2021; github.com/NeurAI-Lab/DoGo,
+    /// branch `dogo`): `model` (`net1`) and `partner` (`net2`) train together from scratch
+    /// without labels, each on its own NT-Xent (as `simclr_pretrain`) plus a weighted
+    /// `KL(P_peer ‖ P_own)` between the row-softmaxes at `kl_temperature` of their cross-view
+    /// similarity matrices (`criterion/kl.py`), the peer's side detached.
+    Dogo {
+        /// Network 2's model section (a classifier; same input as `model`).
+        partner: Box<ModelConfig>,
+        /// Seed of network 2; null = derived from `seed` (`models::build::network_seed`).
+        #[serde(default)]
+        partner_seed: Option<u64>,
+        /// τ of each network's NT-Xent. The official `criterion/ntxent.py` (branch `dogo`)
+        /// fixes 0.5.
+        #[serde(default = "dogo_temperature")]
+        temperature: f64,
+        /// T of the similarity softmaxes the KL compares. Official `template.yaml`:
+        /// `KL_temperature: 0.1`.
+        #[serde(default = "dogo_kl_temperature")]
+        kl_temperature: f64,
+        /// Weights of net1's and net2's KL term. Official `template.yaml`:
+        /// `criterion_weight: [1, 1, 100, 1]`, the last two the KL weights of model 1 and 2.
+        #[serde(default = "dogo_kl_weights")]
+        kl_weights: [f64; 2],
+        /// Output width of each projection head. Official `n_proj`: 128.
+        #[serde(default = "simclr_proj_out_dim")]
+        out_dim: usize,
+        /// The two-view augmentation both networks see (`data::contrastive`).
+        #[serde(default)]
+        augment: crate::data::contrastive::ContrastiveAugConfig,
+        /// The network that evaluation, `model.safetensors` and export describe.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
 }
 
 fn fedntd_one() -> f64 {
@@ -366,6 +399,16 @@ fn fedx_out_dim() -> usize {
 }
 fn fedx_global() -> bool {
     true
+}
+
+fn dogo_temperature() -> f64 {
+    0.5
+}
+fn dogo_kl_temperature() -> f64 {
+    0.1
+}
+fn dogo_kl_weights() -> [f64; 2] {
+    [100.0, 1.0]
 }
 
 fn simclr_pretrain_temperature() -> f64 {
@@ -453,6 +496,7 @@ impl MethodConfig {
             MethodConfig::Dcm { .. } => "dcm",
             MethodConfig::Fedntd { .. } => "fedntd",
             MethodConfig::Fedx { .. } => "fedx",
+            MethodConfig::Dogo { .. } => "dogo",
         }
     }
 
@@ -460,7 +504,9 @@ impl MethodConfig {
     /// their JSON paths: Co-LAD's `method.partner`, DML's `method.peers[i].model`.
     pub fn extra_networks(&self) -> Vec<(String, &ModelConfig)> {
         match self {
-            MethodConfig::Colad { partner, .. } | MethodConfig::Dcm { partner, .. } => {
+            MethodConfig::Colad { partner, .. }
+            | MethodConfig::Dcm { partner, .. }
+            | MethodConfig::Dogo { partner, .. } => {
                 vec![("method.partner".into(), &**partner)]
             }
             MethodConfig::Dml { peers, .. } => peers
@@ -477,8 +523,14 @@ impl MethodConfig {
     pub fn needs_negatives(&self) -> bool {
         matches!(
             self,
-            MethodConfig::SimclrPretrain { .. } | MethodConfig::Fedx { .. }
+            MethodConfig::SimclrPretrain { .. } | MethodConfig::Fedx { .. } | MethodConfig::Dogo { .. }
         )
+    }
+
+    /// Whether the method learns without labels, so that the top-1 of the classifier's
+    /// (untrained) head means nothing: evaluation reads the representation instead.
+    pub fn self_supervised(&self) -> bool {
+        self.needs_negatives()
     }
 
     /// Whether the method reads teachers through features and logits only, so a pretrained
@@ -705,6 +757,53 @@ impl MethodConfig {
                     return Err(invalid("method.out_dim", "must be >= 1"));
                 }
                 augment.validate("method.augment")?;
+            }
+            MethodConfig::Dogo {
+                partner,
+                temperature,
+                kl_temperature,
+                kl_weights,
+                out_dim,
+                augment,
+                evaluate,
+                ..
+            } => {
+                if !teachers.is_empty() {
+                    return Err(invalid(
+                        "teachers",
+                        "dogo trains its two networks from the images and each other; give no `teachers`",
+                    ));
+                }
+                for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
+                    if m.arch() != "classifier" {
+                        return Err(invalid(
+                            format!("{path}.arch"),
+                            format!("dogo trains two classifiers, not `{}`", m.arch()),
+                        ));
+                    }
+                }
+                partner.validate("method.partner")?;
+                if partner.input() != model.input() {
+                    return Err(invalid(
+                        "method.partner.input",
+                        "must equal model.input: both networks see the same views",
+                    ));
+                }
+                positive("method.temperature", *temperature)?;
+                positive("method.kl_temperature", *kl_temperature)?;
+                for (i, w) in kl_weights.iter().enumerate() {
+                    loss_weight(&format!("method.kl_weights[{i}]"), *w)?;
+                }
+                if *out_dim == 0 {
+                    return Err(invalid("method.out_dim", "must be >= 1"));
+                }
+                augment.validate("method.augment")?;
+                if evaluate != "net1" && evaluate != "net2" {
+                    return Err(invalid(
+                        "method.evaluate",
+                        format!("`{evaluate}` is none of net1, net2"),
+                    ));
+                }
             }
             MethodConfig::Colad { partner, .. } => {
                 if !teachers.is_empty() {

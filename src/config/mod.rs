@@ -182,7 +182,7 @@ impl LoadedConfig {
                 "{}: no network `{name}` ({})",
                 self.path.display(),
                 match self.network_names().as_slice() {
-                    [] => "only colad and dml methods train several networks".to_string(),
+                    [] => "only colad, dml, dcm and dogo train several networks".to_string(),
                     names => format!("this config trains {}", names.join(", ")),
                 }
             ))),
@@ -197,9 +197,9 @@ impl LoadedConfig {
                 distill::ColadNetwork::Net1 => "net1",
                 distill::ColadNetwork::Net2 => "net2",
             }),
-            Some(MethodConfig::Dml { evaluate, .. }) | Some(MethodConfig::Dcm { evaluate, .. }) => {
-                Some(evaluate)
-            }
+            Some(MethodConfig::Dml { evaluate, .. })
+            | Some(MethodConfig::Dcm { evaluate, .. })
+            | Some(MethodConfig::Dogo { evaluate, .. }) => Some(evaluate),
             _ => None,
         }
     }
@@ -697,6 +697,14 @@ mod tests {
             (
                 r#"{"data": {"synthetic": {"classes": 12}}}"#,
                 "x.json: data.synthetic.classes: must be in 1..=8",
+            ),
+            (
+                r#"{"data": {"synthetic": {}, "label_fraction": 0.1}}"#,
+                "x.json: data.label_fraction: subsets the labels of classification data",
+            ),
+            (
+                r#"{"data": {"label_fraction": -0.1}}"#,
+                "x.json: data.label_fraction: -0.1 is outside (0, 1]",
             ),
             (
                 r#"{"model": {"rpn": {"fg_iou_thresh": 1.5}}}"#,

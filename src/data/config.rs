@@ -48,6 +48,16 @@ pub struct DataConfig {
     /// in the cross-entropy.
     #[serde(skip_serializing_if = "is_false")]
     pub use_unlabeled: bool,
+    /// Train on this share of the labeled training images, a seeded class-stratified subset
+    /// (`ClassificationData::stratified_subset`; SimCLRv2 §2 fine-tunes on 1 % and 10 % of the
+    /// labels), in (0, 1]. Absent: all of them. The chosen files are written to the run folder
+    /// (`labeled_subset.json`). Classification data only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_fraction: Option<f64>,
+    /// Seed of the labeled subset. SimCLRv2's subsets are fixed files: 0 for every run, so that
+    /// arms and training seeds fine-tune on the same labels.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub label_seed: u64,
     /// Colour-jitter strength in training (brightness, contrast, saturation factors in
     /// `[1 − s, 1 + s]`; `transforms::color_jitter`). 0: none (the detection references').
     #[serde(skip_serializing_if = "is_zero")]
@@ -69,6 +79,9 @@ pub struct DataConfig {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
 fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
@@ -80,6 +93,8 @@ impl Default for DataConfig {
             val: None,
             folders: None,
             use_unlabeled: false,
+            label_fraction: None,
+            label_seed: 0,
             color_jitter: 0.0,
             synthetic: None,
             flip_prob: 0.5,
@@ -122,6 +137,25 @@ impl DataConfig {
             s.validate("data.synthetic")?;
         }
         unit("data.color_jitter", self.color_jitter as f64)?;
+        if let Some(f) = self.label_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(invalid(
+                    "data.label_fraction",
+                    format!("{f} is outside (0, 1]: the share of labeled training images kept"),
+                ));
+            }
+            let classification = self.folders.is_some()
+                || self
+                    .synthetic
+                    .as_ref()
+                    .is_some_and(|s| s.task == super::synth::SynthTask::Classification);
+            if !classification {
+                return Err(invalid(
+                    "data.label_fraction",
+                    "subsets the labels of classification data (`folders` or `synthetic.task: classification`)",
+                ));
+            }
+        }
         if self.use_unlabeled {
             let has = match (&self.folders, &self.synthetic) {
                 (Some(f), _) => f.unlabeled.is_some(),

@@ -21,6 +21,56 @@ pub struct ClassificationData {
 }
 
 impl ClassificationData {
+    /// A seeded, class-stratified share of the images (SimCLRv2 §2 fine-tunes on 1 % and 10 %
+    /// of ImageNet's labels, subsets drawn per class): from every class, in its images' path
+    /// order shuffled by a ChaCha RNG of `seed` (classes in label order, one stream), the first
+    /// `max(1, round(fraction · n_c))` — so each class keeps at least one image. The records
+    /// stay in their original order.
+    pub fn stratified_subset(&self, fraction: f64, seed: u64) -> Self {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut keep = vec![false; self.records.len()];
+        for c in 1..=self.categories.len() as u32 {
+            let mut idx: Vec<usize> = (0..self.records.len())
+                .filter(|&i| self.records[i].labels.first() == Some(&c))
+                .collect();
+            idx.sort_by(|&a, &b| self.records[a].path.cmp(&self.records[b].path));
+            idx.shuffle(&mut rng);
+            let k = ((fraction * idx.len() as f64).round() as usize)
+                .max(1)
+                .min(idx.len());
+            for &i in &idx[..k] {
+                keep[i] = true;
+            }
+        }
+        Self {
+            root: self.root.clone(),
+            categories: self.categories.clone(),
+            records: self
+                .records
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(r, _)| r.clone())
+                .collect(),
+        }
+    }
+
+    /// The records' paths relative to the split's root.
+    pub fn file_names(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .map(|r| {
+                r.path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&r.path)
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// Images per class, in label order.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.categories.len()];
@@ -279,6 +329,36 @@ mod tests {
         image::RgbImage::from_pixel(4, 3, image::Rgb([1, 2, 3]))
             .save(p)
             .unwrap();
+    }
+
+    /// Per class `max(1, round(f · n_c))` images, the same for a seed, other for another seed.
+    #[test]
+    fn label_fraction_is_a_seeded_per_class_subset() {
+        let d = tempfile::tempdir().unwrap();
+        for (class, n) in [("a", 20), ("b", 5), ("c", 1)] {
+            for i in 0..n {
+                img(&d.path().join(format!("{class}/{i:02}.png")));
+            }
+        }
+        let all = load_folder(d.path(), None).unwrap();
+        let s = all.stratified_subset(0.1, 0);
+        assert_eq!(s.class_counts(), [2, 1, 1]);
+        assert_eq!(all.stratified_subset(0.5, 0).class_counts(), [10, 3, 1]);
+        assert_eq!(all.stratified_subset(1.0, 0).file_names(), all.file_names());
+        assert_eq!(s.file_names(), all.stratified_subset(0.1, 0).file_names());
+        let other: Vec<Vec<String>> = (1..6)
+            .map(|seed| all.stratified_subset(0.1, seed).file_names())
+            .collect();
+        assert!(
+            other.iter().any(|o| *o != s.file_names()),
+            "the seed picks the images"
+        );
+        // Kept in the split's order, every one a training image.
+        let names = s.file_names();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert!(names.iter().all(|n| all.file_names().contains(n)));
     }
 
     #[test]

@@ -87,14 +87,18 @@ pub struct HeadOut {
 }
 
 impl HeadOut {
-    /// Variables `head.out.weight` (`out × d`) and `head.out.bn.weight` in `vars`.
+    /// Variables `{prefix}head.out.weight` (`out × d`) and `{prefix}head.out.bn.weight` in
+    /// `vars` (`prefix`: empty, or a network's name and a dot).
     pub fn new(
         vars: &std::sync::Arc<SeededVarMap>,
+        prefix: &str,
         d: usize,
         out: usize,
         dev: &Device,
     ) -> Result<Self> {
-        let vb = vars.builder(DType::F32, dev).pp("head.out");
+        let vb = vars
+            .builder(DType::F32, dev)
+            .pp(format!("{prefix}head.out"));
         let weight = vb.get_with_hints(
             (out, d),
             "weight",
@@ -122,13 +126,11 @@ impl Module for HeadOut {
     }
 }
 
-/// SimCLR pretraining of the config's classifier (`method.type = "simclr_pretrain"`).
-pub struct SimclrPretrain {
+/// A classifier trained by NT-Xent: the network and its projection head's last layer (a
+/// method variable). SimCLR pretraining trains one; DoGo two.
+pub struct ContrastiveNet {
     pub net: Network,
-    own: std::sync::Arc<SeededVarMap>,
     head: HeadOut,
-    temperature: f64,
-    augment: ContrastiveAugConfig,
 }
 
 /// The feature the head's last layer reads: the last kept MLP layer's output, else the pooled
@@ -137,7 +139,44 @@ pub fn head_input(fwd: &Forward) -> Result<&Tensor> {
     fwd.taps
         .get("mlp")
         .or_else(|| fwd.taps.get("pool"))
-        .ok_or_else(|| Error::msg("simclr_pretrain trains a classifier (its `pool` tap)"))
+        .ok_or_else(|| Error::msg("a contrastive method trains a classifier (its `pool` tap)"))
+}
+
+impl ContrastiveNet {
+    /// `net` (a classifier: the config's validation says so) with a head's last layer of
+    /// `out_dim` outputs, its variables `{prefix}head.out.*` drawn from `own`.
+    pub fn new(
+        net: Network,
+        own: &std::sync::Arc<SeededVarMap>,
+        prefix: &str,
+        out_dim: usize,
+    ) -> Result<Self> {
+        let d = match &net.config {
+            crate::models::config::ModelConfig::Classifier(c) => c.pooled_dim(),
+            other => {
+                return Err(Error::msg(format!(
+                    "a contrastive method trains a classifier, not `{}`",
+                    other.arch()
+                )))
+            }
+        };
+        let head = HeadOut::new(own, prefix, d, out_dim, &net.device)?;
+        Ok(Self { net, head })
+    }
+
+    /// The head's output `z` (`2N × out_dim`) of a two-view batch (train mode).
+    pub fn project(&self, batch: &Batch) -> Result<Tensor> {
+        let fwd = self.net.model.forward(&batch.images, true)?;
+        Ok(self.head.forward(head_input(&fwd)?)?)
+    }
+}
+
+/// SimCLR pretraining of the config's classifier (`method.type = "simclr_pretrain"`).
+pub struct SimclrPretrain {
+    pub net: ContrastiveNet,
+    own: std::sync::Arc<SeededVarMap>,
+    temperature: f64,
+    augment: ContrastiveAugConfig,
 }
 
 impl SimclrPretrain {
@@ -151,24 +190,12 @@ impl SimclrPretrain {
         else {
             unreachable!("built for method simclr_pretrain")
         };
-        let d = match &net.config {
-            crate::models::config::ModelConfig::Classifier(c) => c.pooled_dim(),
-            other => {
-                return Err(cfg.error(
-                    "model.arch",
-                    format!(
-                        "simclr_pretrain trains a classifier, not `{}`",
-                        other.arch()
-                    ),
-                ))
-            }
-        };
+        // The head's last layer draws after the network, from its stream.
         let own = net.vars.sibling();
-        let head = HeadOut::new(&own, d, out_dim, &net.device)?;
+        let net = ContrastiveNet::new(net, &own, "", out_dim)?;
         Ok(Self {
             net,
             own,
-            head,
             temperature,
             augment,
         })
@@ -179,7 +206,7 @@ impl Method for SimclrPretrain {
     fn networks(&self) -> Vec<NamedNetwork<'_>> {
         vec![NamedNetwork {
             name: "",
-            net: &self.net,
+            net: &self.net.net,
         }]
     }
 
@@ -192,8 +219,7 @@ impl Method for SimclrPretrain {
     }
 
     fn step(&mut self, batch: &Batch, _rng: &mut StepRng) -> Result<StepOutput> {
-        let fwd = self.net.model.forward(&batch.images, true)?;
-        let z = self.head.forward(head_input(&fwd)?)?;
+        let z = self.net.project(batch)?;
         let (loss, acc) = nt_xent(&z, self.temperature)?;
         Ok(StepOutput {
             losses: BTreeMap::from([("loss_contrastive".to_string(), loss)]),
@@ -293,7 +319,7 @@ mod tests {
     #[test]
     fn head_out_normalises_over_the_batch() {
         let vars = std::sync::Arc::new(SeededVarMap::new(0));
-        let h = HeadOut::new(&vars, 3, 2, &Device::Cpu).unwrap();
+        let h = HeadOut::new(&vars, "", 3, 2, &Device::Cpu).unwrap();
         let x = Tensor::new(
             &[[1f32, 2.0, 3.0], [0.0, 1.0, -1.0], [2.0, 0.5, 0.0]],
             &Device::Cpu,

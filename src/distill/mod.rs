@@ -13,6 +13,7 @@
 //! | [`fedx`] | FedX (Han et al. 2022): a federated client's local and global contrastive + relational losses, no labels |
 //! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
 //! | [`contrastive`] | SimCLR / SimCLRv2 pretraining: two views per image, NT-Xent (Eq. 1) on SimCLRv2's projection head |
+//! | [`dogo`] | DoGo (Bhat et al. 2021): two self-supervised networks, each its NT-Xent plus the KL from its peer's (detached) softmax of similarity scores |
 //! | [`cbd`] | class-balanced distillation (Iscen et al. 2021): (1 − α)·CE + α·β·(1 − cos) to the teachers' normalised features |
 //! | [`pretrained`] | classifier teachers: kdet classifiers or candle-transformers' ResNet / DINOv2 from safetensors, strict keys, per-teacher input |
 //! | [`terms`] | the `distill` terms, read through the model contract; μ on the hard losses |
@@ -40,6 +41,7 @@ pub mod dcm;
 pub mod dml;
 pub mod fedntd;
 pub mod fedx;
+pub mod dogo;
 pub mod fgd;
 pub mod hint;
 pub mod kd;
@@ -75,6 +77,7 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         Some(MethodConfig::Dcm { .. }) => Box::new(dcm::Dcm::new(cfg, run)?),
         Some(MethodConfig::Fedntd { .. }) => Box::new(fedntd::FedNtd::new(cfg, run)?),
         Some(MethodConfig::Fedx { .. }) => Box::new(fedx::FedX::new(cfg, run)?),
+        Some(MethodConfig::Dogo { .. }) => Box::new(dogo::Dogo::new(cfg, run)?),
     })
 }
 

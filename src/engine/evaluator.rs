@@ -17,6 +17,7 @@ use crate::data::transforms::InputConfig;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::classify::{ClassPrediction, ClassSummary};
+use crate::eval::representation::RepresentationPredictions;
 use crate::eval::streaming::StreamingEvaluator;
 use crate::eval::EvalSummary;
 use crate::models::contract::{CocoBox, Model};
@@ -243,30 +244,46 @@ pub fn evaluate(
 }
 
 /// For a classifier on ImageFolder data: add k-NN and linear-probe top-1 of its frozen `pool`
-/// features (training split labeled, val split queried; `eval::representation`) to `e`.
-/// Detection runs are left as they are.
+/// features (training split labeled, val split queried; `eval::representation`) to `e`, and
+/// return their per-image predictions. Detection runs are left as they are (`None`).
 pub fn add_representation(
     e: &mut Evaluation,
     model: &dyn Model,
     run: &crate::engine::method::RunData,
     input: &InputConfig,
-) -> Result<()> {
+) -> Result<Option<RepresentationPredictions>> {
     let (
         Evaluation::Classification(s),
         Split::Classification(train),
         Some(Split::Classification(val)),
     ) = (e, &run.train, &run.val)
     else {
-        return Ok(());
+        return Ok(None);
     };
-    s.representation = Some(crate::eval::representation::evaluate_representation(
+    let (summary, preds) = crate::eval::representation::evaluate_representation(
         model,
         train,
         val,
         input,
         64,
         &run.device,
-    )?);
+    )?;
+    s.representation = Some(summary);
+    Ok(Some(preds))
+}
+
+/// The files of the k-NN's and the linear probe's predictions in a run folder (`eval.json`'s
+/// `representation`).
+pub const REPRESENTATION_FILES: [(&str, &str); 2] = [
+    ("knn", "knn_predictions.json"),
+    ("probe", "probe_predictions.json"),
+];
+
+/// Write the representation's predictions into `out` ([`REPRESENTATION_FILES`]).
+pub fn write_representation(out: &Path, p: &RepresentationPredictions) -> Result<()> {
+    for ((_, file), preds) in REPRESENTATION_FILES.iter().zip([&p.knn, &p.probe]) {
+        Predicted::Classes(preds.clone()).write(&out.join(file))?;
+    }
     Ok(())
 }
 
@@ -290,9 +307,19 @@ pub fn eval_json(
         Evaluation::Detection(s) => {
             json!({"gt": gt, "detections": predictions, "iter": iter, "stats": s.stats, "per_class": s.per_class})
         }
-        Evaluation::Classification(s) => json!({
-            "task": "classification", "gt": gt, "predictions": predictions, "iter": iter,
-            "train_counts": train_counts, "summary": s,
-        }),
+        Evaluation::Classification(s) => {
+            let mut v = json!({
+                "task": "classification", "gt": gt, "predictions": predictions, "iter": iter,
+                "train_counts": train_counts, "summary": s,
+            });
+            if s.representation.is_some() {
+                v["representation"] = REPRESENTATION_FILES
+                    .iter()
+                    .map(|(k, f)| (k.to_string(), json!(f)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            v
+        }
     }
 }

@@ -96,7 +96,15 @@ impl RunData {
                 val,
                 unlabeled,
             } => {
-                let train = load_folder(&train, None)?;
+                let mut train = load_folder(&train, None)?;
+                if let Some(f) = cfg.config.data.label_fraction {
+                    let all = train.records.len();
+                    train = train.stratified_subset(f, cfg.config.data.label_seed);
+                    eprintln!(
+                        "training on {} of the {all} labeled images (data.label_fraction {f}, per class)",
+                        train.records.len()
+                    );
+                }
                 let val = match &val {
                     Some(v) => Some(Split::Classification(load_folder(
                         v,

@@ -21,8 +21,11 @@ use crate::manifest::{same_file, Manifest};
 /// The run folder's manifest: the files the run writes, written before any of them.
 pub const MANIFEST: &str = "kdet-run.json";
 
+/// The training images a run on a share of the labels kept (`data.label_fraction`).
+pub const LABELED_SUBSET: &str = "labeled_subset.json";
+
 /// What a run writes into its folder, by exact name.
-pub const OUTPUTS: [&str; 13] = [
+pub const OUTPUTS: [&str; 16] = [
     "checkpoint.safetensors",
     "model.safetensors",
     "model.json",
@@ -32,6 +35,9 @@ pub const OUTPUTS: [&str; 13] = [
     "eval.json",
     "detections.json",
     "predictions.json",
+    "knn_predictions.json",
+    "probe_predictions.json",
+    LABELED_SUBSET,
     "loss.png",
     "lr.png",
     "ap.png",

@@ -22,7 +22,9 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use super::checkpoint::{self, frozen_strings};
-use super::evaluator::{eval_json, evaluate, Evaluation, Predicted};
+use super::evaluator::{
+    add_representation, eval_json, evaluate, write_representation, Evaluation, Predicted,
+};
 use super::method::{Method, RunData};
 use super::metrics::{plot_run, MetricsLog};
 use super::optim::{params_with_decay, Optimizer};
@@ -32,6 +34,7 @@ use super::schedule::LrSchedule;
 use crate::config::LoadedConfig;
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
 use crate::error::{Error, Result};
+use crate::eval::representation::RepresentationPredictions;
 use crate::models::contract::StepRng;
 use crate::models::sidecar::Sidecar;
 use crate::models::weights::{load_tensors, named_tensors, write_safetensors};
@@ -150,7 +153,14 @@ pub fn train(cfg: &LoadedConfig, build: MethodBuilder, opts: TrainOptions) -> Re
         pb: progress(plan.total, start),
         log,
         saved: opts.resume.then_some(start),
+        self_supervised: c.method.as_ref().is_some_and(|m| m.self_supervised()),
         val_key: match &run.val {
+            // A self-supervised run's head is never trained: its representation is evaluated.
+            Some(crate::data::Split::Classification(_))
+                if c.method.as_ref().is_some_and(|m| m.self_supervised()) =>
+            {
+                "val/knn_top1"
+            }
             Some(crate::data::Split::Classification(_)) => "val/top1",
             _ => "val/AP",
         },
@@ -398,6 +408,7 @@ pub(crate) fn open_run_folder(
                 .as_bytes(),
         )?;
     }
+    write_labeled_subset(cfg, &out, run)?;
     let eval_net = &method.networks()[method.eval_network()];
     let cats = run.train.categories();
     Sidecar::write(
@@ -424,6 +435,28 @@ pub(crate) fn open_run_folder(
     Ok((out, log))
 }
 
+/// `labeled_subset.json` of a run on a share of the labels (`data.label_fraction`): the
+/// fraction, the seed and the training images kept (paths under the split's root), so that the
+/// subset can be seen and reproduced.
+fn write_labeled_subset(cfg: &LoadedConfig, out: &Path, run: &RunData) -> Result<()> {
+    let (Some(f), crate::data::Split::Classification(train)) =
+        (cfg.config.data.label_fraction, &run.train)
+    else {
+        return Ok(());
+    };
+    let v = json!({
+        "label_fraction": f,
+        "label_seed": cfg.config.data.label_seed,
+        "root": train.root,
+        "class_counts": train.class_counts(),
+        "images": train.file_names(),
+    });
+    crate::util::write_atomic(
+        &out.join(rundir::LABELED_SUBSET),
+        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
+    )
+}
+
 /// A run in progress: where it writes, what it has written, and how it reports.
 struct Session<'a> {
     cfg: &'a LoadedConfig,
@@ -439,6 +472,9 @@ struct Session<'a> {
     saved: Option<u64>,
     /// The record that says an evaluation at an iteration was logged.
     val_key: &'static str,
+    /// The method learns without labels: every evaluation measures the representation (k-NN
+    /// and linear probe), and the untrained head's top-1 is not reported.
+    self_supervised: bool,
 }
 
 impl Session<'_> {
@@ -447,15 +483,18 @@ impl Session<'_> {
         (every > 0 && it.is_multiple_of(every)) || it == self.plan.total
     }
 
-    /// A model on the val split, with the run's batch size, device and class frequencies.
+    /// A model on the val split, with the run's batch size, device and class frequencies; a
+    /// classifier's representation too (k-NN, linear probe) when `representation` is set or the
+    /// run is self-supervised.
     fn evaluate_model(
         &self,
         model: &dyn crate::models::contract::Model,
         val: &crate::data::Split,
         input: &crate::data::transforms::InputConfig,
-    ) -> Result<(Evaluation, Predicted)> {
+        representation: bool,
+    ) -> Result<(Evaluation, Predicted, Option<RepresentationPredictions>)> {
         let bs = self.cfg.config.solver.batch_size;
-        evaluate(
+        let (mut e, preds) = evaluate(
             model,
             val,
             input,
@@ -463,7 +502,15 @@ impl Session<'_> {
             &self.run.device,
             None,
             &self.plan.train_counts,
-        )
+        )?;
+        let mut rep = None;
+        if representation || self.self_supervised {
+            rep = add_representation(&mut e, model, self.run, input)?;
+        }
+        if let Evaluation::Classification(s) = &mut e {
+            s.self_supervised = self.self_supervised;
+        }
+        Ok((e, preds, rep))
     }
 
     /// Evaluate at iteration `it`: the record goes to the log unless it is there already (a
@@ -477,7 +524,9 @@ impl Session<'_> {
             crate::util::kill_self();
         }
         let net = &method.networks()[self.plan.eval_net];
-        let (summary, recs) = self.evaluate_model(&*net.net.model, v, &self.plan.input)?;
+        let last = it == self.plan.total;
+        let (summary, recs, rep) =
+            self.evaluate_model(&*net.net.model, v, &self.plan.input, last)?;
         if !self.log.has(it, self.val_key) {
             let mut rec = json!({"iter": it});
             for (k, x) in summary.named() {
@@ -486,7 +535,10 @@ impl Session<'_> {
             self.log.write(&rec)?;
         }
         self.say(format!("iter {it}: val {}", summary.headline()));
-        if it == self.plan.total {
+        if last {
+            if let Some(r) = &rep {
+                write_representation(&self.out, r)?;
+            }
             write_eval(&self.out, v, &summary, &recs, it, &self.plan.train_counts)?;
         }
         Ok(Some(summary))
@@ -663,7 +715,7 @@ impl Session<'_> {
             .enumerate()
             .filter(|(i, _)| *i != self.plan.eval_net)
         {
-            let (e, recs) = self.evaluate_model(&*n.net.model, v, &self.plan.input)?;
+            let (e, recs, _) = self.evaluate_model(&*n.net.model, v, &self.plan.input, true)?;
             recs.write(&self.out.join(format!("{}_{}", n.name, recs.file_name())))?;
             missing |= !self.log.has(it, &format!("{}/{}", n.name, self.val_key));
             for (k, x) in e.named() {
@@ -690,7 +742,7 @@ impl Session<'_> {
         let mut rec = json!({"iter": it});
         let mut missing = false;
         for r in refs {
-            let (e, _) = self.evaluate_model(r.model, v, r.input)?;
+            let (e, _, _) = self.evaluate_model(r.model, v, r.input, false)?;
             missing |= !self
                 .log
                 .has(it, &format!("{}/{}", r.key, &self.val_key[4..]));

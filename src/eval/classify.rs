@@ -97,6 +97,10 @@ pub struct ClassSummary {
     /// `eval::representation`); absent when not measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub representation: Option<super::representation::RepresentationSummary>,
+    /// The network learned without labels (a self-supervised method): its classification head
+    /// was never trained, so only the representation's numbers mean anything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_supervised: bool,
 }
 
 impl ClassSummary {
@@ -152,18 +156,23 @@ impl ClassSummary {
                 })
                 .collect(),
             representation: None,
+            self_supervised: false,
         }
     }
 
     /// Named numbers for metrics logs: `top1`, `top5`, `top1_many`, `top1_medium`, `top1_few`.
+    /// A self-supervised run's are the representation's alone.
     pub fn named(&self) -> Vec<(&'static str, f64)> {
-        let mut v = vec![("top1", self.top1), ("top5", self.top5)];
-        if let Some((g, _, _)) = &self.groups {
-            v.extend([
-                ("top1_many", g[0]),
-                ("top1_medium", g[1]),
-                ("top1_few", g[2]),
-            ]);
+        let mut v = vec![];
+        if !self.self_supervised {
+            v.extend([("top1", self.top1), ("top5", self.top5)]);
+            if let Some((g, _, _)) = &self.groups {
+                v.extend([
+                    ("top1_many", g[0]),
+                    ("top1_medium", g[1]),
+                    ("top1_few", g[2]),
+                ]);
+            }
         }
         if let Some(r) = &self.representation {
             v.extend([("knn_top1", r.knn_top1), ("probe_top1", r.probe_top1)]);
@@ -172,6 +181,12 @@ impl ClassSummary {
     }
 
     pub fn headline(&self) -> String {
+        if let (true, Some(r)) = (self.self_supervised, &self.representation) {
+            return format!(
+                "k-NN top-1 {:.4}  linear probe top-1 {:.4}",
+                r.knn_top1, r.probe_top1
+            );
+        }
         let mut s = format!("top-1 {:.4}  top-5 {:.4}", self.top1, self.top5);
         if let Some((g, _, _)) = &self.groups {
             s.push_str(&format!(
@@ -188,6 +203,9 @@ impl ClassSummary {
             "{} val images\ntop-1 accuracy {:.4}\ntop-5 accuracy {:.4}\n",
             self.num_images, self.top1, self.top5
         );
+        if self.self_supervised {
+            s.push_str("(self-supervised: the classification head was never trained)\n");
+        }
         if let Some((g, t, n)) = &self.groups {
             s.push_str(&format!(
                 "top-1 many-shot   {:.4}  ({} classes with > {:.1} training images)\ntop-1 medium-shot {:.4}  ({} classes)\ntop-1 few-shot    {:.4}  ({} classes with < {:.1})\n",

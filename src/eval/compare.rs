@@ -35,6 +35,9 @@ pub struct RunEval {
     /// A classifier run's summary (for the class names).
     #[serde(default)]
     pub summary: Option<ClassSummary>,
+    /// A classifier run's k-NN and linear-probe predictions files (`knn`, `probe`).
+    #[serde(default)]
+    pub representation: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// A run to compare: a run directory (with `eval.json`) or a COCO results file.
@@ -47,6 +50,10 @@ pub struct RunInput {
     pub gt: Option<PathBuf>,
     /// A classifier run: its training images per class and class names.
     pub classes: Option<(Vec<usize>, Vec<String>)>,
+    /// A classifier run's k-NN and linear-probe predictions, when it measured them.
+    pub representation: Option<[PathBuf; 2]>,
+    /// A classifier run that learned without labels: its head's predictions mean nothing.
+    pub self_supervised: bool,
 }
 
 impl RunInput {
@@ -81,6 +88,12 @@ impl RunInput {
                     "missing",
                 )
             })?;
+            let self_supervised = e.summary.as_ref().is_some_and(|s| s.self_supervised);
+            let representation = match (e.representation.get("knn"), e.representation.get("probe"))
+            {
+                (Some(k), Some(pr)) => Some([p.join(k), p.join(pr)]),
+                _ => None,
+            };
             let classes = classification.then(|| {
                 let names = e
                     .summary
@@ -93,6 +106,8 @@ impl RunInput {
                 detections: p.join(file),
                 gt: Some(gt),
                 classes,
+                representation,
+                self_supervised,
             })
         } else if p.is_file() {
             Ok(Self {
@@ -100,12 +115,65 @@ impl RunInput {
                 detections: p.to_path_buf(),
                 gt: None,
                 classes: None,
+                representation: None,
+                self_supervised: false,
             })
         } else {
             Err(Error::msg(format!(
                 "{}: no such run directory or detections file",
                 p.display()
             )))
+        }
+    }
+}
+
+/// What predicted a classifier run's val images: its head (`predictions.json`), or the k-NN and
+/// the linear probe on its frozen features (`eval::representation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Predictor {
+    Head,
+    Knn,
+    Probe,
+}
+
+impl Predictor {
+    /// The predictors a comparison of `runs` scores: the head unless a run learned without
+    /// labels (its head was never trained), the k-NN and the probe where every run has them.
+    pub fn shared<'a>(runs: impl IntoIterator<Item = &'a RunInput> + Clone) -> Vec<Self> {
+        let mut v = vec![];
+        if !runs.clone().into_iter().any(|r| r.self_supervised) {
+            v.push(Predictor::Head);
+        }
+        if runs.into_iter().all(|r| r.representation.is_some()) {
+            v.extend([Predictor::Knn, Predictor::Probe]);
+        }
+        v
+    }
+
+    /// Its predictions file in `run`.
+    pub fn file(self, run: &RunInput) -> &Path {
+        match (self, &run.representation) {
+            (Predictor::Knn, Some([k, _])) => k,
+            (Predictor::Probe, Some([_, p])) => p,
+            _ => &run.detections,
+        }
+    }
+
+    /// The metrics it reports: the head's top-1, top-5 (and frequency groups), the
+    /// representation's top-1.
+    pub fn metric_names(self, thresholds: Option<&classify::GroupThresholds>) -> Vec<&'static str> {
+        match self {
+            Predictor::Head => classify::metric_names(thresholds),
+            Predictor::Knn => vec!["knn_top1"],
+            Predictor::Probe => vec!["probe_top1"],
+        }
+    }
+
+    /// The training images per class its metrics use: the head's groups; none for the others.
+    pub fn counts(self, counts: &[usize]) -> &[usize] {
+        match self {
+            Predictor::Head => counts,
+            _ => &[],
         }
     }
 }
@@ -326,54 +394,60 @@ fn compare_classifiers(runs: &[RunInput], opts: &CompareOptions) -> Result<Vec<C
         }
     }
     let (counts, names) = runs[0].classes.clone().unwrap_or_default();
-    let base = read_predictions(&runs[0].detections)?;
+    let ids: Vec<u64> = (1..=names.len() as u64).collect();
     runs[1..]
         .iter()
         .map(|r| {
-            let other = read_predictions(&r.detections)?;
-            let deltas = classify::compare(
-                &base,
-                &other,
-                &counts,
-                opts.bootstrap,
-                opts.confidence,
-                opts.seed,
-            )
-            .map_err(|e| Error::msg(format!("{} vs {}: {e}", runs[0].name, r.name)))?;
-            let ids: Vec<u64> = (1..=names.len() as u64).collect();
-            let sa = ClassSummary::new(&base, &names, &ids, &counts);
-            let sb = ClassSummary::new(&other, &names, &ids, &counts);
+            let predictors = Predictor::shared([&runs[0], r]);
+            let mut metrics = vec![];
+            let mut per_class = vec![];
+            for &pr in &predictors {
+                let base = read_predictions(pr.file(&runs[0]))?;
+                let other = read_predictions(pr.file(r))?;
+                let c = pr.counts(&counts);
+                let deltas =
+                    classify::compare(&base, &other, c, opts.bootstrap, opts.confidence, opts.seed)
+                        .map_err(|e| Error::msg(format!("{} vs {}: {e}", runs[0].name, r.name)))?;
+                let wanted = pr.metric_names(classify::GroupThresholds::scaled(c).as_ref());
+                metrics.extend(deltas.into_iter().zip(wanted).map(|(d, name)| MetricDelta {
+                    metric: name.to_string(),
+                    a: d.a,
+                    b: d.b,
+                    delta: d.b - d.a,
+                    ci: d.ci,
+                    prob_b_better: d.prob_b_better,
+                }));
+                // Per class: the first predictor's (the head's, else the k-NN's).
+                if per_class.is_empty() {
+                    let sa = ClassSummary::new(&base, &names, &ids, c);
+                    let sb = ClassSummary::new(&other, &names, &ids, c);
+                    per_class = sa
+                        .per_class
+                        .iter()
+                        .zip(&sb.per_class)
+                        .map(|(x, y)| {
+                            (
+                                x.category_id,
+                                x.name.clone(),
+                                x.top1,
+                                y.top1,
+                                y.top1 - x.top1,
+                            )
+                        })
+                        .collect();
+                }
+            }
             Ok(Comparison {
                 a: runs[0].name.clone(),
                 b: r.name.clone(),
-                num_images: base.len(),
+                num_images: read_predictions(&runs[0].detections)?.len(),
                 confidence: opts.confidence,
-                metrics: deltas
-                    .into_iter()
-                    .map(|d| MetricDelta {
-                        metric: d.metric,
-                        a: d.a,
-                        b: d.b,
-                        delta: d.b - d.a,
-                        ci: d.ci,
-                        prob_b_better: d.prob_b_better,
-                    })
-                    .collect(),
-                per_class: sa
-                    .per_class
-                    .iter()
-                    .zip(&sb.per_class)
-                    .map(|(x, y)| {
-                        (
-                            x.category_id,
-                            x.name.clone(),
-                            x.top1,
-                            y.top1,
-                            y.top1 - x.top1,
-                        )
-                    })
-                    .collect(),
-                per_class_metric: "top-1".into(),
+                metrics,
+                per_class,
+                per_class_metric: match predictors.first() {
+                    Some(Predictor::Knn) => "k-NN top-1".into(),
+                    _ => "top-1".into(),
+                },
             })
         })
         .collect()

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::plot::{delta_chart, DeltaBar};
 
 use super::classify::{self, read_predictions, GroupThresholds};
-use super::compare::{evaluated, CompareOptions, RunInput};
+use super::compare::{evaluated, CompareOptions, Predictor, RunInput};
 use super::STAT_NAMES;
 
 /// The folder of one seed's run inside a multi-seed run folder: `seed-<k>`.
@@ -551,10 +551,15 @@ fn classifier_values(arms: &[Arm], resample_seed: u64, n_boot: usize) -> Result<
         .as_ref()
         .and_then(|p| std::fs::canonicalize(p).ok());
     let (counts, _) = first.classes.clone().unwrap_or_default();
-    let thresholds = GroupThresholds::scaled(&counts);
-    let base = read_predictions(&first.detections)?;
-    let resamples = image_resamples(base.len(), n_boot, resample_seed);
-    let all: Vec<usize> = (0..base.len()).collect();
+    let predictors = Predictor::shared(arms.iter().flat_map(|a| a.runs.iter().map(|r| &r.run)));
+    // Every predictor's predictions of the first run give the image order.
+    let bases = predictors
+        .iter()
+        .map(|p| read_predictions(p.file(first)))
+        .collect::<Result<Vec<_>>>()?;
+    let n_images = bases.first().map_or(0, |b| b.len());
+    let resamples = image_resamples(n_images, n_boot, resample_seed);
+    let all: Vec<usize> = (0..n_images).collect();
     let values = arms
         .iter()
         .map(|arm| {
@@ -568,10 +573,23 @@ fn classifier_values(arms: &[Arm], resample_seed: u64, n_boot: usize) -> Result<
                             r.run.detections.display()
                         )));
                     }
-                    let preds = classify::align(&base, &read_predictions(&r.run.detections)?)
-                        .map_err(|e| Error::msg(format!("{}: {e}", r.run.detections.display())))?;
-                    let score = |idx: &[usize]| {
-                        classify::subset_metrics(&preds, &counts, thresholds.as_ref(), idx)
+                    let mut sets = vec![];
+                    for (p, base) in predictors.iter().zip(&bases) {
+                        let file = p.file(&r.run);
+                        let preds = classify::align(base, &read_predictions(file)?)
+                            .map_err(|e| Error::msg(format!("{}: {e}", file.display())))?;
+                        sets.push((*p, preds));
+                    }
+                    let score = |idx: &[usize]| -> Vec<f64> {
+                        sets.iter()
+                            .flat_map(|(p, preds)| {
+                                let c = p.counts(&counts);
+                                let t = GroupThresholds::scaled(c);
+                                let mut v = classify::subset_metrics(preds, c, t.as_ref(), idx);
+                                v.truncate(p.metric_names(t.as_ref()).len());
+                                v
+                            })
+                            .collect()
                     };
                     Ok(RunValues {
                         point: score(&all),
@@ -583,8 +601,14 @@ fn classifier_values(arms: &[Arm], resample_seed: u64, n_boot: usize) -> Result<
         .collect::<Result<Vec<_>>>()?;
     Ok(Scored {
         values,
-        num_images: base.len(),
-        names: classify::metric_names(thresholds.as_ref()),
+        num_images: n_images,
+        names: predictors
+            .iter()
+            .flat_map(|p| {
+                let c = p.counts(&counts);
+                p.metric_names(GroupThresholds::scaled(c).as_ref())
+            })
+            .collect(),
     })
 }
 
@@ -958,7 +982,15 @@ mod tests {
     fn classifier_run(dir: &Path, seed: u64, right: usize) {
         let run = dir.join(format!("seed-{seed}"));
         std::fs::create_dir_all(&run).unwrap();
-        let preds: Vec<classify::ClassPrediction> = (0..40)
+        std::fs::write(run.join("predictions.json"), predictions(40, right)).unwrap();
+        let eval = serde_json::json!({"task": "classification", "gt": dir.parent().unwrap(), "predictions": "predictions.json",
+            "iter": 1, "train_counts": [400, 4]});
+        std::fs::write(run.join("eval.json"), eval.to_string()).unwrap();
+    }
+
+    /// `n` predictions of which the first `right` are right (classes 1 and 2).
+    fn predictions(n: usize, right: usize) -> Vec<u8> {
+        let preds: Vec<classify::ClassPrediction> = (0..n)
             .map(|i| {
                 let label = 1 + (i % 2) as u32;
                 let top = if i < right { label } else { 3 - label };
@@ -970,14 +1002,89 @@ mod tests {
                 }
             })
             .collect();
-        std::fs::write(
-            run.join("predictions.json"),
-            serde_json::to_vec(&preds).unwrap(),
-        )
-        .unwrap();
-        let eval = serde_json::json!({"task": "classification", "gt": dir.parent().unwrap(), "predictions": "predictions.json",
-            "iter": 1, "train_counts": [400, 4]});
+        serde_json::to_vec(&preds).unwrap()
+    }
+
+    /// A classifier run folder with its head's, k-NN's and probe's predictions (`right` each);
+    /// `self_supervised`: its head was never trained.
+    fn representation_run(dir: &Path, seed: u64, right: [usize; 3], self_supervised: bool) {
+        let run = dir.join(format!("seed-{seed}"));
+        std::fs::create_dir_all(&run).unwrap();
+        for (f, r) in [
+            "predictions.json",
+            "knn_predictions.json",
+            "probe_predictions.json",
+        ]
+        .iter()
+        .zip(right)
+        {
+            std::fs::write(run.join(f), predictions(40, r)).unwrap();
+        }
+        let eval = serde_json::json!({"task": "classification", "gt": dir.parent().unwrap(),
+            "predictions": "predictions.json", "iter": 1, "train_counts": [20, 20],
+            "representation": {"knn": "knn_predictions.json", "probe": "probe_predictions.json"},
+            "summary": {"num_images": 40, "top1": 0.0, "top5": 1.0, "per_class": [],
+                        "self_supervised": self_supervised}});
         std::fs::write(run.join("eval.json"), eval.to_string()).unwrap();
+    }
+
+    /// k-NN and probe rows get the same intervals as top-1, over seeds and over images; a
+    /// self-supervised run's untrained head is left out.
+    #[test]
+    fn knn_and_probe_rows_over_seeds_and_images() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("alone"), d.path().join("dogo"));
+        for (seed, (ka, kb)) in [(0, (20, 30)), (1, (22, 30)), (2, (18, 34))] {
+            representation_run(&a, seed, [5, ka, 20], true);
+            representation_run(&b, seed, [5, kb, 20], true);
+        }
+        let opts = CompareOptions {
+            bootstrap: 200,
+            ..Default::default()
+        };
+        let arms = [Arm::resolve(&a).unwrap(), Arm::resolve(&b).unwrap()];
+        let c = compare_arms(&arms, None, &opts).unwrap().remove(0);
+        let names: Vec<&str> = c.rows.iter().map(|r| r.metric.as_str()).collect();
+        assert_eq!(names, ["knn_top1", "probe_top1"]);
+        let deltas: Vec<f64> = c.rows[0]
+            .per_seed
+            .iter()
+            .map(|s| s.delta.unwrap())
+            .collect();
+        for (x, y) in deltas.iter().zip([0.25, 0.2, 0.4]) {
+            assert!((x - y).abs() < 1e-12, "{deltas:?}");
+        }
+        let i = c.rows[0].interval.unwrap();
+        assert!(i.lower > 0.0 && i.upper < 0.6, "{i:?}");
+        assert_eq!(c.rows[1].delta, Some(0.0));
+        // One run each: the paired bootstrap over images, the same rows.
+        let runs = [
+            RunInput::resolve(&a.join("seed-0")).unwrap(),
+            RunInput::resolve(&b.join("seed-0")).unwrap(),
+        ];
+        let one = super::super::compare::compare_runs(&runs, None, &opts)
+            .unwrap()
+            .remove(0);
+        let names: Vec<&str> = one.metrics.iter().map(|m| m.metric.as_str()).collect();
+        assert_eq!(names, ["knn_top1", "probe_top1"]);
+        assert!((one.metrics[0].delta - 0.25).abs() < 1e-12);
+        let (lo, hi) = one.metrics[0].ci.unwrap();
+        assert!(lo > 0.0 && hi > 0.25, "{lo} {hi}");
+        assert_eq!(one.per_class_metric, "k-NN top-1");
+        // Supervised runs keep their head's rows, then the representation's.
+        let (c1, c2) = (d.path().join("c1"), d.path().join("c2"));
+        representation_run(&c1, 0, [10, 20, 20], false);
+        representation_run(&c2, 0, [30, 20, 20], false);
+        let runs = [
+            RunInput::resolve(&c1.join("seed-0")).unwrap(),
+            RunInput::resolve(&c2.join("seed-0")).unwrap(),
+        ];
+        let s = super::super::compare::compare_runs(&runs, None, &opts)
+            .unwrap()
+            .remove(0);
+        let names: Vec<&str> = s.metrics.iter().map(|m| m.metric.as_str()).collect();
+        assert_eq!(names, ["top1", "top5", "knn_top1", "probe_top1"]);
+        assert!((s.metrics[0].delta - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub fn features(
                 "the model has no `{tap}` tap to evaluate features on"
             ))
         })?;
-        // Constants: the probe's optimisation must not backpropagate into the network.
+        // Frozen: without `detach` every probe step would backpropagate through the network's
+        // whole forward of every batch.
         rows.push(f.detach().to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
     }
     Ok(Tensor::cat(&rows, 0)?)
@@ -179,8 +180,16 @@ pub fn probe_scores(
     Ok(xq.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?)
 }
 
+/// The per-image predictions of the k-NN and the linear probe (`ClassPrediction`s, scored like
+/// a classifier's own), for `kdet compare`'s paired intervals.
+#[derive(Debug, Clone)]
+pub struct RepresentationPredictions {
+    pub knn: Vec<ClassPrediction>,
+    pub probe: Vec<ClassPrediction>,
+}
+
 /// k-NN and linear-probe top-1 of `model`'s `pool` features: `train`'s labeled images are the
-/// labeled set, `val`'s the queries.
+/// labeled set, `val`'s the queries; with each image's predictions.
 pub fn evaluate_representation(
     model: &dyn Model,
     train: &ClassificationData,
@@ -188,7 +197,7 @@ pub fn evaluate_representation(
     input: &InputConfig,
     batch_size: usize,
     device: &Device,
-) -> Result<RepresentationSummary> {
+) -> Result<(RepresentationSummary, RepresentationPredictions)> {
     let tap = "pool";
     let labeled: Vec<ImageRecord> = train
         .records
@@ -224,20 +233,24 @@ pub fn evaluate_representation(
         .collect();
     let names = &val.categories.names;
     let ids = &val.categories.ids;
-    let score = |s: &Tensor| -> Result<f64> {
-        let p = top5(s, &ql, &files)?;
-        Ok(ClassSummary::new(&p, names, ids, &[]).top1)
-    };
-    let knn = score(&knn_scores(&ft, &tl, &fq, classes, KNN_K, KNN_T)?)?;
-    let probe = score(&probe_scores(&ft, &tl, &fq, classes)?.detach())?;
-    Ok(RepresentationSummary {
-        feature: tap.into(),
-        train_images: labeled.len(),
-        knn_k: KNN_K.min(labeled.len()),
-        knn_temperature: KNN_T,
-        knn_top1: knn,
-        probe_top1: probe,
-    })
+    let top1 = |p: &[ClassPrediction]| ClassSummary::new(p, names, ids, &[]).top1;
+    let knn = top5(
+        &knn_scores(&ft, &tl, &fq, classes, KNN_K, KNN_T)?,
+        &ql,
+        &files,
+    )?;
+    let probe = top5(&probe_scores(&ft, &tl, &fq, classes)?.detach(), &ql, &files)?;
+    Ok((
+        RepresentationSummary {
+            feature: tap.into(),
+            train_images: labeled.len(),
+            knn_k: KNN_K.min(labeled.len()),
+            knn_temperature: KNN_T,
+            knn_top1: top1(&knn),
+            probe_top1: top1(&probe),
+        },
+        RepresentationPredictions { knn, probe },
+    ))
 }
 
 #[cfg(test)]
@@ -246,6 +259,38 @@ mod tests {
 
     fn argmax_rows(t: &Tensor) -> Result<Vec<u32>> {
         Ok(t.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    }
+
+    /// The features carry no autograd graph: the probe's 500 steps must not backpropagate
+    /// through the network (they did, taking minutes for a few hundred images).
+    #[test]
+    fn features_are_frozen() {
+        let d = tempfile::tempdir().unwrap();
+        for (c, i) in [("a", 0), ("a", 1), ("b", 0)] {
+            let p = d.path().join(format!("{c}/{i}.png"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::RgbImage::from_pixel(8, 8, image::Rgb([i * 90, 40, 200]))
+                .save(&p)
+                .unwrap();
+        }
+        let data = crate::data::folder::load_folder(d.path(), None).unwrap();
+        let cfg: crate::models::config::ModelConfig = serde_json::from_value(serde_json::json!({
+            "arch": "classifier",
+            "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+            "input": {"min_size": 16, "max_size": 16}}))
+        .unwrap();
+        let net = crate::models::build::Network::new(&cfg, 2, 0, &Device::Cpu).unwrap();
+        let f = features(
+            &*net.model,
+            &data.records,
+            cfg.input(),
+            "pool",
+            2,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(f.dims()[0], 3);
+        assert!(!f.track_op(), "the features hold the network's graph");
     }
 
     #[test]
