@@ -523,7 +523,9 @@ impl MethodConfig {
     pub fn needs_negatives(&self) -> bool {
         matches!(
             self,
-            MethodConfig::SimclrPretrain { .. } | MethodConfig::Fedx { .. } | MethodConfig::Dogo { .. }
+            MethodConfig::SimclrPretrain { .. }
+                | MethodConfig::Fedx { .. }
+                | MethodConfig::Dogo { .. }
         )
     }
 
