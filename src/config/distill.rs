@@ -432,7 +432,7 @@ impl MethodConfig {
     /// `p` is `method`.
     pub fn validate(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
         let classifier = || -> Check {
-            if model.arch() != "classifier" {
+            if !model.classifies_images() {
                 return Err(invalid(
                     "model.arch",
                     format!(
@@ -475,7 +475,7 @@ impl MethodConfig {
                 out_dim,
                 augment,
             } => {
-                if model.arch() != "classifier" {
+                if !model.classifies_images() {
                     return Err(invalid(
                         "model.arch",
                         format!(
@@ -579,7 +579,7 @@ impl MethodConfig {
                     ));
                 }
                 for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
-                    if m.arch() != "classifier" {
+                    if !m.classifies_images() {
                         return Err(invalid(
                             format!("{path}.arch"),
                             format!("dcm trains two classifiers, not `{}`", m.arch()),
@@ -1022,7 +1022,7 @@ pub fn validate_terms(
                 ] {
                     nonneg(&format!("{p}.{k}"), *v as f64)?;
                 }
-                if student.arch() == "classifier" {
+                if student.classifies_images() {
                     return Err(invalid(
                         &p,
                         "fgd masks the maps with the ground-truth boxes, which a classifier's data has not; use pkd, cwd or mgd",

@@ -102,6 +102,33 @@ pub(crate) mod test_util {
         }
     }
 
+    /// A frozen teacher of architecture `cfg` for `classes` classes, initialised from `seed`,
+    /// over plain tensors (no variables, so nothing of it can train): the methods' tests'
+    /// teacher, `index` its place in `teachers`.
+    pub fn frozen_teacher(
+        cfg: &crate::models::config::ModelConfig,
+        classes: usize,
+        seed: u64,
+        index: usize,
+    ) -> crate::distill::teacher::Teacher {
+        use candle_core::{DType, Device};
+        let dev = Device::Cpu;
+        let net = crate::models::build::Network::new(cfg, classes, seed, &dev).unwrap();
+        let plain: std::collections::HashMap<String, candle_core::Tensor> = net
+            .named_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect();
+        let m = cfg
+            .family()
+            .build(
+                candle_nn::VarBuilder::from_tensors(plain, DType::F32, &dev),
+                classes,
+            )
+            .unwrap();
+        crate::distill::teacher::Teacher::from_model(m, cfg.clone(), index)
+    }
+
     /// Each of `names` (found by `var`) got a non-zero gradient in `grads`.
     pub fn assert_gradients(grads: &GradStore, var: impl Fn(&str) -> Option<Var>, names: &[&str]) {
         for name in names {
