@@ -175,7 +175,8 @@ impl LoadedConfig {
                 "{}: no network `{name}` ({})",
                 self.path.display(),
                 match self.network_names().as_slice() {
-                    [] => "only colad and dml methods train several networks".to_string(),
+                    [] =>
+                        "only colad, dcm, dml and ffsd methods train several networks".to_string(),
                     names => format!("this config trains {}", names.join(", ")),
                 }
             ))),
@@ -190,9 +191,9 @@ impl LoadedConfig {
                 distill::ColadNetwork::Net1 => "net1",
                 distill::ColadNetwork::Net2 => "net2",
             }),
-            Some(MethodConfig::Dml { evaluate, .. }) | Some(MethodConfig::Dcm { evaluate, .. }) => {
-                Some(evaluate)
-            }
+            Some(MethodConfig::Dml { evaluate, .. })
+            | Some(MethodConfig::Dcm { evaluate, .. })
+            | Some(MethodConfig::Ffsd { evaluate, .. }) => Some(evaluate),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@
 //! | [`lad`] | LAD (Nguyen et al. 2022): the student trains on its teacher's label assignment |
 //! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
 //! | [`dcm`] | dense cross-layer mutual-distillation (Yao & Sun 2020): two classifiers with auxiliary classifiers, KD between every cross pair |
+//! | [`ffsd`] | FFSD (Li et al. 2021): a leader taught by a fusion module over common students' features; diversity, self-distillation |
 //! | [`dml`] | deep mutual learning (Zhang et al. 2018): K networks, each with the mean KL from the others' (detached) probabilities on its own samples |
 //! | [`simclr`] | SimCLRv2's distillation (Chen et al. 2020 Eq. 3): a classifier learns a fixed teacher's soft labels on (unlabeled) images |
 //! | [`contrastive`] | SimCLR / SimCLRv2 pretraining: two views per image, NT-Xent (Eq. 1) on SimCLRv2's projection head |
@@ -36,6 +37,7 @@ pub mod contrastive;
 pub mod cwd;
 pub mod dcm;
 pub mod dml;
+pub mod ffsd;
 pub mod fgd;
 pub mod hint;
 pub mod kd;
@@ -69,6 +71,7 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         }
         Some(MethodConfig::Dml { .. }) => Box::new(dml::Dml::new(cfg, run)?),
         Some(MethodConfig::Dcm { .. }) => Box::new(dcm::Dcm::new(cfg, run)?),
+        Some(MethodConfig::Ffsd { .. }) => Box::new(ffsd::Ffsd::new(cfg, run)?),
     })
 }
 

@@ -234,6 +234,11 @@ pub trait Method {
         None
     }
 
+    /// The 0-based epoch of the coming `step`, told before each step: for methods whose loss
+    /// weights follow the epoch (FFSD's warm-up). The loop derives it from the iteration, so
+    /// `--resume` tells the same.
+    fn set_epoch(&mut self, _epoch: u64) {}
+
     /// One step: forward, assignment and losses of every network it trains.
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput>;
 

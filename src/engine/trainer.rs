@@ -575,6 +575,7 @@ impl Session<'_> {
         let step_t = Instant::now();
         let seed = self.cfg.config.seed;
         let mut rng = StepRng::seed_from_u64(seed ^ (it + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        method.set_epoch(epoch);
         let mut step = method.step(batch, &mut rng)?;
         if crate::util::fault_point("nan-loss") {
             // Test hook: a NaN loss, as a diverging run produces.
