@@ -560,6 +560,13 @@ fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
             "{k}"
         );
     }
+    // A student's predictions compare with the leader's run as a classifier run.
+    let o = ok(&kdet(&[
+        "compare",
+        a.to_str().unwrap(),
+        a.join("net3_predictions.json").to_str().unwrap(),
+    ]));
+    assert!(o.contains("net3_predictions"), "{o}");
     // A student is served with --network.
     let o = ok(&kdet(&[
         "eval",

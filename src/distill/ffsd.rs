@@ -372,7 +372,13 @@ impl Ffsd {
             nets.push(network(cfg, &p.model, &path, seed, run)?);
             paths.push(path);
         }
-        let last: usize = last_stage["backbone.c".len()..].parse().unwrap_or(5);
+        let last: usize = last_stage
+            .strip_prefix("backbone.c")
+            .and_then(|k| k.parse().ok())
+            .filter(|k| (3..=5).contains(k))
+            .ok_or_else(|| {
+                cfg.error("method.last_stage", format!("unknown stage `{last_stage}`"))
+            })?;
         let stages: Vec<String> = (2..=last).map(|k| format!("backbone.c{k}")).collect();
         let mut shapes = vec![];
         for (n, path) in nets.iter().zip(&paths) {
