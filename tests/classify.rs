@@ -225,6 +225,58 @@ fn simclr_and_cbd_train_and_resume_exactly() {
     );
 }
 
+/// `extra`'s run trained straight (`dir/<name>_full`) and stopped after 2 steps then resumed
+/// (`dir/<name>_split`); every file of `files` is the same in both. Returns the full run's
+/// config and the two folders.
+fn straight_and_resumed(
+    dir: &Path,
+    name: &str,
+    extra: serde_json::Value,
+    files: &[&str],
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let full = cls_config(dir, &format!("{name}_full"), extra.clone());
+    let o = ok(&kdet(&["train", &full]));
+    assert!(o.contains("val top-1"), "{o}");
+    let split = cls_config(dir, &format!("{name}_split"), extra);
+    ok(&kdet(&["train", &split, "--stop-after", "2"]));
+    let o = ok(&kdet(&["train", &split, "--resume"]));
+    assert!(o.contains("resumed at 2"), "{o}");
+    let (a, b) = (
+        dir.join(format!("{name}_full")),
+        dir.join(format!("{name}_split")),
+    );
+    for f in files {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    (full, a, b)
+}
+
+/// The method's own variables (`aux.` in the checkpoint) of runs `a` and `b`, which must be
+/// equal: their names.
+fn same_method_variables(a: &Path, b: &Path) -> Vec<String> {
+    let t = |d: &Path| {
+        candle_core::safetensors::load(d.join("checkpoint.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (ca, cb) = (t(a), t(b));
+    let aux: Vec<String> = ca
+        .keys()
+        .filter(|k| k.starts_with("aux."))
+        .cloned()
+        .collect();
+    for k in &aux {
+        assert_eq!(
+            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    aux
+}
+
 /// Two networks of one architecture, trained from no seed of their own by a multi-network
 /// method in `run`, did not start (and so train) as one: most weight tensors differ.
 fn assert_twins_differ(run: &Path, a: &str, b: &str) {
@@ -262,25 +314,17 @@ fn dml_trains_k_networks_resumes_exactly_and_serves_each() {
     // Three networks: model (R18 ×0.25), a twin without a seed, an R18 ×0.5.
     let dml = serde_json::json!({"method": {"type": "dml", "evaluate": "net3",
         "peers": [dml_peer(0.25), dml_peer(0.5)]}});
-    let full = cls_config(dir, "dml_full", dml.clone());
-    let o = ok(&kdet(&["train", &full]));
-    assert!(o.contains("val top-1"), "{o}");
-    let split = cls_config(dir, "dml_split", dml);
-    ok(&kdet(&["train", &split, "--stop-after", "2"]));
-    let o = ok(&kdet(&["train", &split, "--resume"]));
-    assert!(o.contains("resumed at 2"), "{o}");
-    let (a, b) = (dir.join("dml_full"), dir.join("dml_split"));
-    for f in [
-        "net1.safetensors",
-        "net2.safetensors",
-        "net3.safetensors",
-        "model.safetensors",
-    ] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f}: the resumed run differs from the uninterrupted one"
-        );
-    }
+    let (full, a, _) = straight_and_resumed(
+        dir,
+        "dml",
+        dml,
+        &[
+            "net1.safetensors",
+            "net2.safetensors",
+            "net3.safetensors",
+            "model.safetensors",
+        ],
+    );
     assert!(
         std::fs::read(a.join("model.safetensors")).unwrap()
             == std::fs::read(a.join("net3.safetensors")).unwrap(),
@@ -389,18 +433,12 @@ fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network
             "backbone": {"depth": 18, "width": 0.5, "norm": "bn", "trainable_layers": 5},
             "input": {"min_size": 32, "max_size": 32, "size_divisible": 1, "square": true},
             "head": {"type": "linear"}}}});
-    let full = cls_config(dir, "dcm_full", dcm.clone());
-    ok(&kdet(&["train", &full]));
-    let split = cls_config(dir, "dcm_split", dcm);
-    ok(&kdet(&["train", &split, "--stop-after", "2"]));
-    ok(&kdet(&["train", &split, "--resume"]));
-    let (a, b) = (dir.join("dcm_full"), dir.join("dcm_split"));
-    for f in ["net1.safetensors", "net2.safetensors", "model.safetensors"] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f}: the resumed run differs from the uninterrupted one"
-        );
-    }
+    let (full, a, b) = straight_and_resumed(
+        dir,
+        "dcm",
+        dcm,
+        &["net1.safetensors", "net2.safetensors", "model.safetensors"],
+    );
     let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
     for k in [
         "net1.dcm.ce_aux1",
@@ -413,19 +451,8 @@ fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network
     let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
     // The checkpoint holds the auxiliary classifiers (the same after the resume); the exported
     // network does not.
-    let (ca, cb) = (
-        t(&a.join("checkpoint.safetensors")),
-        t(&b.join("checkpoint.safetensors")),
-    );
-    let aux: Vec<&String> = ca.keys().filter(|k| k.contains(".aux.")).collect();
+    let aux = same_method_variables(&a, &b);
     assert!(aux.iter().any(|k| k.contains("net1.aux.backbone.c3.")));
-    for k in aux {
-        assert_eq!(
-            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            "{k}"
-        );
-    }
     let out = dir.join("net2_export.safetensors");
     ok(&kdet(&[
         "export",
@@ -488,26 +515,17 @@ fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
     let ffsd = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}, "head": {"type": "linear"}},
         "method": {"type": "ffsd", "students": [peer32(0.25), peer32(0.5)],
                    "last_stage": "backbone.c4", "warmup_epochs": 2}});
-    let full = cls_config(dir, "ffsd_full", ffsd.clone());
-    let o = ok(&kdet(&["train", &full]));
-    assert!(o.contains("val top-1"), "{o}");
-    let split = cls_config(dir, "ffsd_split", ffsd);
-    ok(&kdet(&["train", &split, "--stop-after", "2"]));
-    let o = ok(&kdet(&["train", &split, "--resume"]));
-    assert!(o.contains("resumed at 2"), "{o}");
-    let (a, b) = (dir.join("ffsd_full"), dir.join("ffsd_split"));
-    for f in [
-        "net1.safetensors",
-        "net2.safetensors",
-        "net3.safetensors",
-        "model.safetensors",
-        "checkpoint.safetensors",
-    ] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f}: the resumed run differs from the uninterrupted one"
-        );
-    }
+    let (full, a, b) = straight_and_resumed(
+        dir,
+        "ffsd",
+        ffsd,
+        &[
+            "net1.safetensors",
+            "net2.safetensors",
+            "net3.safetensors",
+            "model.safetensors",
+        ],
+    );
     assert!(
         std::fs::read(a.join("model.safetensors")).unwrap()
             == std::fs::read(a.join("net1.safetensors")).unwrap(),
@@ -527,17 +545,18 @@ fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
         assert!(log.contains(k), "{k} missing from metrics");
     }
     let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
-    // The checkpoint holds the method's modules; the first student has no chain.
-    let ck = t(&a.join("checkpoint.safetensors"));
+    // The checkpoint holds the method's modules (the same after the resume); the first student
+    // has no chain.
+    let aux = same_method_variables(&a, &b);
     for m in [
         "ffsd.fusion.fc2.",
         "net1.trans_fusion_module.",
         "net1.sd.layer1.",
         "net3.sd.",
     ] {
-        assert!(ck.keys().any(|k| k.contains(m)), "{m} not checkpointed");
+        assert!(aux.iter().any(|k| k.contains(m)), "{m} not checkpointed");
     }
-    assert!(!ck.keys().any(|k| k.contains("net2.sd.")));
+    assert!(!aux.iter().any(|k| k.contains("net2.sd.")));
     // Export from the checkpoint: the leader, its own tensors only.
     let out = dir.join("leader.safetensors");
     ok(&kdet(&[

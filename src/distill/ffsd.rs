@@ -36,7 +36,7 @@ use super::kd::kd_loss;
 use crate::config::distill::{dml_names, MethodConfig};
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
-use crate::engine::method::{network, own_pass, Method, NamedNetwork, RunData, StepOutput};
+use crate::engine::method::{own_pass, peer_networks, Method, NamedNetwork, RunData, StepOutput};
 use crate::error::{Error, Result};
 use crate::models::build::{network_seed, Network};
 use crate::models::classifier::{cross_entropy, image_labels};
@@ -364,14 +364,10 @@ impl Ffsd {
                 "internal: FFSD built from another method's config",
             ));
         };
-        let mut nets = vec![network(cfg, &c.model, "model", c.seed, run)?];
-        let mut paths = vec!["model".to_string()];
-        for (i, p) in students.iter().enumerate() {
-            let path = format!("method.students[{i}].model");
-            let seed = p.seed.unwrap_or(network_seed(c.seed, i + 1));
-            nets.push(network(cfg, &p.model, &path, seed, run)?);
-            paths.push(path);
-        }
+        let (nets, paths): (Vec<Network>, Vec<String>) =
+            peer_networks(cfg, students, "students", run)?
+                .into_iter()
+                .unzip();
         let last: usize = last_stage
             .strip_prefix("backbone.c")
             .and_then(|k| k.parse().ok())
