@@ -511,9 +511,10 @@ fn dcm_twins_start_different() {
 fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    // The leader (R18 ×0.25), a twin student without a seed, an R18 ×0.5 student; c4 is 2×2.
-    let ffsd = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}, "head": {"type": "linear"}},
-        "method": {"type": "ffsd", "students": [peer32(0.25), peer32(0.5)],
+    // The leader (R18 ×0.5) and two R18 ×0.25 students without seeds (twins); c4 is 2×2.
+    let ffsd = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}, "head": {"type": "linear"},
+                  "backbone": {"width": 0.5}},
+        "method": {"type": "ffsd", "students": [peer32(0.25), peer32(0.25)],
                    "last_stage": "backbone.c4", "warmup_epochs": 2}});
     let (full, a, b) = straight_and_resumed(
         dir,
@@ -531,7 +532,7 @@ fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
             == std::fs::read(a.join("net1.safetensors")).unwrap(),
         "model.safetensors is the leader"
     );
-    assert_twins_differ(&a, "net1", "net2");
+    assert_twins_differ(&a, "net2", "net3");
     let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
     for k in [
         "net1.ffsd.kd",

@@ -204,10 +204,13 @@ pub fn attention_loss(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok((x - y)?.sqr()?.mean_all()?)
 }
 
+/// Per row: the shifted target t, the normalised row â, its norm ‖a‖.
+type Shift = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>);
+
 /// The released diversity shift of attention rows `a` (`N × D`, constants): with `â = a/‖a‖`
 /// and θ the ⌊D/3⌋-th smallest entry of `â`, `t = (‖a‖/2 − â)·sign(â − θ) + ‖a‖/2` — entries
 /// above θ become `‖a‖ − â`, those below stay. Returns (t, â, ‖a‖) per row.
-fn diversity_shift(a: &Tensor) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>)> {
+fn diversity_shift(a: &Tensor) -> Result<Shift> {
     let rows = a.detach().to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let (mut ts, mut hats, mut norms) = (vec![], vec![], vec![]);
     for r in rows {
