@@ -225,6 +225,80 @@ fn simclr_and_cbd_train_and_resume_exactly() {
     );
 }
 
+/// `extra`'s run trained straight (`dir/<name>_full`) and stopped after 2 steps then resumed
+/// (`dir/<name>_split`); every file of `files` is the same in both. Returns the full run's
+/// config and the two folders.
+fn straight_and_resumed(
+    dir: &Path,
+    name: &str,
+    extra: serde_json::Value,
+    files: &[&str],
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let full = cls_config(dir, &format!("{name}_full"), extra.clone());
+    let o = ok(&kdet(&["train", &full]));
+    assert!(o.contains("val top-1"), "{o}");
+    let split = cls_config(dir, &format!("{name}_split"), extra);
+    ok(&kdet(&["train", &split, "--stop-after", "2"]));
+    let o = ok(&kdet(&["train", &split, "--resume"]));
+    assert!(o.contains("resumed at 2"), "{o}");
+    let (a, b) = (
+        dir.join(format!("{name}_full")),
+        dir.join(format!("{name}_split")),
+    );
+    for f in files {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted one"
+        );
+    }
+    (full, a, b)
+}
+
+/// The method's own variables (`aux.` in the checkpoint) of runs `a` and `b`, which must be
+/// equal: their names.
+fn same_method_variables(a: &Path, b: &Path) -> Vec<String> {
+    let t = |d: &Path| {
+        candle_core::safetensors::load(d.join("checkpoint.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (ca, cb) = (t(a), t(b));
+    let aux: Vec<String> = ca
+        .keys()
+        .filter(|k| k.starts_with("aux."))
+        .cloned()
+        .collect();
+    for k in &aux {
+        assert_eq!(
+            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    aux
+}
+
+/// Two networks of one architecture, trained from no seed of their own by a multi-network
+/// method in `run`, did not start (and so train) as one: most weight tensors differ.
+fn assert_twins_differ(run: &Path, a: &str, b: &str) {
+    let t = |n: &str| {
+        candle_core::safetensors::load(
+            run.join(format!("{n}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (n1, n2) = (t(a), t(b));
+    let differ = n1
+        .iter()
+        .filter(|(k, x)| {
+            x.dims().len() > 1
+                && x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    != n2[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        })
+        .count();
+    assert!(differ > 10, "{a} and {b} are identical");
+}
+
 /// DML's peer classifier: `width`, same input as `cls_config`'s model.
 fn dml_peer(width: f64) -> serde_json::Value {
     serde_json::json!({"model": {"arch": "classifier",
@@ -240,25 +314,17 @@ fn dml_trains_k_networks_resumes_exactly_and_serves_each() {
     // Three networks: model (R18 ×0.25), a twin without a seed, an R18 ×0.5.
     let dml = serde_json::json!({"method": {"type": "dml", "evaluate": "net3",
         "peers": [dml_peer(0.25), dml_peer(0.5)]}});
-    let full = cls_config(dir, "dml_full", dml.clone());
-    let o = ok(&kdet(&["train", &full]));
-    assert!(o.contains("val top-1"), "{o}");
-    let split = cls_config(dir, "dml_split", dml);
-    ok(&kdet(&["train", &split, "--stop-after", "2"]));
-    let o = ok(&kdet(&["train", &split, "--resume"]));
-    assert!(o.contains("resumed at 2"), "{o}");
-    let (a, b) = (dir.join("dml_full"), dir.join("dml_split"));
-    for f in [
-        "net1.safetensors",
-        "net2.safetensors",
-        "net3.safetensors",
-        "model.safetensors",
-    ] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f}: the resumed run differs from the uninterrupted one"
-        );
-    }
+    let (full, a, _) = straight_and_resumed(
+        dir,
+        "dml",
+        dml,
+        &[
+            "net1.safetensors",
+            "net2.safetensors",
+            "net3.safetensors",
+            "model.safetensors",
+        ],
+    );
     assert!(
         std::fs::read(a.join("model.safetensors")).unwrap()
             == std::fs::read(a.join("net3.safetensors")).unwrap(),
@@ -270,16 +336,7 @@ fn dml_trains_k_networks_resumes_exactly_and_serves_each() {
     }
     // Twins of one architecture and no seed did not train as one network.
     let t = |f: &str| candle_core::safetensors::load(a.join(f), &candle_core::Device::Cpu).unwrap();
-    let (n1, n2) = (t("net1.safetensors"), t("net2.safetensors"));
-    let differ = n1
-        .iter()
-        .filter(|(k, x)| {
-            x.dims().len() > 1
-                && x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-                    != n2[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        })
-        .count();
-    assert!(differ > 10, "net1 and net2 are identical");
+    assert_twins_differ(&a, "net1", "net2");
     // Export of the chosen network only, from the checkpoint; eval of each.
     let ck = a.join("checkpoint.safetensors");
     for net in ["net2", "net3"] {
@@ -376,18 +433,12 @@ fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network
             "backbone": {"depth": 18, "width": 0.5, "norm": "bn", "trainable_layers": 5},
             "input": {"min_size": 32, "max_size": 32, "size_divisible": 1, "square": true},
             "head": {"type": "linear"}}}});
-    let full = cls_config(dir, "dcm_full", dcm.clone());
-    ok(&kdet(&["train", &full]));
-    let split = cls_config(dir, "dcm_split", dcm);
-    ok(&kdet(&["train", &split, "--stop-after", "2"]));
-    ok(&kdet(&["train", &split, "--resume"]));
-    let (a, b) = (dir.join("dcm_full"), dir.join("dcm_split"));
-    for f in ["net1.safetensors", "net2.safetensors", "model.safetensors"] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f}: the resumed run differs from the uninterrupted one"
-        );
-    }
+    let (full, a, b) = straight_and_resumed(
+        dir,
+        "dcm",
+        dcm,
+        &["net1.safetensors", "net2.safetensors", "model.safetensors"],
+    );
     let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
     for k in [
         "net1.dcm.ce_aux1",
@@ -400,19 +451,8 @@ fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network
     let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
     // The checkpoint holds the auxiliary classifiers (the same after the resume); the exported
     // network does not.
-    let (ca, cb) = (
-        t(&a.join("checkpoint.safetensors")),
-        t(&b.join("checkpoint.safetensors")),
-    );
-    let aux: Vec<&String> = ca.keys().filter(|k| k.contains(".aux.")).collect();
+    let aux = same_method_variables(&a, &b);
     assert!(aux.iter().any(|k| k.contains("net1.aux.backbone.c3.")));
-    for k in aux {
-        assert_eq!(
-            ca[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            cb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            "{k}"
-        );
-    }
     let out = dir.join("net2_export.safetensors");
     ok(&kdet(&[
         "export",
@@ -439,6 +479,166 @@ fn dcm_trains_with_auxiliary_classifiers_resumes_exactly_and_exports_one_network
         (
             serde_json::json!({"method": {"type": "dcm", "partner": {"arch": "paa"}}}),
             "method.partner.arch: dcm trains two classifiers, not `paa`",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let c = cls_config(dir, &format!("bad{i}"), extra);
+        let e = fails(&kdet(&["train", &c]));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+/// A classifier section of `width` at 32 px (FFSD's and DCM's tests: c4 is 2×2 there).
+fn peer32(width: f64) -> serde_json::Value {
+    serde_json::json!({"model": {"arch": "classifier",
+        "backbone": {"depth": 18, "width": width, "norm": "bn", "trainable_layers": 5},
+        "input": {"min_size": 32, "max_size": 32, "size_divisible": 1, "square": true},
+        "head": {"type": "linear"}}})
+}
+
+#[test]
+fn dcm_twins_start_different() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let dcm = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}, "head": {"type": "linear"}},
+        "solver": {"iterations": 2},
+        "method": {"type": "dcm", "partner": peer32(0.25)["model"].clone()}});
+    ok(&kdet(&["train", &cls_config(dir, "dcm_twins", dcm)]));
+    assert_twins_differ(&dir.join("dcm_twins"), "net1", "net2");
+}
+
+#[test]
+fn ffsd_trains_a_leader_resumes_exactly_and_exports_the_leader_only() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // The leader (R18 ×0.5) and two R18 ×0.25 students without seeds (twins); c4 is 2×2.
+    let ffsd = serde_json::json!({"model": {"input": {"min_size": 32, "max_size": 32}, "head": {"type": "linear"},
+                  "backbone": {"width": 0.5}},
+        "method": {"type": "ffsd", "students": [peer32(0.25), peer32(0.25)],
+                   "last_stage": "backbone.c4", "warmup_epochs": 2}});
+    let (full, a, b) = straight_and_resumed(
+        dir,
+        "ffsd",
+        ffsd,
+        &[
+            "net1.safetensors",
+            "net2.safetensors",
+            "net3.safetensors",
+            "model.safetensors",
+        ],
+    );
+    assert!(
+        std::fs::read(a.join("model.safetensors")).unwrap()
+            == std::fs::read(a.join("net1.safetensors")).unwrap(),
+        "model.safetensors is the leader"
+    );
+    assert_twins_differ(&a, "net2", "net3");
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for k in [
+        "net1.ffsd.kd",
+        "net1.ffsd.trans_fusion",
+        "net1.ffsd.sd_train",
+        "net2.ffsd.dml",
+        "net3.ffsd.diversity",
+        "fusion.ffsd.ce",
+        "ffsd.warmup",
+    ] {
+        assert!(log.contains(k), "{k} missing from metrics");
+    }
+    let t = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    // The checkpoint holds the method's modules (the same after the resume); the first student
+    // has no chain.
+    let aux = same_method_variables(&a, &b);
+    for m in [
+        "ffsd.fusion.fc2.",
+        "net1.trans_fusion_module.",
+        "net1.sd.layer1.",
+        "net3.sd.",
+    ] {
+        assert!(aux.iter().any(|k| k.contains(m)), "{m} not checkpointed");
+    }
+    assert!(!aux.iter().any(|k| k.contains("net2.sd.")));
+    // Export from the checkpoint: the leader, its own tensors only.
+    let out = dir.join("leader.safetensors");
+    ok(&kdet(&[
+        "export",
+        "--config",
+        &full,
+        "--weights",
+        a.join("checkpoint.safetensors").to_str().unwrap(),
+        "--format",
+        "kdet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let (e, w) = (t(&out), t(&a.join("net1.safetensors")));
+    assert_eq!(e.len(), w.len(), "only the leader's tensors");
+    for (k, x) in &e {
+        assert_eq!(
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            w[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    // A student's predictions compare with the leader's run as a classifier run.
+    let o = ok(&kdet(&[
+        "compare",
+        a.to_str().unwrap(),
+        a.join("net3_predictions.json").to_str().unwrap(),
+    ]));
+    assert!(o.contains("net3_predictions"), "{o}");
+    // A student is served with --network.
+    let o = ok(&kdet(&[
+        "eval",
+        "--config",
+        &full,
+        "--weights",
+        a.join("net3.safetensors").to_str().unwrap(),
+        "--network",
+        "net3",
+    ]));
+    assert!(o.contains("top-1 accuracy"), "{o}");
+}
+
+#[test]
+fn ffsd_config_errors_are_located() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let input = serde_json::json!({"min_size": 32, "max_size": 32});
+    let ffsd = |method: serde_json::Value| {
+        let mut m = serde_json::json!({"type": "ffsd", "students": [peer32(0.25), peer32(0.25)],
+                                       "last_stage": "backbone.c4"});
+        merge(&mut m, method);
+        serde_json::json!({"model": {"input": input.clone()}, "method": m})
+    };
+    let cases = [
+        (
+            ffsd(serde_json::json!({"students": [peer32(0.25)]})),
+            "method.students: ffsd fuses the features of at least two common students",
+        ),
+        (
+            ffsd(serde_json::json!({"students": [peer32(0.25), {"model": {"arch": "paa"}}]})),
+            "method.students[1].model.arch: ffsd trains classifiers, not `paa`",
+        ),
+        (
+            ffsd(serde_json::json!({"students": [peer32(0.25), dml_peer(0.25)]})),
+            "method.students[1].model.input: must equal model.input",
+        ),
+        (
+            ffsd(serde_json::json!({"last_stage": "backbone.c2"})),
+            "method.last_stage: unknown stage `backbone.c2`",
+        ),
+        (
+            ffsd(serde_json::json!({"last_stage": "backbone.c5"})),
+            "method.last_stage: its map is 1×1",
+        ),
+        (
+            ffsd(serde_json::json!({"lambda_fusion": -1.0})),
+            "method.lambda_fusion",
+        ),
+        (
+            ffsd(serde_json::json!({"evaluate": "net4"})),
+            "method.evaluate: `net4` is none of net1, net2, net3",
         ),
     ];
     for (i, (extra, want)) in cases.into_iter().enumerate() {

@@ -36,6 +36,10 @@
 #                 net1) vs the same network pretrained alone (cls_ssl_alone): k-NN, probe.
 #             Measured steps (2-core CPU, shared): pretraining ≈ 0.13 s/iter (≈ 7 min per
 #             3000-iteration run), DoGo ≈ 0.5 s/iter (≈ 25 min per seed); ≈ 2.5–3 h in all
+#   mutual    issue 22 on the balanced classification data: R18×0.25 and ×0.5 alone, DML, DCM,
+#             FFSD (same architecture twice; ×0.25 with ×0.5), each mutual network against the
+#             same network alone and FFSD's leader against DML; on detection, DML between
+#             Co-LAD's PAA pair against each alone and against Co-LAD
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
 #
@@ -61,11 +65,11 @@ PICKED=()
 for a in "$@"; do
   case $a in
     --list) LIST=1 ;;
-    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|online|fed|ssl|data1) PICKED+=("$a") ;;
-    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl data1; --list)" >&2; exit 2 ;;
+    teachers|chen|paa|simclr|cbd|backbone|feat_cross|feat_paa|feat_frcnn|online|fed|ssl|mutual|data1) PICKED+=("$a") ;;
+    *) echo "seed_evidence.sh: unknown argument $a (groups: teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl mutual data1; --list)" >&2; exit 2 ;;
   esac
 done
-[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl data1)
+[ ${#PICKED[@]} -gt 0 ] || PICKED=(teachers chen paa simclr cbd backbone feat_cross feat_paa feat_frcnn online fed ssl mutual data1)
 wanted() { [[ " ${PICKED[*]} " == *" $1 "* ]]; }
 
 # KDET names a built binary to use (e.g. a copy, so that builds meanwhile do not replace it).
@@ -121,18 +125,41 @@ compare() {
   $KDET compare "$@" | tee "$OUT/$label.md"
 }
 
-# Co-LAD's network 1 as an arm: its detections in each seed folder, one --arm list.
-colad_net1() {
-  local dir=$1 list=()
-  for d in "$dir"/seed-*; do list+=("$d/net1_detections.json"); done
+# Another network of a multi-network run as an arm: net_arm(dir, net, kind) lists
+# dir/seed-*/<net>_<kind>.json (kind: detections or predictions), one --arm list.
+net_arm() {
+  local dir=$1 net=$2 kind=$3 list=()
+  for d in "$dir"/seed-*; do list+=("$d/${net}_${kind}.json"); done
   local IFS=,
   echo "${list[*]}"
 }
+# Co-LAD's network 1 as an arm: its detections in each seed folder.
+colad_net1() { net_arm "$1" net1 detections; }
 seed_list() {
   local dir=$1 list=()
   for d in "$dir"/seed-*; do list+=("$d"); done
   local IFS=,
   echo "${list[*]}"
+}
+
+# compare_arms(label, arm…): compare over --arm lists, each arm a multi-seed run folder (its
+# evaluated network) or DIR:NET:KIND, another of its networks (net_arm DIR NET KIND).
+compare_arms() {
+  local label=$1 a dir net kind args=()
+  shift
+  if [ $LIST = 1 ]; then
+    echo "compare   $label: $*"
+    return
+  fi
+  for a in "$@"; do
+    case $a in
+      *:*:*)
+        IFS=: read -r dir net kind <<<"$a"
+        args+=(--arm "$(net_arm "$dir" "$net" "$kind")") ;;
+      *) args+=(--arm "$(seed_list "$a")") ;;
+    esac
+  done
+  compare "$label" "${args[@]}"
 }
 
 CHEN_ROWS=(frcnn_distill_l2_regression frcnn_distill_bounded_regression frcnn_distill_soft_ce
@@ -240,6 +267,26 @@ if wanted ssl; then
   compare ssl_finetune runs/cls_student_10pct runs/cls_simclr_finetune
   compare ssl_recipe runs/cls_student_10pct runs/cls_simclr_recipe
   compare ssl_dogo runs/cls_ssl_alone runs/cls_dogo
+fi
+
+if wanted mutual; then
+  # Classification (balanced data): each network alone, then every method. DML and DCM evaluate
+  # net1 (model.safetensors); their net2 is an arm of its own. FFSD's leader is net1.
+  for r in cls_student cls_student_x05 cls_dml cls_dml_mixed cls_dcm cls_dcm_mixed cls_ffsd \
+    cls_ffsd_mixed; do seeds "$r" "$SEEDS"; done
+  compare_arms online_r18x025_twins runs/cls_student runs/cls_dml runs/cls_dml:net2:predictions \
+    runs/cls_dcm runs/cls_dcm:net2:predictions runs/cls_ffsd
+  # Mixed: DML / DCM pair ×0.25 (net1) with ×0.5 (net2); FFSD's ×0.5 leader learns from two
+  # ×0.25 students (its students share one width).
+  compare_arms online_mixed_r18x025 runs/cls_student runs/cls_dml_mixed runs/cls_dcm_mixed
+  compare_arms online_mixed_r18x05 runs/cls_student_x05 runs/cls_dml_mixed:net2:predictions \
+    runs/cls_dcm_mixed:net2:predictions runs/cls_ffsd_mixed
+  compare_arms ffsd_leader_vs_dml runs/cls_dml runs/cls_ffsd
+  compare_arms ffsd_mixed_leader_vs_dml runs/cls_dml_mixed:net2:predictions runs/cls_ffsd_mixed
+  # Detection: DML between Co-LAD's PAA pair (evaluates net2, the ×0.5 partner).
+  for r in paa_student paa_partner colad paa_dml; do seeds "$r" "$SEEDS"; done
+  compare_arms dml_paa_net1 runs/paa_student runs/paa_dml:net1:detections runs/colad:net1:detections
+  compare_arms dml_paa_net2 runs/paa_partner runs/paa_dml runs/colad
 fi
 
 # data1: configs on data seed 1, written under $OUT/data1/; teachers that are runs of this

@@ -53,9 +53,10 @@ pub fn run(args: InferArgs, device: &Option<String>) -> anyhow::Result<ExitCode>
     let cfg = load_config(&config, device)?;
     let weights = local_weights(&weights)?;
     let (net, names, ids) = load_model(&cfg, &weights, network.as_deref(), classes)?;
-    let top_k = match net.config.arch() {
-        "classifier" => classifier_flags(top_k, names.len(), score_thr),
-        _ => top_k,
+    let top_k = if net.config.classifies_images() {
+        classifier_flags(top_k, names.len(), score_thr)
+    } else {
+        top_k
     };
     let score_thr = score_thr.unwrap_or(0.5);
     let images = kdet::infer::collect_images(&inputs)?;

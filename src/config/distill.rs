@@ -263,6 +263,45 @@ pub enum MethodConfig {
         #[serde(default = "dml_evaluated")]
         evaluate: String,
     },
+    /// FFSD (Li et al. 2021, "Distilling a Powerful Student Model via Online Knowledge
+    /// Distillation"; github.com/SJLeo/FFSD): a leader (`model`, `net1`) and common students
+    /// (`students`, `net2` …) train together from scratch. The students learn from each other
+    /// (DML at temperature T) and, from the second on, are pushed away from the previous one's
+    /// attention (diversity) and self-distilled; a feature-fusion module fuses their last maps
+    /// into a classifier that teaches the leader (logits and attention), the leader also
+    /// self-distilled. The fusion module, the leader's trans-fusion branch and the
+    /// self-distillation chains are method variables (checkpointed, never exported). Formulas:
+    /// docs/methods.md.
+    Ffsd {
+        /// The common students (at least two): a model section each (a classifier with the
+        /// leader's input and stage layout), with an optional seed.
+        students: Vec<DmlPeer>,
+        /// The stage whose map is fused, diversified and self-distilled from (`backbone.c3` …
+        /// `backbone.c5`); the shallower stages mimic it. The released code: the last stage
+        /// (ImageNet ResNet-18: layer4, `backbone.c5`).
+        #[serde(default = "ffsd_last_stage")]
+        last_stage: String,
+        /// T of every KD term. The released `--temperature` default: 2.
+        #[serde(default = "ffsd_temperature")]
+        temperature: f64,
+        /// λ of the diversity and the students' self-distillation terms. Released: 1e-5.
+        #[serde(default = "ffsd_lambda_diversity")]
+        lambda_diversity: f64,
+        /// λ of the leader's fusion, trans-fusion and self-distillation terms. Released: 10.
+        #[serde(default = "ffsd_lambda_fusion")]
+        lambda_fusion: f64,
+        /// λ of the self-distillation modules' own training loss. Released: 1000.
+        #[serde(default = "ffsd_lambda_self_distillation")]
+        lambda_self_distillation: f64,
+        /// Epochs over which the three λ rise as `λ·exp(−5(1 − e/α)²)` (epoch e from 1).
+        /// Released `lambda_warmup`: α = 5; 0 = no warm-up.
+        #[serde(default = "ffsd_warmup_epochs")]
+        warmup_epochs: u64,
+        /// The network that evaluation, `model.safetensors` and export describe. FFSD keeps the
+        /// leader: `net1`.
+        #[serde(default = "dml_evaluated")]
+        evaluate: String,
+    },
     /// SimCLRv2's distillation (Chen et al. 2020, "Big Self-Supervised Models are Strong
     /// Semi-Supervised Learners", Eq. 3): the student learns the fixed teacher's class
     /// distribution at temperature τ on every training image (add the unlabeled ones with
@@ -435,6 +474,25 @@ pub fn dml_names(k: usize) -> Vec<String> {
     (1..=k).map(|i| format!("net{i}")).collect()
 }
 
+fn ffsd_last_stage() -> String {
+    "backbone.c5".into()
+}
+fn ffsd_temperature() -> f64 {
+    2.0
+}
+fn ffsd_lambda_diversity() -> f64 {
+    1e-5
+}
+fn ffsd_lambda_fusion() -> f64 {
+    10.0
+}
+fn ffsd_lambda_self_distillation() -> f64 {
+    1000.0
+}
+fn ffsd_warmup_epochs() -> u64 {
+    5
+}
+
 fn dcm_stages() -> Vec<String> {
     vec!["backbone.c3".into(), "backbone.c4".into()]
 }
@@ -497,6 +555,7 @@ impl MethodConfig {
             MethodConfig::Fedntd { .. } => "fedntd",
             MethodConfig::Fedx { .. } => "fedx",
             MethodConfig::Dogo { .. } => "dogo",
+            MethodConfig::Ffsd { .. } => "ffsd",
         }
     }
 
@@ -513,6 +572,11 @@ impl MethodConfig {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| (format!("method.peers[{i}].model"), &*p.model))
+                .collect(),
+            MethodConfig::Ffsd { students, .. } => students
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("method.students[{i}].model"), &*p.model))
                 .collect(),
             _ => vec![],
         }
@@ -544,7 +608,7 @@ impl MethodConfig {
     /// `p` is `method`.
     pub fn validate(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
         let classifier = || -> Check {
-            if model.arch() != "classifier" {
+            if !model.classifies_images() {
                 return Err(invalid(
                     "model.arch",
                     format!(
@@ -587,7 +651,7 @@ impl MethodConfig {
                 out_dim,
                 augment,
             } => {
-                if model.arch() != "classifier" {
+                if !model.classifies_images() {
                     return Err(invalid(
                         "model.arch",
                         format!(
@@ -691,7 +755,7 @@ impl MethodConfig {
                     ));
                 }
                 for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
-                    if m.arch() != "classifier" {
+                    if !m.classifies_images() {
                         return Err(invalid(
                             format!("{path}.arch"),
                             format!("dcm trains two classifiers, not `{}`", m.arch()),
@@ -777,7 +841,7 @@ impl MethodConfig {
                     ));
                 }
                 for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
-                    if m.arch() != "classifier" {
+                    if !m.classifies_images() {
                         return Err(invalid(
                             format!("{path}.arch"),
                             format!("dogo trains two classifiers, not `{}`", m.arch()),
@@ -807,6 +871,7 @@ impl MethodConfig {
                     ));
                 }
             }
+            MethodConfig::Ffsd { .. } => self.validate_ffsd(teachers, model)?,
             MethodConfig::Colad { partner, .. } => {
                 if !teachers.is_empty() {
                     return Err(invalid(
@@ -831,7 +896,7 @@ impl MethodConfig {
     /// A federated client method's model and teachers: a classifier, and no teachers (the
     /// round's global model is its only one).
     fn federated_classifier(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
-        if model.arch() != "classifier" {
+        if !model.classifies_images() {
             return Err(invalid(
                 "model.arch",
                 format!(
@@ -848,6 +913,79 @@ impl MethodConfig {
                     "{} learns from the round's global model; give no `teachers`",
                     self.name()
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_ffsd(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
+        let MethodConfig::Ffsd {
+            students,
+            last_stage,
+            temperature,
+            lambda_diversity,
+            lambda_fusion,
+            lambda_self_distillation,
+            evaluate,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if !teachers.is_empty() {
+            return Err(invalid(
+                "teachers",
+                "ffsd trains its networks from each other; give no `teachers`",
+            ));
+        }
+        if students.len() < 2 {
+            return Err(invalid(
+                "method.students",
+                format!(
+                    "ffsd fuses the features of at least two common students besides the leader (`model`); {} given",
+                    students.len()
+                ),
+            ));
+        }
+        let mut nets = vec![("model".to_string(), model)];
+        for (i, p) in students.iter().enumerate() {
+            let path = format!("method.students[{i}].model");
+            p.model.validate(&path)?;
+            nets.push((path, &*p.model));
+        }
+        for (path, m) in &nets {
+            if !m.classifies_images() {
+                return Err(invalid(
+                    format!("{path}.arch"),
+                    format!("ffsd trains classifiers, not `{}`", m.arch()),
+                ));
+            }
+            if m.input() != model.input() {
+                return Err(invalid(
+                    format!("{path}.input"),
+                    "must equal model.input: every network sees the same batch",
+                ));
+            }
+        }
+        const STAGES: [&str; 3] = ["backbone.c3", "backbone.c4", "backbone.c5"];
+        if !STAGES.contains(&last_stage.as_str()) {
+            return Err(invalid(
+                "method.last_stage",
+                format!(
+                    "unknown stage `{last_stage}`: one of {} (a shallower stage must remain to mimic it)",
+                    STAGES.join(", ")
+                ),
+            ));
+        }
+        positive("method.temperature", *temperature)?;
+        nonneg("method.lambda_diversity", *lambda_diversity)?;
+        nonneg("method.lambda_fusion", *lambda_fusion)?;
+        nonneg("method.lambda_self_distillation", *lambda_self_distillation)?;
+        let names = dml_names(students.len() + 1);
+        if !names.iter().any(|n| n == evaluate) {
+            return Err(invalid(
+                "method.evaluate",
+                format!("`{evaluate}` is none of {}", names.join(", ")),
             ));
         }
         Ok(())
@@ -1236,7 +1374,7 @@ pub fn validate_terms(
                 ] {
                     nonneg(&format!("{p}.{k}"), *v as f64)?;
                 }
-                if student.arch() == "classifier" {
+                if student.classifies_images() {
                     return Err(invalid(
                         &p,
                         "fgd masks the maps with the ground-truth boxes, which a classifier's data has not; use pkd, cwd or mgd",

@@ -182,7 +182,7 @@ impl LoadedConfig {
                 "{}: no network `{name}` ({})",
                 self.path.display(),
                 match self.network_names().as_slice() {
-                    [] => "only colad, dml, dcm and dogo train several networks".to_string(),
+                    [] => "only colad, dcm, dml, dogo and ffsd train several networks".to_string(),
                     names => format!("this config trains {}", names.join(", ")),
                 }
             ))),
@@ -200,6 +200,7 @@ impl LoadedConfig {
             Some(MethodConfig::Dml { evaluate, .. })
             | Some(MethodConfig::Dcm { evaluate, .. })
             | Some(MethodConfig::Dogo { evaluate, .. }) => Some(evaluate),
+            Some(MethodConfig::Ffsd { evaluate, .. }) => Some(evaluate),
             _ => None,
         }
     }

@@ -144,13 +144,10 @@ impl Method for Cbd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distill::teacher::Teacher;
     use crate::models::config::ModelConfig;
     use crate::models::contract::Want;
-    use candle_core::{DType, Device};
-    use candle_nn::VarBuilder;
+    use candle_core::Device;
     use rand::SeedableRng;
-    use std::collections::HashMap;
 
     #[test]
     fn feature_loss_and_ensemble_target_by_hand() {
@@ -190,18 +187,12 @@ mod tests {
     }
 
     fn teacher(seed: u64, index: usize) -> ClassTeacher {
-        let dev = Device::Cpu;
-        let net = Network::new(&model(None), 3, seed, &dev).unwrap();
-        let plain: HashMap<String, Tensor> = net
-            .named_tensors()
-            .into_iter()
-            .map(|(k, t)| (k, t.detach()))
-            .collect();
-        let m = model(None)
-            .family()
-            .build(VarBuilder::from_tensors(plain, DType::F32, &dev), 3)
-            .unwrap();
-        ClassTeacher::Model(Teacher::from_model(m, model(None), index))
+        ClassTeacher::Model(crate::distill::test_util::frozen_teacher(
+            &model(None),
+            3,
+            seed,
+            index,
+        ))
     }
 
     #[test]

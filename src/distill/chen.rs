@@ -96,10 +96,8 @@ mod tests {
     use crate::models::config::ModelConfig;
     use crate::models::contract::{Head, Want};
     use candle_core::Device;
-    use candle_core::{DType, Tensor};
-    use candle_nn::VarBuilder;
+    use candle_core::Tensor;
     use rand::SeedableRng;
-    use std::collections::HashMap;
 
     fn tiny() -> ModelConfig {
         serde_json::from_value(serde_json::json!({
@@ -114,18 +112,7 @@ mod tests {
 
     /// A teacher of the tiny architecture over plain tensors (another seed).
     fn plain_teacher(seed: u64) -> Teacher {
-        let dev = Device::Cpu;
-        let tv = Network::new(&tiny(), 2, seed, &dev).unwrap();
-        let plain: HashMap<String, Tensor> = tv
-            .named_tensors()
-            .into_iter()
-            .map(|(k, t)| (k, t.detach()))
-            .collect();
-        let tm = tiny()
-            .family()
-            .build(VarBuilder::from_tensors(plain, DType::F32, &dev), 2)
-            .unwrap();
-        Teacher::from_model(tm, tiny(), 0)
+        crate::distill::test_util::frozen_teacher(&tiny(), 2, seed, 0)
     }
 
     fn batch() -> Batch {
@@ -261,23 +248,12 @@ mod tests {
     /// A teacher over plain tensors whose FPN is twice as wide as the student's (an align conv
     /// each), seeded by `seed`.
     fn wide_teacher(seed: u64) -> Teacher {
-        let dev = Device::Cpu;
         let mut cfg = tiny();
         let ModelConfig::FasterRcnn(f) = &mut cfg else {
             unreachable!("tiny() is a Faster R-CNN")
         };
         f.fpn.out_channels = 32;
-        let tv = Network::new(&cfg, 2, seed, &dev).unwrap();
-        let plain: HashMap<String, Tensor> = tv
-            .named_tensors()
-            .into_iter()
-            .map(|(k, t)| (k, t.detach()))
-            .collect();
-        let tm = cfg
-            .family()
-            .build(VarBuilder::from_tensors(plain, DType::F32, &dev), 2)
-            .unwrap();
-        Teacher::from_model(tm, cfg, 0)
+        crate::distill::test_util::frozen_teacher(&cfg, 2, seed, 0)
     }
 
     #[test]

@@ -30,9 +30,9 @@ use super::kd::{kd_loss, kd_sigmoid_loss};
 use crate::config::distill::{dml_names, MethodConfig};
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
-use crate::engine::method::{network, own_pass, Method, NamedNetwork, RunData, StepOutput};
+use crate::engine::method::{own_pass, peer_networks, Method, NamedNetwork, RunData, StepOutput};
 use crate::error::{Error, Result};
-use crate::models::build::{network_seed, Network};
+use crate::models::build::Network;
 use crate::models::contract::{ClassScores, Head, StepRng, Want};
 
 pub struct Dml {
@@ -55,19 +55,16 @@ impl Dml {
                 "internal: DML built from another method's config",
             ));
         };
-        let mut nets = vec![network(cfg, &c.model, "model", c.seed, run)?];
-        for (i, p) in peers.iter().enumerate() {
-            let path = format!("method.peers[{i}].model");
-            let seed = p.seed.unwrap_or(network_seed(c.seed, i + 1));
-            let net = network(cfg, &p.model, &path, seed, run)?;
-            // Every network scores the others' samples: the heads must line up (same anchors).
-            let n1 = &nets[0];
+        let built = peer_networks(cfg, peers, "peers", run)?;
+        // Every network scores the others' samples: the heads must line up (same anchors).
+        for (net, path) in &built[1..] {
+            let n1 = &built[0].0;
             n1.config
                 .family()
                 .check_teacher(&net.config, n1.model.class_head(), false)
                 .map_err(|e| cfg.error(&format!("{path}.{}", e.path), e.msg))?;
-            nets.push(net);
         }
+        let nets: Vec<Network> = built.into_iter().map(|(n, _)| n).collect();
         let names = dml_names(nets.len());
         let evaluated = names
             .iter()
@@ -193,6 +190,7 @@ impl Method for Dml {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::build::network_seed;
     use candle_core::Device;
 
     fn scalar(t: &Tensor) -> f64 {

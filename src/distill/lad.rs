@@ -124,10 +124,8 @@ mod tests {
     use crate::data::loader::Target;
     use crate::models::config::ModelConfig;
     use crate::models::paa::PaaAssignment;
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::VarBuilder;
+    use candle_core::{Device, Tensor};
     use rand::SeedableRng;
-    use std::collections::HashMap;
 
     fn tiny() -> ModelConfig {
         serde_json::from_value(serde_json::json!({
@@ -144,18 +142,7 @@ mod tests {
     /// A frozen PAA of the tiny architecture over plain tensors, its classifier's bias raised
     /// so that its predictions (and so its assignment) depend on its seed.
     fn teacher(seed: u64, index: usize) -> Teacher {
-        let dev = Device::Cpu;
-        let net = Network::new(&tiny(), 2, seed, &dev).unwrap();
-        let plain: HashMap<String, Tensor> = net
-            .named_tensors()
-            .into_iter()
-            .map(|(k, t)| (k, t.detach()))
-            .collect();
-        let m = tiny()
-            .family()
-            .build(VarBuilder::from_tensors(plain, DType::F32, &dev), 2)
-            .unwrap();
-        Teacher::from_model(m, tiny(), index)
+        crate::distill::test_util::frozen_teacher(&tiny(), 2, seed, index)
     }
 
     fn batch() -> Batch {

@@ -8,6 +8,7 @@
 //! | [`lad`] | LAD (Nguyen et al. 2022): the student trains on its teacher's label assignment |
 //! | [`colad`] | Co-LAD (Nguyen et al. 2022 §4): two networks on one assignment chosen per box × level |
 //! | [`dcm`] | dense cross-layer mutual-distillation (Yao & Sun 2020): two classifiers with auxiliary classifiers, KD between every cross pair |
+//! | [`ffsd`] | FFSD (Li et al. 2021): a leader taught by a fusion module over common students' features; diversity, self-distillation |
 //! | [`dml`] | deep mutual learning (Zhang et al. 2018): K networks, each with the mean KL from the others' (detached) probabilities on its own samples |
 //! | [`fedntd`] | FedNTD (Lee et al. 2022): a federated client's CE + β·τ²·KL on the not-true classes from the round's frozen global model |
 //! | [`fedx`] | FedX (Han et al. 2022): a federated client's local and global contrastive + relational losses, no labels |
@@ -42,6 +43,7 @@ pub mod dml;
 pub mod dogo;
 pub mod fedntd;
 pub mod fedx;
+pub mod ffsd;
 pub mod fgd;
 pub mod hint;
 pub mod kd;
@@ -78,6 +80,7 @@ pub fn build_method(cfg: &LoadedConfig, run: &RunData) -> Result<Box<dyn Method>
         Some(MethodConfig::Fedntd { .. }) => Box::new(fedntd::FedNtd::new(cfg, run)?),
         Some(MethodConfig::Fedx { .. }) => Box::new(fedx::FedX::new(cfg, run)?),
         Some(MethodConfig::Dogo { .. }) => Box::new(dogo::Dogo::new(cfg, run)?),
+        Some(MethodConfig::Ffsd { .. }) => Box::new(ffsd::Ffsd::new(cfg, run)?),
     })
 }
 
@@ -109,6 +112,33 @@ pub(crate) mod test_util {
                 })
                 .collect(),
         }
+    }
+
+    /// A frozen teacher of architecture `cfg` for `classes` classes, initialised from `seed`,
+    /// over plain tensors (no variables, so nothing of it can train): the methods' tests'
+    /// teacher, `index` its place in `teachers`.
+    pub fn frozen_teacher(
+        cfg: &crate::models::config::ModelConfig,
+        classes: usize,
+        seed: u64,
+        index: usize,
+    ) -> crate::distill::teacher::Teacher {
+        use candle_core::{DType, Device};
+        let dev = Device::Cpu;
+        let net = crate::models::build::Network::new(cfg, classes, seed, &dev).unwrap();
+        let plain: std::collections::HashMap<String, candle_core::Tensor> = net
+            .named_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect();
+        let m = cfg
+            .family()
+            .build(
+                candle_nn::VarBuilder::from_tensors(plain, DType::F32, &dev),
+                classes,
+            )
+            .unwrap();
+        crate::distill::teacher::Teacher::from_model(m, cfg.clone(), index)
     }
 
     /// Each of `names` (found by `var`) got a non-zero gradient in `grads`.

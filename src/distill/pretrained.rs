@@ -397,7 +397,7 @@ impl ClassTeacher {
                 continue;
             }
             let t = Teacher::load(cfg, i, run.num_classes(), &run.device)?;
-            if t.config.arch() != "classifier" {
+            if !t.config.classifies_images() {
                 return Err(cfg.error(
                     &format!("teachers[{i}].model.arch"),
                     format!(

@@ -242,6 +242,11 @@ pub trait Method {
         None
     }
 
+    /// The 0-based epoch of the coming `step`, told before each step: for methods whose loss
+    /// weights follow the epoch (FFSD's warm-up). The loop derives it from the iteration, so
+    /// `--resume` tells the same.
+    fn set_epoch(&mut self, _epoch: u64) {}
+
     /// One step: forward, assignment and losses of every network it trains.
     fn step(&mut self, batch: &Batch, rng: &mut StepRng) -> Result<StepOutput>;
 
@@ -394,6 +399,30 @@ pub fn network_for(
         }
     }
     Ok(net)
+}
+
+/// A multi-network method's networks: `model` (from `seed`), then each of `peers` (the section
+/// at `method.<key>[i].model`, from its own seed or `network_seed(seed, i + 1)`, so that networks
+/// of one architecture never start identical), each with its JSON path.
+pub fn peer_networks(
+    cfg: &LoadedConfig,
+    peers: &[crate::config::distill::DmlPeer],
+    key: &str,
+    run: &RunData,
+) -> Result<Vec<(Network, String)>> {
+    let c = &cfg.config;
+    let mut nets = vec![(
+        network(cfg, &c.model, "model", c.seed, run)?,
+        "model".to_string(),
+    )];
+    for (i, p) in peers.iter().enumerate() {
+        let path = format!("method.{key}[{i}].model");
+        let seed = p
+            .seed
+            .unwrap_or(crate::models::build::network_seed(c.seed, i + 1));
+        nets.push((network(cfg, &p.model, &path, seed, run)?, path));
+    }
+    Ok(nets)
 }
 
 /// A weights spec as the user wrote it when it is a hub file, else the resolved path.

@@ -628,6 +628,8 @@ impl Session<'_> {
             grad_clip: s.grad_clip,
             saved: self.saved,
         };
+        // Methods whose weights ramp over epochs (FFSD's λ warm-up) read it here.
+        method.set_epoch(epoch);
         let step = update(method, optimizers, batch, &at)?;
         let done = it + 1;
         self.pb.set_position(done);

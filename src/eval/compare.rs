@@ -110,6 +110,18 @@ impl RunInput {
                 self_supervised,
             })
         } else if p.is_file() {
+            // Another network's predictions in a classifier run's folder (DML's, DCM's, FFSD's
+            // `net2_predictions.json`): that run's ground truth and classes.
+            if let Some(dir) = p.parent().filter(|d| d.join("eval.json").is_file()) {
+                let run = Self::resolve(dir)?;
+                if run.classes.is_some() {
+                    return Ok(Self {
+                        name: name.trim_end_matches(".json").to_string(),
+                        detections: p.to_path_buf(),
+                        ..run
+                    });
+                }
+            }
             Ok(Self {
                 name: name.trim_end_matches(".json").to_string(),
                 detections: p.to_path_buf(),

@@ -30,6 +30,11 @@ pub trait Family {
     /// model's (same candidates; with `regression`, the same box coding), so a distillation term
     /// can compare them row by row. Errors name a path inside the teacher's model section.
     fn check_teacher(&self, teacher: &ModelConfig, head: Head, regression: bool) -> Check;
+    /// Whether the model classifies whole images (one `Head::Classifier` row per image) rather
+    /// than detecting boxes: what methods and commands that serve one kind ask, never `arch`.
+    fn classifies_images(&self) -> bool {
+        false
+    }
 }
 
 /// Declares [`ModelConfig`] from the family table: `Variant("arch") => SettingsType`.
@@ -105,6 +110,9 @@ impl ModelConfig {
     }
     pub fn taps(&self) -> Vec<TapSpec> {
         self.family().taps()
+    }
+    pub fn classifies_images(&self) -> bool {
+        self.family().classifies_images()
     }
 }
 

@@ -398,6 +398,9 @@ impl Family for ClassifierConfig {
             )),
         }
     }
+    fn classifies_images(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
