@@ -440,6 +440,17 @@ fn fedx_global() -> bool {
     true
 }
 
+/// `method.evaluate` of a two-network method: `net1` or `net2`.
+fn net1_or_net2(evaluate: &str) -> Check {
+    if evaluate != "net1" && evaluate != "net2" {
+        return Err(invalid(
+            "method.evaluate",
+            format!("`{evaluate}` is none of net1, net2"),
+        ));
+    }
+    Ok(())
+}
+
 fn dogo_temperature() -> f64 {
     0.5
 }
@@ -748,27 +759,7 @@ impl MethodConfig {
                 evaluate,
                 ..
             } => {
-                if !teachers.is_empty() {
-                    return Err(invalid(
-                        "teachers",
-                        "dcm trains its two networks from each other; give no `teachers`",
-                    ));
-                }
-                for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
-                    if !m.classifies_images() {
-                        return Err(invalid(
-                            format!("{path}.arch"),
-                            format!("dcm trains two classifiers, not `{}`", m.arch()),
-                        ));
-                    }
-                }
-                partner.validate("method.partner")?;
-                if partner.input() != model.input() {
-                    return Err(invalid(
-                        "method.partner.input",
-                        "must equal model.input: both networks see the same batch",
-                    ));
-                }
+                self.check_pair(teachers, model, partner, true)?;
                 const STAGES: [&str; 3] = ["backbone.c2", "backbone.c3", "backbone.c4"];
                 for (i, st) in stages.iter().enumerate() {
                     if !STAGES.contains(&st.as_str()) {
@@ -789,12 +780,7 @@ impl MethodConfig {
                 }
                 positive("method.temperature", *temperature)?;
                 nonneg("method.kd_weight", *kd_weight)?;
-                if evaluate != "net1" && evaluate != "net2" {
-                    return Err(invalid(
-                        "method.evaluate",
-                        format!("`{evaluate}` is none of net1, net2"),
-                    ));
-                }
+                net1_or_net2(evaluate)?;
             }
             MethodConfig::Fedntd { beta, temperature } => {
                 self.federated_classifier(teachers, model)?;
@@ -834,27 +820,7 @@ impl MethodConfig {
                 evaluate,
                 ..
             } => {
-                if !teachers.is_empty() {
-                    return Err(invalid(
-                        "teachers",
-                        "dogo trains its two networks from the images and each other; give no `teachers`",
-                    ));
-                }
-                for (m, path) in [(model, "model"), (&**partner, "method.partner")] {
-                    if !m.classifies_images() {
-                        return Err(invalid(
-                            format!("{path}.arch"),
-                            format!("dogo trains two classifiers, not `{}`", m.arch()),
-                        ));
-                    }
-                }
-                partner.validate("method.partner")?;
-                if partner.input() != model.input() {
-                    return Err(invalid(
-                        "method.partner.input",
-                        "must equal model.input: both networks see the same views",
-                    ));
-                }
+                self.check_pair(teachers, model, partner, true)?;
                 positive("method.temperature", *temperature)?;
                 positive("method.kl_temperature", *kl_temperature)?;
                 for (i, w) in kl_weights.iter().enumerate() {
@@ -864,28 +830,11 @@ impl MethodConfig {
                     return Err(invalid("method.out_dim", "must be >= 1"));
                 }
                 augment.validate("method.augment")?;
-                if evaluate != "net1" && evaluate != "net2" {
-                    return Err(invalid(
-                        "method.evaluate",
-                        format!("`{evaluate}` is none of net1, net2"),
-                    ));
-                }
+                net1_or_net2(evaluate)?;
             }
             MethodConfig::Ffsd { .. } => self.validate_ffsd(teachers, model)?,
             MethodConfig::Colad { partner, .. } => {
-                if !teachers.is_empty() {
-                    return Err(invalid(
-                        "teachers",
-                        "colad trains its two networks from each other; give no `teachers`",
-                    ));
-                }
-                partner.validate("method.partner")?;
-                if partner.input() != model.input() {
-                    return Err(invalid(
-                        "method.partner.input",
-                        "must equal model.input: both networks see the same batch",
-                    ));
-                }
+                self.check_pair(teachers, model, partner, false)?;
             }
         }
         Ok(())
@@ -893,6 +842,43 @@ impl MethodConfig {
 }
 
 impl MethodConfig {
+    /// A method that trains `model` together with `method.partner` from scratch (Co-LAD, DCM,
+    /// DoGo): no teachers, a valid partner that sees the same input and, where the method is
+    /// for classifiers, two classifiers.
+    fn check_pair(
+        &self,
+        teachers: &[TeacherConfig],
+        model: &ModelConfig,
+        partner: &ModelConfig,
+        classifiers: bool,
+    ) -> Check {
+        let name = self.name();
+        if !teachers.is_empty() {
+            return Err(invalid(
+                "teachers",
+                format!("{name} trains its two networks from each other; give no `teachers`"),
+            ));
+        }
+        if classifiers {
+            for (m, path) in [(model, "model"), (partner, "method.partner")] {
+                if !m.classifies_images() {
+                    return Err(invalid(
+                        format!("{path}.arch"),
+                        format!("{name} trains two classifiers, not `{}`", m.arch()),
+                    ));
+                }
+            }
+        }
+        partner.validate("method.partner")?;
+        if partner.input() != model.input() {
+            return Err(invalid(
+                "method.partner.input",
+                "must equal model.input: both networks see the same images",
+            ));
+        }
+        Ok(())
+    }
+
     /// A federated client method's model and teachers: a classifier, and no teachers (the
     /// round's global model is its only one).
     fn federated_classifier(&self, teachers: &[TeacherConfig], model: &ModelConfig) -> Check {
