@@ -842,6 +842,22 @@ impl MethodConfig {
 }
 
 impl MethodConfig {
+    /// The seeds the config gives explicitly to the networks a method trains besides `model`:
+    /// Co-LAD's, DCM's and DoGo's `partner_seed`, DML's `peers[i].seed`, FFSD's
+    /// `students[i].seed` (`engine::seeds` moves them with the run's seed).
+    pub fn network_seeds_mut(&mut self) -> Vec<&mut u64> {
+        match self {
+            MethodConfig::Colad { partner_seed, .. }
+            | MethodConfig::Dcm { partner_seed, .. }
+            | MethodConfig::Dogo { partner_seed, .. } => partner_seed.iter_mut().collect(),
+            MethodConfig::Dml { peers, .. }
+            | MethodConfig::Ffsd {
+                students: peers, ..
+            } => peers.iter_mut().filter_map(|p| p.seed.as_mut()).collect(),
+            _ => vec![],
+        }
+    }
+
     /// A method that trains `model` together with `method.partner` from scratch (Co-LAD, DCM,
     /// DoGo): no teachers, a valid partner that sees the same input and, where the method is
     /// for classifiers, two classifiers.

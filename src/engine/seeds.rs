@@ -6,8 +6,9 @@
 //! helps is a statement about the distribution of such draws (Bouthillier et al. 2021).
 //!
 //! A seed is the config's `seed`: it sets the initial weights, data order, augmentation, the
-//! samplers and the steps' sampling (`engine::trainer`), and an explicit Co-LAD
-//! `method.partner_seed` moves with it (by the same offset), so network 2 is another draw too.
+//! samplers and the steps' sampling (`engine::trainer`), and the explicit seed of any other
+//! network the method trains (`method.partner_seed`, `method.peers[i].seed`,
+//! `method.students[i].seed`) moves with it (by the same offset), so it is another draw too.
 //! Nothing in the data section changes: `data.synthetic.seed` fixes the data set.
 //!
 //! `--resume` resumes each started seed, starts the ones not started and skips the finished
@@ -16,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::distill::MethodConfig;
 use crate::config::LoadedConfig;
 use crate::error::{Error, Result};
 use crate::eval::compare::{CompareOptions, RunInput};
@@ -68,19 +68,18 @@ impl SeedSpec {
     }
 }
 
-/// `cfg` trained with `seed`, into `<output_dir>/seed-<seed>`. An explicit Co-LAD
-/// `partner_seed` moves by the same offset from the config's own seed, so the config's seed
-/// gives exactly the config as written.
+/// `cfg` trained with `seed`, into `<output_dir>/seed-<seed>`. An explicit seed of another
+/// network (Co-LAD's, DCM's or DoGo's `partner_seed`, a DML peer's or FFSD student's `seed`)
+/// moves by the same offset from the config's own seed, so the config's seed gives exactly the
+/// config as written.
 pub fn seeded(cfg: &LoadedConfig, seed: u64) -> LoadedConfig {
     let mut s = cfg.clone();
     let offset = seed.wrapping_sub(cfg.config.seed);
     s.config.seed = seed;
-    if let Some(MethodConfig::Colad {
-        partner_seed: Some(p),
-        ..
-    }) = &mut s.config.method
-    {
-        *p = p.wrapping_add(offset);
+    if let Some(m) = &mut s.config.method {
+        for p in m.network_seeds_mut() {
+            *p = p.wrapping_add(offset);
+        }
     }
     s.config.output_dir = cfg
         .config
@@ -286,6 +285,7 @@ fn report_over_seeds(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::distill::MethodConfig;
 
     #[test]
     fn seed_counts_and_lists() {
@@ -297,5 +297,37 @@ mod tests {
         assert!(parse_seed_spec("1,1").unwrap_err().contains("twice"));
         assert!(parse_seed_spec("1,x").unwrap_err().contains("\"x\""));
         assert!(parse_seed_spec("three").unwrap_err().contains("count"));
+    }
+
+    /// Every network's explicit seed moves with the run's seed, not Co-LAD's alone: a DCM
+    /// partner, DML peers; a null seed stays null (derived from the run's seed at build time).
+    #[test]
+    fn explicit_network_seeds_move_with_the_run_seed() {
+        let load = |name: &str| {
+            crate::config::load(Path::new(&format!("configs/synth/{name}.json"))).unwrap()
+        };
+        let mut dcm = load("cls_dcm");
+        let mut dml = load("cls_dml");
+        let base = dcm.config.seed;
+        assert!(dcm
+            .config
+            .method
+            .as_mut()
+            .unwrap()
+            .network_seeds_mut()
+            .is_empty());
+        if let Some(MethodConfig::Dcm { partner_seed, .. }) = &mut dcm.config.method {
+            *partner_seed = Some(40);
+        }
+        if let Some(MethodConfig::Dml { peers, .. }) = &mut dml.config.method {
+            peers[0].seed = Some(7);
+        }
+        let moved = |c: &LoadedConfig| -> Vec<u64> {
+            let mut m = seeded(c, base + 3).config.method.unwrap();
+            m.network_seeds_mut().into_iter().map(|s| *s).collect()
+        };
+        assert_eq!(moved(&dcm), [43]);
+        assert_eq!(moved(&dml), [10]);
+        assert_eq!(seeded(&dml, base).config.method, dml.config.method);
     }
 }
