@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::config::distill::{ColadCriterion, ColadNetwork, MethodConfig};
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
-use crate::engine::method::{network, Method, NamedNetwork, RunData, StepOutput};
+use crate::engine::method::{network, partner_network, Method, NamedNetwork, RunData, StepOutput};
 use crate::error::{Error, Result};
 use crate::models::build::Network;
 use crate::models::contract::{CostAssignment, ImageCandidates, StepRng, Want};
@@ -45,8 +45,7 @@ impl Colad {
             ));
         };
         let n1 = network(cfg, &c.model, "model", c.seed, run)?;
-        let seed2 = partner_seed.unwrap_or(crate::models::build::network_seed(c.seed, 1));
-        let n2 = network(cfg, partner, "method.partner", seed2, run)?;
+        let n2 = partner_network(cfg, partner, *partner_seed, run)?;
         for (net, path) in [(&n1, "model"), (&n2, "method.partner")] {
             if net.model.cost_assignment().is_none() {
                 return Err(cfg.error(

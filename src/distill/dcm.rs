@@ -22,7 +22,9 @@ use super::kd::kd_loss;
 use crate::config::distill::MethodConfig;
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
-use crate::engine::method::{network, own_pass, Method, NamedNetwork, RunData, StepOutput};
+use crate::engine::method::{
+    network, own_pass, partner_network, Method, NamedNetwork, RunData, StepOutput,
+};
 use crate::error::{Error, Result};
 use crate::models::build::{network_seed, Network};
 use crate::models::classifier::{cross_entropy, image_labels};
@@ -69,8 +71,7 @@ impl Dcm {
             ));
         };
         let n1 = network(cfg, &c.model, "model", c.seed, run)?;
-        let seed2 = partner_seed.unwrap_or(network_seed(c.seed, 1));
-        let n2 = network(cfg, partner, "method.partner", seed2, run)?;
+        let n2 = partner_network(cfg, partner, *partner_seed, run)?;
         // Drawn after both networks, from a stream of its own.
         let aux_vars = Arc::new(SeededVarMap::new(network_seed(c.seed, 2)));
         let vb = aux_vars.builder(DType::F32, &run.device);
@@ -192,9 +193,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn scalar(t: &Tensor) -> f64 {
-        t.to_scalar::<f32>().unwrap() as f64
-    }
+    use crate::distill::test_util::scalar;
 
     /// One auxiliary + one final classifier per network, one image of label 0: every CE and the
     /// four cross pairs by hand; gradients reach each network's own logits only through its

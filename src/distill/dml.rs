@@ -193,9 +193,7 @@ mod tests {
     use crate::models::build::network_seed;
     use candle_core::Device;
 
-    fn scalar(t: &Tensor) -> f64 {
-        t.to_scalar::<f32>().unwrap() as f64
-    }
+    use crate::distill::test_util::scalar;
 
     /// KL(p_t ‖ p_s) by hand: rows [0, ln 3] vs [0, 0] → p_t = (1/4, 3/4), p_s = (1/2, 1/2):
     /// 1/4·ln(1/2) + 3/4·ln(3/2); second row identical logits → 0; mean over 2 rows.

@@ -28,7 +28,7 @@ use crate::config::distill::MethodConfig;
 use crate::config::LoadedConfig;
 use crate::data::contrastive::ContrastiveAugConfig;
 use crate::data::loader::Batch;
-use crate::engine::method::{network, Method, NamedNetwork, RunData, StepOutput};
+use crate::engine::method::{network, partner_network, Method, NamedNetwork, RunData, StepOutput};
 use crate::error::{Error, Result};
 use crate::models::build::{network_seed, Network};
 use crate::models::classifier::l2_normalize;
@@ -67,8 +67,7 @@ impl Dogo {
             ));
         };
         let n1 = network(cfg, &c.model, "model", c.seed, run)?;
-        let seed2 = partner_seed.unwrap_or(network_seed(c.seed, 1));
-        let n2 = network(cfg, partner, "method.partner", seed2, run)?;
+        let n2 = partner_network(cfg, partner, *partner_seed, run)?;
         // The heads' last layers draw after both networks, from a stream of their own.
         let heads = Arc::new(SeededVarMap::new(network_seed(c.seed, 2)));
         let mut dogo = Self::from_networks([n1, n2], heads, *out_dim, augment.clone())?;
@@ -197,9 +196,7 @@ mod tests {
     use candle_core::Device;
     use rand::SeedableRng;
 
-    fn scalar(t: &Tensor) -> f64 {
-        t.to_scalar::<f32>().unwrap() as f64
-    }
+    use crate::distill::test_util::scalar;
 
     /// `KL(S_peer ‖ S_own)` written out with loops in f64: cosine similarities of first views
     /// against second views, row softmax at T, summed and divided by N².

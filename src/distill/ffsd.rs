@@ -665,9 +665,7 @@ mod tests {
     use candle_core::{Device, Var};
     use rand::SeedableRng;
 
-    fn scalar(t: &Tensor) -> f64 {
-        t.to_scalar::<f32>().unwrap() as f64
-    }
+    use crate::distill::test_util::scalar;
 
     fn close(got: f64, want: f64) {
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");

@@ -225,9 +225,7 @@ mod tests {
     use candle_core::{DType, Var};
     use candle_nn::VarMap;
 
-    fn scalar(t: &Tensor) -> f64 {
-        t.to_scalar::<f32>().unwrap() as f64
-    }
+    use crate::distill::test_util::scalar;
 
     #[test]
     fn masks_weigh_boxes_by_area_and_share_the_background() {

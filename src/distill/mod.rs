@@ -90,6 +90,11 @@ pub(crate) mod test_util {
     use candle_core::backprop::GradStore;
     use candle_core::Var;
 
+    /// A scalar f32 tensor's value.
+    pub fn scalar(t: &candle_core::Tensor) -> f64 {
+        t.to_scalar::<f32>().unwrap() as f64
+    }
+
     /// Four random `side`-pixel images labelled 1, 2, 3, 1 (classification targets, no boxes).
     pub fn class_batch(side: usize) -> crate::data::loader::Batch {
         use crate::data::loader::{Batch, Target};

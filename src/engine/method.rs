@@ -401,6 +401,19 @@ pub fn network_for(
     Ok(net)
 }
 
+/// Network 2 of a two-network method (Co-LAD, DCM, DoGo): `method.partner`, from
+/// `partner_seed` or, when null, `network_seed(seed, 1)`, so that a partner of the student's
+/// architecture never starts identical to it.
+pub fn partner_network(
+    cfg: &LoadedConfig,
+    partner: &crate::models::config::ModelConfig,
+    partner_seed: Option<u64>,
+    run: &RunData,
+) -> Result<Network> {
+    let seed = partner_seed.unwrap_or(crate::models::build::network_seed(cfg.config.seed, 1));
+    network(cfg, partner, "method.partner", seed, run)
+}
+
 /// A multi-network method's networks: `model` (from `seed`), then each of `peers` (the section
 /// at `method.<key>[i].model`, from its own seed or `network_seed(seed, i + 1)`, so that networks
 /// of one architecture never start identical), each with its JSON path.
