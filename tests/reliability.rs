@@ -100,27 +100,28 @@ fn kill_before_the_final_evaluation_resumes_bit_exact() {
 
 /// `kill -9` at random moments of a run (checkpoints every iteration, so many land inside a
 /// checkpoint or metrics write), each time resumed; the result is the uninterrupted run.
+/// Each kill waits for the run to reach a target iteration (read from its metrics, so a loaded
+/// machine cannot make it miss the run) and then a pseudo-random part of an iteration.
 /// tools/fault_kill.sh does the same many more times.
 #[test]
 fn random_kills_then_resume_match_the_uninterrupted_run() {
     let d = tempfile::tempdir().unwrap();
     let solver = r#"{"iterations": 6, "batch_size": 2, "lr": 0.01, "warmup_iters": 1, "log_every": 1, "checkpoint_every": 1, "eval_every": 3, "schedule": {"type": "constant"}}"#;
     let a = config(d.path(), "a", solver);
-    // The first run also generates the dataset: time the second.
+    // The first run also generates the dataset: time the second, for a part of an iteration.
     ok(&kdet(&["train", &a]));
     let t0 = Instant::now();
     ok(&kdet(&["train", &a, "--fresh"]));
-    let full = t0.elapsed();
+    let iteration = t0.elapsed() / 6;
     let b = config(d.path(), "b", solver);
     let run = d.path().join("b");
-    // A fixed sequence of kill times (fractions of a whole run), spread over the run.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
-    for _ in 0..3 {
+    for target in [1, 3, 5] {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let frac = 0.2 + (state % 1000) as f64 / 1000.0 * 0.7;
+        let after = iteration.mul_f64((state % 1000) as f64 / 1000.0);
         let resume = run.join("checkpoint.safetensors").exists();
         let args: Vec<&str> = if resume {
             vec!["train", &b, "--resume"]
@@ -132,14 +133,21 @@ fn random_kills_then_resume_match_the_uninterrupted_run() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(full.mul_f64(frac));
+        let t0 = Instant::now();
+        while last_logged_iteration(&run) < target
+            && child.try_wait().unwrap().is_none()
+            && t0.elapsed().as_secs() < 300
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(after);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
         }
         child.wait().unwrap();
     }
-    assert!(kills > 0, "no kill landed in a run");
+    assert!(kills >= 2, "only {kills} of 3 kills landed in a run");
     let args: Vec<&str> = if run.join("checkpoint.safetensors").exists() {
         vec!["train", &b, "--resume"]
     } else {
@@ -147,6 +155,16 @@ fn random_kills_then_resume_match_the_uninterrupted_run() {
     };
     ok(&kdet(&args));
     assert_same_run(&d.path().join("a"), &run);
+}
+
+/// The highest `iter` in the run's metrics.jsonl (0 before any; a torn last line is skipped).
+fn last_logged_iteration(run: &Path) -> u64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("iter").and_then(|i| i.as_u64()))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM: the step finishes, a checkpoint is written, the run says how to
