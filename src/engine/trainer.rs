@@ -289,6 +289,25 @@ fn restore(
     if ck.iter > plan.total {
         return Err(too_short(cfg, ckpt_path, ck.iter, plan, &changes));
     }
+    checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, &method.frozen_inputs())?;
+    let iter = ck.iter;
+    load_checkpoint(ckpt_path, ck, &*method, optimizers)?;
+    eprintln!(
+        "resuming from {} at iteration {}",
+        ckpt_path.display(),
+        iter
+    );
+    Ok((iter, changes))
+}
+
+/// A checkpoint's tensors into `method`'s networks and own variables (refused unless they fit
+/// exactly), its optimizer state into each optimizer: the loop's `--resume` and `kdet online`'s.
+pub(crate) fn load_checkpoint(
+    ckpt_path: &Path,
+    ck: checkpoint::Checkpoint,
+    method: &dyn Method,
+    optimizers: &mut [Optimizer],
+) -> Result<()> {
     let mut tensors = ck.model;
     tensors.extend(ck.aux);
     let r = load_tensors(&state_vars(method), &tensors)?;
@@ -299,7 +318,6 @@ fn restore(
             r.describe()
         )));
     }
-    checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, &method.frozen_inputs())?;
     // Each optimizer takes its parameters' state; the last takes what is left, and refuses
     // entries for no parameter of its own.
     let mut state = ck.optim;
@@ -315,12 +333,7 @@ fn restore(
         o.load_state(mine, ck.optim_step)
             .map_err(|e| Error::msg(format!("{}: {e}", ckpt_path.display())))?;
     }
-    eprintln!(
-        "resuming from {} at iteration {}",
-        ckpt_path.display(),
-        ck.iter
-    );
-    Ok((ck.iter, changes))
+    Ok(())
 }
 
 /// The refusal of a run length below the checkpoint's iteration.
