@@ -332,27 +332,18 @@ pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Resu
     let mut solver = cfg.config.solver.clone();
     (solver.lr, solver.momentum) = (pol.lr, pol.momentum);
     let mut optimizers = optimizers(&method, &solver);
-    let identity = online_state::identity(
-        cfg,
-        &teacher.frozen_input(),
-        frames,
-        opts.truth.as_deref(),
-        opts.teacher_every_frame,
-    );
+    let frozen = teacher.frozen_input();
+    let (truth_file, every) = (opts.truth.as_deref(), opts.teacher_every_frame);
+    let identity = online_state::identity(cfg, &frozen, frames, truth_file, every);
     let (st, changes) = if opts.resume {
         let ckpt = out.join("checkpoint.safetensors");
-        let frozen = teacher.frozen_input();
         online_state::restore(cfg, &ckpt, &identity, &method, &mut optimizers, &frozen)?
     } else {
         let policy = StridePolicy::new(pol.min_stride, pol.max_stride);
         (Progress::new(policy), vec![])
     };
-    let out = open_folder(cfg, frames, &pol, opts.resume, &changes)?;
     let start = opts.resume.then_some(st.frames() as u64);
-    let mut log = MetricsLog::open(&out, start)?;
-    if let (Some(at), false) = (start, changes.is_empty()) {
-        log.write(&json!({"iter": at, "event": "resume", "changed": super::rundir::changes_json(&changes)}))?;
-    }
+    let (out, log) = open_folder(cfg, frames, &pol, start, &changes)?;
     let mut s = Stream {
         cfg,
         optimizers,
@@ -453,16 +444,18 @@ fn load_student(
 }
 
 /// Create and claim `output_dir` (a run folder: kdet's manifest, no input overwritten, no frame
-/// in it; a stream from its start removes the earlier run's files, a resumed one keeps them and
-/// the temporaries of killed writes go), write `config.json` (the config the stream started
-/// with) and record the settings a resume changed in `config_history.jsonl`.
+/// in it; a stream from its start removes the earlier run's files, one resumed after frame
+/// `resumed` keeps them and the temporaries of killed writes go), write `config.json` (the
+/// config the stream started with), open the metrics log (kept up to the resumed frame) and
+/// record the settings a resume changed there and in `config_history.jsonl`.
 fn open_folder(
     cfg: &LoadedConfig,
     frames: &[PathBuf],
     pol: &OnlineConfig,
-    resume: bool,
+    resumed: Option<u64>,
     changes: &[super::rundir::Change],
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, MetricsLog)> {
+    let resume = resumed.is_some();
     let out = cfg.resolve("output_dir", &cfg.config.output_dir);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let out = std::fs::canonicalize(&out).map_err(|e| Error::io(&out, e))?;
@@ -490,18 +483,11 @@ fn open_folder(
         let text = serde_json::to_string_pretty(&config_json).expect("config serialises");
         crate::util::write_atomic(&out.join("config.json"), text.as_bytes())?;
     }
-    if !changes.is_empty() {
-        let list: Vec<String> = changes
-            .iter()
-            .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
-            .collect();
-        eprintln!(
-            "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
-            list.join("; ")
-        );
-        super::rundir::append_history(&out, 0, changes, &config_json)?;
+    let mut log = MetricsLog::open(&out, resumed)?;
+    if let Some(at) = resumed {
+        super::trainer::record_changes(&out, &mut log, at, changes, &config_json)?;
     }
-    Ok(out)
+    Ok((out, log))
 }
 
 /// The ground truth of the frames: each frame's image id in it (matched by file name), and

@@ -431,21 +431,32 @@ pub(crate) fn open_run_folder(
         &cats.ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
-    if !changes.is_empty() {
-        let list: Vec<String> = changes
-            .iter()
-            .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
-            .collect();
-        eprintln!(
-            "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
-            list.join("; ")
-        );
-        log.write(
-            &json!({"iter": start, "event": "resume", "changed": rundir::changes_json(changes)}),
-        )?;
-        rundir::append_history(&out, start, changes, &config_json)?;
-    }
+    record_changes(&out, &mut log, start, changes, &config_json)?;
     Ok((out, log))
+}
+
+/// The settings a resume at iteration `at` changed: said on stderr, logged as a `resume` event
+/// and appended to `config_history.jsonl` with the config from now on (`config_json`).
+pub(crate) fn record_changes(
+    out: &Path,
+    log: &mut MetricsLog,
+    at: u64,
+    changes: &[rundir::Change],
+    config_json: &serde_json::Value,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = changes
+        .iter()
+        .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
+        .collect();
+    eprintln!(
+        "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
+        list.join("; ")
+    );
+    log.write(&json!({"iter": at, "event": "resume", "changed": rundir::changes_json(changes)}))?;
+    rundir::append_history(out, at, changes, config_json)
 }
 
 /// `labeled_subset.json` of a run on a share of the labels (`data.label_fraction`): the
