@@ -141,14 +141,10 @@ fn a_stream_is_predicted_learned_from_on_key_frames_and_scored() {
     let cfg = config(&same, serde_json::json!({"student_weights": null}));
     let input = serde_json::json!({"min_size": 128, "max_size": 213});
     common::set(&cfg, "model", serde_json::json!({ "input": input }));
-    let args = [
-        "online",
-        &cfg,
-        frames.to_str().unwrap(),
-        "--truth",
-        truth.to_str().unwrap(),
-    ];
-    ok(&kdet(&[&args[..], &["--teacher-every-frame"]].concat()));
+    let same_args = [&["online", cfg.as_str()][..], &args[2..]].concat();
+    ok(&kdet(
+        &[&same_args[..], &["--teacher-every-frame"]].concat(),
+    ));
     assert_eq!(
         std::fs::read(same.join("run/teacher_detections.json")).unwrap(),
         first_teacher

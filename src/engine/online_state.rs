@@ -136,18 +136,18 @@ pub(super) fn restore(
     teacher: &FrozenInput,
 ) -> Result<(Progress, Vec<Change>)> {
     let ck = checkpoint::load(ckpt_path)?;
+    let text = ck.strings.get(STATE_KEY).cloned().ok_or_else(|| {
+        Error::msg(format!(
+            "{}: holds no stream state (a `kdet train` checkpoint, or one of a kdet before \
+             `kdet online --resume`): start the stream over with --fresh",
+            ckpt_path.display()
+        ))
+    })?;
     let run_dir = ckpt_path.parent().unwrap_or(Path::new("."));
     let changes = super::resume::check_settings(cfg, ckpt_path, &ck.strings, identity, run_dir)?;
     checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, std::slice::from_ref(teacher))?;
     check_stream(ckpt_path, &ck.strings, identity)?;
-    let text = ck.strings.get(STATE_KEY).ok_or_else(|| {
-        Error::msg(format!(
-            "{}: not a checkpoint of `kdet online` (no stream state): resume it with `kdet \
-             train`, or start the stream over with --fresh",
-            ckpt_path.display()
-        ))
-    })?;
-    let progress: Progress = serde_json::from_str(text).map_err(|e| {
+    let progress: Progress = serde_json::from_str(&text).map_err(|e| {
         Error::msg(format!(
             "{}: the stream state is unreadable ({e}); start over with --fresh",
             ckpt_path.display()
