@@ -1,5 +1,6 @@
 //! `kdet online` end to end on a tiny synthetic video: the stream's outputs and policy, the AP
-//! against the truth, folder safety, a clean Ctrl-C, and located errors for bad input.
+//! against the truth, folder safety, a clean Ctrl-C, `--resume` after a kill or a Ctrl-C giving
+//! the uninterrupted stream, and located errors for bad input.
 
 mod common;
 
@@ -20,9 +21,9 @@ fn video(dir: &Path) -> PathBuf {
     v
 }
 
-/// An online config in `dir` (the shipped synthetic teacher, a narrow student from scratch, both
-/// at the teacher's 128 px input, strides 2..4, one update per key frame), with `online` merged
-/// from `extra`.
+/// An online config in `dir` (the shipped synthetic teacher at its 128 px input, the demo's
+/// narrow student from scratch at its own 64 px, strides 2..4, one update per key frame), with
+/// `online` merged from `extra`.
 fn config(dir: &Path, extra: serde_json::Value) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut online = serde_json::json!({"min_stride": 2, "max_stride": 4, "max_updates": 1});
@@ -41,11 +42,18 @@ fn config(dir: &Path, extra: serde_json::Value) -> String {
     p.display().to_string()
 }
 
+/// The stream's per-frame records without their measured times.
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["time", "teacher_time", "update_time"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
         .collect()
 }
 
@@ -111,13 +119,35 @@ fn a_stream_is_predicted_learned_from_on_key_frames_and_scored() {
     ] {
         assert!(run.join(f).is_file(), "{f}");
     }
-    // The same stream again into its own folder: the same run (seeded updates).
+    // The same stream again into its own folder: the same run (seeded updates). Its checkpoint
+    // is replaced only when asked (`kdet train`'s rule).
     let first = std::fs::read(run.join("detections.json")).unwrap();
-    ok(&kdet(&args));
+    let first_teacher = std::fs::read(run.join("teacher_detections.json")).unwrap();
+    let e = fails(&kdet(&args));
+    assert!(
+        e.contains("already holds a checkpoint") && e.contains("--resume"),
+        "{e}"
+    );
+    ok(&kdet(&[&args[..], &["--fresh"]].concat()));
     assert_eq!(std::fs::read(run.join("detections.json")).unwrap(), first);
     assert!(
         !run.join("teacher_detections.json").exists(),
         "the earlier run's file is removed"
+    );
+    // A student at the teacher's input size (it shares the student's resized frame) or at its
+    // own lower one (above): the teacher's detections are the same, bit for bit.
+    let same = d.path().join("same");
+    std::fs::create_dir(&same).unwrap();
+    let cfg = config(&same, serde_json::json!({"student_weights": null}));
+    let input = serde_json::json!({"min_size": 128, "max_size": 213});
+    common::set(&cfg, "model", serde_json::json!({ "input": input }));
+    let same_args = [&["online", cfg.as_str()][..], &args[2..]].concat();
+    ok(&kdet(
+        &[&same_args[..], &["--teacher-every-frame"]].concat(),
+    ));
+    assert_eq!(
+        std::fs::read(same.join("run/teacher_detections.json")).unwrap(),
+        first_teacher
     );
 }
 
@@ -151,6 +181,8 @@ fn folders_signals_and_bad_input() {
     assert!(e.contains("after frame 3 of 8"), "{e}");
     assert_eq!(records(&run).len(), 3);
     assert!(run.join("checkpoint.safetensors").is_file());
+    assert!(e.contains("--resume"), "{e}");
+    std::fs::remove_dir_all(&run).unwrap();
     // The frames' own folder as output_dir: refused.
     let cfg2 = config(d.path(), serde_json::json!({"student_weights": null}));
     common::set(&cfg2, "output_dir", serde_json::json!(frames));
@@ -219,4 +251,121 @@ fn folders_signals_and_bad_input() {
         e.contains("online.student_weights") && e.contains("detects [a, b, c, d, e]"),
         "{e}"
     );
+}
+
+/// Whether two finished streams are the same: per-frame records (but times and a resume's
+/// record of changed settings), the student's and the teacher's detections, the adapted student
+/// and the AP.
+fn assert_same_stream(a: &Path, b: &Path) {
+    let frames = |d: &Path| {
+        let mut r = records(d);
+        r.retain(|v| v.get("event").is_none());
+        r
+    };
+    assert_eq!(frames(a), frames(b), "metrics differ");
+    for f in [
+        "detections.json",
+        "teacher_detections.json",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let summary = |d: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("online.json")).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.retain(|k, _| {
+            !k.contains("seconds") && !["fps", "cost_ratio", "output_dir"].contains(&k.as_str())
+        });
+        v
+    };
+    assert_eq!(summary(a), summary(b));
+}
+
+/// A stream killed inside its second checkpoint write, or stopped by Ctrl-C, then resumed, is
+/// the uninterrupted stream; `--resume` refuses another frame list, other flags or a changed
+/// policy, naming the difference.
+#[test]
+fn a_stream_resumes_exactly_and_refuses_another_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let v = video(d.path());
+    let (frames, truth) = (v.join("frames"), v.join("annotations.json"));
+    let f = frames.to_str().unwrap();
+    let t = truth.to_str().unwrap();
+    let online = serde_json::json!({"student_weights": null, "checkpoint_every": 3});
+    let stream = |name: &str| {
+        let dir = d.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        (config(&dir, online.clone()), dir.join("run"))
+    };
+    let every = ["--truth", t, "--teacher-every-frame"];
+    let (a, run_a) = stream("a");
+    ok(&kdet(&[&["online", &a, f][..], &every].concat()));
+    // Killed with the frame-6 checkpoint half written: the resume continues after frame 3.
+    let (b, run_b) = stream("b");
+    let args = [&["online", &b, f][..], &every].concat();
+    let o = kdet_env(&args, &[("KDET_FAULT", "torn:checkpoint.safetensors:2")]);
+    assert_eq!(o.status.code(), None, "killed");
+    assert_eq!(records(&run_b).len(), 6);
+    let e = fails(&kdet(&args));
+    assert!(e.contains("already holds a checkpoint"), "{e}");
+    // Another stream, other flags, another policy: refused, naming what differs.
+    let list = d.path().join("seven.txt");
+    let names: Vec<String> = (1..=7)
+        .map(|i| format!("video/frames/frame_{i:06}.png"))
+        .collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let l = list.to_str().unwrap();
+    let e = fails(&kdet(&[
+        "online",
+        &b,
+        l,
+        "--truth",
+        t,
+        "--teacher-every-frame",
+        "--resume",
+    ]));
+    assert!(e.contains("the stream had 8 frames and now has 7"), "{e}");
+    let e = fails(&kdet(&["online", &b, f, "--truth", t, "--resume"]));
+    assert!(
+        e.contains("--teacher-every-frame was given and is now not given"),
+        "{e}"
+    );
+    let max_updates = |n: u64| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&b).unwrap()).unwrap();
+        v["online"]["max_updates"] = n.into();
+        std::fs::write(&b, v.to_string()).unwrap();
+    };
+    max_updates(2);
+    let e = fails(&kdet(&[&args[..], &["--resume"]].concat()));
+    assert!(e.contains("online.max_updates was 1 and is now 2"), "{e}");
+    max_updates(1);
+    let r = ok(&kdet(&[&args[..], &["--resume"]].concat()));
+    assert!(
+        r.contains("resuming the stream from") && r.contains("after frame 3"),
+        "{r}"
+    );
+    assert_same_stream(&run_a, &run_b);
+    // Ctrl-C after frame 5: the checkpoint there, then the rest — checkpointing more often
+    // from then on, a change the resume accepts and records.
+    let (c, run_c) = stream("c");
+    let args = [&["online", &c, f][..], &every].concat();
+    let o = kdet_env(&args, &[("KDET_FAULT", "sigint:5")]);
+    assert_eq!(o.status.code(), Some(130));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&c).unwrap()).unwrap();
+    v["online"]["checkpoint_every"] = 2.into();
+    std::fs::write(&c, v.to_string()).unwrap();
+    let r = ok(&kdet(&[&args[..], &["--resume"]].concat()));
+    assert!(r.contains("after frame 5"), "{r}");
+    assert!(r.contains("online.checkpoint_every: 3 -> 2"), "{r}");
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_c.join("config_history.jsonl")).unwrap())
+            .unwrap();
+    assert_eq!(history["iter"], 5);
+    assert_eq!(history["changed"]["online.checkpoint_every"]["to"], 2);
+    assert_same_stream(&run_a, &run_c);
 }

@@ -8,24 +8,27 @@
 #   teacher    the teacher on every frame (measured inside the adaptive run, outside its cost)
 # by COCO AP / AP50 of every frame's detections against the truth, the fraction of frames the
 # teacher ran on and the cost against running the teacher on every frame, over STREAMS streams
-# (video seeds 0, 1, …). The student starts from runs/online_student (configs/synth/
-# online_student.json: the narrow Faster R-CNN student trained on the synthetic detection set,
-# trained first when missing, ~15 min on the 2-core CPU).
+# (video seeds 0, 1, …). The student starts from runs/online_student64 (configs/synth/
+# online_student.json: the narrow Faster R-CNN student at its own 64-px input, half the
+# teacher's 128, with 100 proposals, trained on the synthetic detection set; trained first when
+# missing, ~5 min on the 2-core CPU). An arm interrupted earlier is continued (--resume).
 #
 #   tools/online_evidence.sh --list     # what would run and what is done
 #   tools/online_evidence.sh            # from the repository root
 #   FRAMES=3000 SCENE=750 STREAMS=3 tools/online_evidence.sh
 #
-# Time on the 2-core CPU: a 300-frame stream of the adaptive arm with --teacher-every-frame
-# takes ~75 s (student from scratch; an offline student updates less); an arm's time grows
-# linearly with FRAMES. The defaults (1200 frames, 4 scenes, 3 streams, 4 arms) take ≈ 1 h.
-# Outputs: runs/online_evidence/stream-<s>/{video,<arm>}/ and runs/online_evidence/online.md.
+# Time on the 2-core CPU: a 200-frame stream of the adaptive arm with --teacher-every-frame
+# takes ~40 s (a short-trained offline student; the teacher on every frame is most of it); an
+# arm's time grows linearly with FRAMES. The defaults (1200 frames, 4 scenes, 3 streams, 4 arms)
+# take ≈ 30–45 min.
+# Outputs: runs/online_evidence64/stream-<s>/{video,<arm>}/ and runs/online_evidence64/online.md
+# (runs/online_evidence and runs/online_student: the earlier student at the teacher's 128 px).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FRAMES=${FRAMES:-1200}
 SCENE=${SCENE:-300}
 STREAMS=${STREAMS:-3}
-OUT=${OUT:-runs/online_evidence}
+OUT=${OUT:-runs/online_evidence64}
 KDET=target/release/kdet
 LIST=0
 [ "${1:-}" = "--list" ] && LIST=1
@@ -41,15 +44,15 @@ arm_online() {
   esac
 }
 
-if [ ! -f runs/online_student/model.safetensors ]; then
+if [ ! -f runs/online_student64/model.safetensors ]; then
   if [ $LIST = 1 ]; then
-    echo "to train  runs/online_student: $KDET train configs/synth/online_student.json --fresh"
+    echo "to train  runs/online_student64: $KDET train configs/synth/online_student.json --fresh"
   else
     cargo build --release --quiet
     $KDET train configs/synth/online_student.json --fresh
   fi
 else
-  echo "done      runs/online_student"
+  echo "done      runs/online_student64"
 fi
 [ $LIST = 1 ] || cargo build --release --quiet
 
@@ -70,6 +73,8 @@ for s in $(seq 0 $((STREAMS - 1))); do
     fi
     extra=()
     [ "$arm" = adaptive ] && extra=(--teacher-every-frame)
+    # An arm stopped earlier (Ctrl-C, a kill) continues from its last checkpoint.
+    [ -f "$run/checkpoint.safetensors" ] && extra+=(--resume)
     if [ $LIST = 1 ]; then
       echo "to run    $run: $KDET online <online_frcnn.json + $(arm_online $arm)> $dir/video/frames --truth $dir/video/annotations.json ${extra[*]}"
       continue

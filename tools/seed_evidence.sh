@@ -22,7 +22,7 @@
 #   feat_frcnn  issue 21, same family: Faster R-CNN R18×0.5 → R18×0.25 (the default job's pair)
 #             with PKD, CWD, MGD, FGD against the student alone and Chen et al.'s hints
 #   online    online distillation on video streams (issue 24): tools/online_evidence.sh (its
-#             arms over 3 synthetic streams, not training seeds; ≈ 1 h)
+#             arms over 3 synthetic streams, not training seeds; ≈ 30–45 min)
 #   fed       federated runs (issue 25): FedAvg vs FedNTD at Dirichlet α = 0.1, α = 0.5 and 2-class
 #             shards (10 clients, 5 per round, 30 rounds), and FedX vs its local terms alone
 #             (k-NN / linear-probe top-1 in the seed tables); measured ≈ 11 s per round of

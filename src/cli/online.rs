@@ -19,6 +19,13 @@ pub struct OnlineArgs {
     /// --truth, and its time per frame measured on every frame.
     #[arg(long)]
     pub teacher_every_frame: bool,
+    /// Continue the stream from `output_dir/checkpoint.safetensors` (written every
+    /// `online.checkpoint_every` frames and on Ctrl-C), with the same config, frames and flags.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start over although `output_dir` holds a stream's checkpoint (it is replaced).
+    #[arg(long, conflicts_with = "resume")]
+    pub fresh: bool,
 }
 
 pub fn run(args: OnlineArgs, device: &Option<String>) -> anyhow::Result<ExitCode> {
@@ -27,6 +34,8 @@ pub fn run(args: OnlineArgs, device: &Option<String>) -> anyhow::Result<ExitCode
     let opts = kdet::engine::online::OnlineOptions {
         truth: args.truth,
         teacher_every_frame: args.teacher_every_frame,
+        resume: args.resume,
+        fresh: args.fresh,
     };
     let s = kdet::engine::online::run(&cfg, &frames, &opts)?;
     let ap = |name: &str, v: Option<f64>, v50: Option<f64>| match (v, v50) {

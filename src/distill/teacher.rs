@@ -45,12 +45,34 @@ pub struct TeacherOutput {
 }
 
 impl Teacher {
-    /// Load `teachers[index]` of the config for `num_classes` foreground classes.
+    /// Load `teachers[index]` of the config for `num_classes` foreground classes. Its input
+    /// must be the student's: a distilling method hands it the student's batch.
     pub fn load(
         cfg: &LoadedConfig,
         index: usize,
         num_classes: usize,
         device: &Device,
+    ) -> Result<Self> {
+        Self::load_checked(cfg, index, num_classes, device, true)
+    }
+
+    /// Load `teachers[index]` with an input of its own (`kdet online`'s teacher, which sees each
+    /// frame resized for itself).
+    pub fn load_own_input(
+        cfg: &LoadedConfig,
+        index: usize,
+        num_classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_checked(cfg, index, num_classes, device, false)
+    }
+
+    fn load_checked(
+        cfg: &LoadedConfig,
+        index: usize,
+        num_classes: usize,
+        device: &Device,
+        student_input: bool,
     ) -> Result<Self> {
         let t: &TeacherConfig = &cfg.config.teachers[index];
         let field = format!("teachers[{index}].weights");
@@ -75,7 +97,7 @@ impl Teacher {
                 )
             })?,
         };
-        if model_cfg.input() != cfg.config.model.input() {
+        if student_input && model_cfg.input() != cfg.config.model.input() {
             return Err(cfg.error(
                 &format!("teachers[{index}].model.input"),
                 "must equal model.input: the teacher sees the student's batch (same resize and normalisation)",

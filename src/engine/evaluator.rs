@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use hotcoco::types::Annotation;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::data::loader::{DetectionDataset, Loader, Sampler};
@@ -23,7 +23,7 @@ use crate::eval::EvalSummary;
 use crate::models::contract::{CocoBox, Model};
 
 /// One COCO results record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRecord {
     pub image_id: u64,
     pub category_id: u64,

@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod method;
 pub mod metrics;
 pub mod online;
+mod online_state;
 pub mod optim;
 pub mod resume;
 pub mod rundir;

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use super::evaluator::ResultRecord;
 use super::method::Plain;
 use super::metrics::MetricsLog;
+use super::online_state::{self, Progress};
 use super::optim::Optimizer;
 use super::trainer::{optimizers, save_checkpoint, update, StepAt};
 use crate::config::LoadedConfig;
@@ -64,6 +65,10 @@ pub struct OnlineConfig {
     pub iou: f64,
     /// Write each frame with the student's detections drawn (`<frame>.png`).
     pub draw: bool,
+    /// A checkpoint (student, optimizer, the stream's state and detections so far) every this
+    /// many frames, besides the one at the end and on Ctrl-C: `--resume` continues from the
+    /// last. kdet's choice: at the synthetic stream's ~0.1–0.3 s a frame, one every 10–30 s.
+    pub checkpoint_every: usize,
 }
 
 impl Default for OnlineConfig {
@@ -79,6 +84,7 @@ impl Default for OnlineConfig {
             score_threshold: 0.5,
             iou: 0.5,
             draw: false,
+            checkpoint_every: 100,
         }
     }
 }
@@ -120,13 +126,19 @@ impl OnlineConfig {
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(invalid(format!("{p}.momentum"), "must be in [0, 1)"));
         }
+        if self.checkpoint_every == 0 {
+            return Err(invalid(
+                format!("{p}.checkpoint_every"),
+                "must be >= 1 frame",
+            ));
+        }
         Ok(())
     }
 }
 
 /// The stride between key frames: doubled after a key frame where the student reached the
 /// threshold, halved otherwise, within `[min, max]`; it starts at `min` (Algorithm 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StridePolicy {
     pub min: usize,
     pub max: usize,
@@ -241,6 +253,10 @@ pub struct OnlineOptions {
     /// Also run the teacher on every frame (not counted in the cost): its AP against `truth`,
     /// and its time per frame measured rather than estimated from the key frames.
     pub teacher_every_frame: bool,
+    /// Continue the stream from `output_dir/checkpoint.safetensors` (same config, frames and
+    /// flags); `fresh`: start over although the folder holds a checkpoint (`kdet train`'s rules).
+    pub resume: bool,
+    pub fresh: bool,
 }
 
 /// What a stream reports (also written as `online.json`).
@@ -260,6 +276,12 @@ pub struct OnlineSummary {
     pub teacher_seconds_per_frame: f64,
     /// The stream's time over the teacher's on every frame: below 1 is cheaper.
     pub cost_ratio: f64,
+    /// Where the stream's time went: the teacher on key frames, the updates (with their
+    /// predictions for the agreement), and the rest — the student's prediction of every frame
+    /// with its decoding and resizing.
+    pub seconds_teacher: f64,
+    pub seconds_updates: f64,
+    pub seconds_student: f64,
     /// The student's stream detections against the truth (COCO AP, AP50).
     pub student_ap: Option<f64>,
     pub student_ap50: Option<f64>,
@@ -270,8 +292,9 @@ pub struct OnlineSummary {
 }
 
 /// The files a stream writes into its folder, drawings aside.
-const FILES: [&str; 9] = [
+const FILES: [&str; 10] = [
     "config.json",
+    "config_history.jsonl",
     "model.safetensors",
     "model.json",
     "checkpoint.safetensors",
@@ -285,10 +308,17 @@ const FILES: [&str; 9] = [
 /// Run the stream `frames` through online distillation as the config's `online` section says:
 /// the student (`model`, from `online.student_weights` or its seed) learns from `teachers[0]`
 /// on key frames; every frame's student detections are the output. Writes into `output_dir`
-/// (claimed as a run folder), never over an input.
+/// (claimed as a run folder), never over an input; `opts.resume` continues from its checkpoint.
 pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Result<OnlineSummary> {
     let pol = cfg.config.online.clone().unwrap_or_default();
     check_config(cfg)?;
+    let out = cfg.resolve("output_dir", &cfg.config.output_dir);
+    let train_opts = super::trainer::TrainOptions {
+        resume: opts.resume,
+        fresh: opts.fresh,
+        stop_after: None,
+    };
+    super::trainer::check_output_dir(cfg, &out, train_opts)?;
     let device = cfg.device()?;
     let (teacher, names, ids) = load_teacher(cfg, &device)?;
     let method = Plain {
@@ -299,37 +329,38 @@ pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Resu
         .as_deref()
         .map(|t| Truth::load(t, frames, &names))
         .transpose()?;
-    let out = open_folder(cfg, frames, &pol)?;
     let mut solver = cfg.config.solver.clone();
     (solver.lr, solver.momentum) = (pol.lr, pol.momentum);
-    let mut strings = super::checkpoint::frozen_strings(&[teacher.frozen_input()]);
-    strings.insert("online.frames".into(), frames.len().to_string());
+    let mut optimizers = optimizers(&method, &solver);
+    let frozen = teacher.frozen_input();
+    let (truth_file, every) = (opts.truth.as_deref(), opts.teacher_every_frame);
+    let identity = online_state::identity(cfg, &frozen, frames, truth_file, every);
+    let (st, changes) = if opts.resume {
+        let ckpt = out.join("checkpoint.safetensors");
+        online_state::restore(cfg, &ckpt, &identity, &method, &mut optimizers, &frozen)?
+    } else {
+        let policy = StridePolicy::new(pol.min_stride, pol.max_stride);
+        (Progress::new(policy), vec![])
+    };
+    let start = opts.resume.then_some(st.frames() as u64);
+    let (out, log) = open_folder(cfg, frames, &pol, start, &changes)?;
     let mut s = Stream {
         cfg,
-        optimizers: optimizers(&method, &solver),
+        optimizers,
         method,
         teacher,
-        policy: StridePolicy::new(pol.min_stride, pol.max_stride),
         pol,
         device,
         names,
         ids,
-        log: MetricsLog::open(&out, None)?,
+        log,
         out,
-        strings,
-        next_key: 0,
-        updates: 0,
-        teacher_calls: 0,
-        agreements: vec![],
-        teacher_seconds: 0.0,
-        teacher_timed: 0,
-        student_recs: vec![],
-        teacher_recs: vec![],
-        trace: vec![],
+        identity,
+        st,
     };
     let _signals = super::interrupt::Guard::new()?;
-    let spent = s.frames(frames, truth.as_ref(), opts)?;
-    s.finish(frames.len(), spent, truth.as_ref())
+    s.frames(frames, truth.as_ref(), opts)?;
+    s.finish(frames.len(), truth.as_ref())
 }
 
 /// What `kdet online` refuses in a config: not one teacher, training-method sections.
@@ -375,7 +406,7 @@ fn load_teacher(cfg: &LoadedConfig, device: &Device) -> Result<(Teacher, Vec<Str
     })?;
     let names: Vec<String> = side.field("classes")?;
     let ids: Vec<u64> = side.field("category_ids")?;
-    let teacher = Teacher::load(cfg, 0, names.len(), device)?;
+    let teacher = Teacher::load_own_input(cfg, 0, names.len(), device)?;
     Ok((teacher, names, ids))
 }
 
@@ -412,11 +443,20 @@ fn load_student(
         .map_err(|e| cfg.error(key, e.to_string()))
 }
 
-/// Check, create and claim `output_dir` (a run folder: kdet's manifest, no input overwritten;
-/// no frame may lie in it), then write `config.json`.
-fn open_folder(cfg: &LoadedConfig, frames: &[PathBuf], pol: &OnlineConfig) -> Result<PathBuf> {
+/// Create and claim `output_dir` (a run folder: kdet's manifest, no input overwritten, no frame
+/// in it; a stream from its start removes the earlier run's files, one resumed after frame
+/// `resumed` keeps them and the temporaries of killed writes go), write `config.json` (the
+/// config the stream started with), open the metrics log (kept up to the resumed frame) and
+/// record the settings a resume changed there and in `config_history.jsonl`.
+fn open_folder(
+    cfg: &LoadedConfig,
+    frames: &[PathBuf],
+    pol: &OnlineConfig,
+    resumed: Option<u64>,
+    changes: &[super::rundir::Change],
+) -> Result<(PathBuf, MetricsLog)> {
+    let resume = resumed.is_some();
     let out = cfg.resolve("output_dir", &cfg.config.output_dir);
-    super::rundir::check_output_dir(cfg, &out)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let out = std::fs::canonicalize(&out).map_err(|e| Error::io(&out, e))?;
     if let Some(f) = frames
@@ -432,14 +472,22 @@ fn open_folder(cfg: &LoadedConfig, frames: &[PathBuf], pol: &OnlineConfig) -> Re
             ),
         ));
     }
+    super::rundir::remove_stale_temporaries(&out)?;
     let mut files: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     if pol.draw {
         files.extend(crate::infer::drawing_names(frames));
     }
-    super::rundir::claim(cfg, &out, &files, false)?;
-    let config_json = serde_json::to_string_pretty(&cfg.config).expect("config serialises");
-    crate::util::write_atomic(&out.join("config.json"), config_json.as_bytes())?;
-    Ok(out)
+    super::rundir::claim(cfg, &out, &files, resume)?;
+    let config_json = serde_json::to_value(&cfg.config).expect("config serialises");
+    if !resume || !out.join("config.json").exists() {
+        let text = serde_json::to_string_pretty(&config_json).expect("config serialises");
+        crate::util::write_atomic(&out.join("config.json"), text.as_bytes())?;
+    }
+    let mut log = MetricsLog::open(&out, resumed)?;
+    if let Some(at) = resumed {
+        super::trainer::record_changes(&out, &mut log, at, changes, &config_json)?;
+    }
+    Ok((out, log))
 }
 
 /// The ground truth of the frames: each frame's image id in it (matched by file name), and
@@ -493,7 +541,7 @@ impl Truth {
     }
 }
 
-/// A stream in progress: the networks, the policy's state and what it has measured.
+/// A stream in progress: the networks, its identity and its progress.
 struct Stream<'a> {
     cfg: &'a LoadedConfig,
     pol: OnlineConfig,
@@ -505,21 +553,9 @@ struct Stream<'a> {
     ids: Vec<u64>,
     log: MetricsLog,
     out: PathBuf,
-    strings: BTreeMap<String, String>,
-    policy: StridePolicy,
-    /// The next key frame (0-based).
-    next_key: usize,
-    /// Updates so far: the iteration the loop's RNG and checkpoints count.
-    updates: u64,
-    teacher_calls: usize,
-    /// Agreement before updating, per key frame.
-    agreements: Vec<f64>,
-    teacher_seconds: f64,
-    teacher_timed: usize,
-    student_recs: Vec<ResultRecord>,
-    teacher_recs: Vec<ResultRecord>,
-    /// (frame, stride, agreement on key frames) for the plot.
-    trace: Vec<(usize, usize, Option<f64>)>,
+    /// The checkpoint strings naming what the stream is (`online_state::identity`).
+    identity: BTreeMap<String, String>,
+    st: Progress,
 }
 
 /// The teacher's detections scoring at least `min_score` as ground truth: in the frame's
@@ -553,53 +589,65 @@ fn predict(model: &dyn Model, batch: &Batch) -> Result<Detections> {
 }
 
 impl Stream<'_> {
-    /// Every frame in order, with a progress bar; a signal stops after its frame with the
-    /// outputs so far written. Returns the stream's seconds.
+    /// Every frame from the first not done, with a progress bar and a checkpoint every
+    /// `checkpoint_every` frames; a signal stops after its frame with the outputs so far
+    /// written and a checkpoint.
     fn frames(
         &mut self,
         frames: &[PathBuf],
         truth: Option<&Truth>,
         opts: &OnlineOptions,
-    ) -> Result<f64> {
-        let pb = indicatif::ProgressBar::new(frames.len() as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} {per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        let mut spent = 0.0;
-        for (i, path) in frames.iter().enumerate() {
+    ) -> Result<()> {
+        let done = self.st.frames();
+        let pb = super::trainer::progress(frames.len() as u64, done as u64);
+        for (i, path) in frames.iter().enumerate().skip(done) {
             let id = truth.map_or(i as u64 + 1, |t| t.ids[i]);
-            spent += self.frame(i, path, id, opts.teacher_every_frame)?;
+            self.st.seconds += self.frame(i, path, id, opts.teacher_every_frame)?;
             let msg = format!(
                 "stride {} teacher {} updates {}",
-                self.policy.stride, self.teacher_calls, self.updates
+                self.st.policy.stride, self.st.teacher_calls, self.st.updates
             );
             pb.inc(1);
             if pb.is_hidden() && (i + 1) % 100 == 0 {
                 eprintln!("frame {}/{}: {msg}", i + 1, frames.len());
             }
             pb.set_message(msg);
+            if (i + 1) % self.pol.checkpoint_every == 0 && i + 1 < frames.len() {
+                self.checkpoint()?;
+            }
             super::interrupt::fault_hooks();
             if let Some(sig) = super::interrupt::requested() {
                 pb.finish_and_clear();
-                self.finish(frames.len(), spent, truth)?;
+                self.finish(frames.len(), truth)?;
                 return Err(Error::Interrupted {
                     signal: sig,
                     msg: format!(
                         "interrupted by {} after frame {} of {}; the student's detections so far \
-                         and its checkpoint are in {}",
+                         and the checkpoint are in {}: continue with `kdet online {} … --resume`",
                         super::interrupt::signal_name(sig),
                         i + 1,
                         frames.len(),
-                        self.out.display()
+                        self.out.display(),
+                        self.cfg.path.display()
                     ),
                 });
             }
         }
         pb.finish_and_clear();
-        Ok(spent)
+        Ok(())
+    }
+
+    /// The stream's checkpoint as it stands: the student, the optimizer, the stream's identity
+    /// and progress (`online_state`). Its iteration is the frames done.
+    fn checkpoint(&self) -> Result<()> {
+        save_checkpoint(
+            &self.out.join("checkpoint.safetensors"),
+            &self.method,
+            &self.optimizers,
+            self.st.frames() as u64,
+            &self.st.strings(&self.identity),
+            None,
+        )
     }
 
     /// Frame `i`: the student predicts (a key frame: the teacher runs and the student learns);
@@ -610,19 +658,27 @@ impl Stream<'_> {
         let rgb = crate::data::decode_image(path)
             .map_err(|e| Error::msg(format!("frame {} of the stream: {e}", i + 1)))?
             .to_rgb8();
+        let decode = t0.elapsed().as_secs_f64();
         let input = self.method.student.config.input().clone();
         let batch = crate::infer::image_batch(&rgb, id, &input, &self.device)?;
-        let stride = self.policy.stride;
-        let mut rec = json!({"iter": self.updates, "frame": i + 1, "stride": stride, "key": false});
+        let stride = self.st.policy.stride;
+        // `iter` counts frames, as the checkpoint does (a resume keeps the records up to it).
+        let mut rec = json!({"iter": i + 1, "frame": i + 1, "stride": stride, "key": false});
         let mut dets = predict(&*self.method.student.model, &batch)?;
         let mut teacher_dets = None;
-        if i == self.next_key {
-            let (d, t) = self.key_frame(i, &batch, dets, &mut rec)?;
-            (dets, teacher_dets) = (d, Some(t));
+        if i == self.st.next_key {
+            let t = Instant::now();
+            let td = self.teacher_predict(&rgb, id, &batch, decode)?;
+            let teacher_time = t.elapsed().as_secs_f64();
+            self.st.teacher_calls += 1;
+            self.st.key_teacher_seconds += teacher_time;
+            rec["teacher_time"] = json!(teacher_time);
+            dets = self.key_frame(i, &batch, dets, &td, &mut rec)?;
+            teacher_dets = Some(td);
         }
         let spent = t0.elapsed().as_secs_f64();
         for b in dets.to_coco(&self.ids, f32::NEG_INFINITY)? {
-            self.student_recs.push(ResultRecord::new(id, b));
+            self.st.student_recs.push(ResultRecord::new(id, b));
         }
         if self.pol.draw {
             let name = &crate::infer::drawing_names(&[path.to_path_buf()])[0];
@@ -633,45 +689,63 @@ impl Stream<'_> {
                 .map_err(|e| Error::msg(format!("{}: {e}", dst.display())))?;
         }
         if teacher_every_frame {
-            let t = Instant::now();
             let td = match teacher_dets {
                 Some(d) => d,
-                None => predict(&*self.teacher.model, &batch)?,
+                None => self.teacher_predict(&rgb, id, &batch, decode)?,
             };
-            self.time_teacher(t.elapsed().as_secs_f64());
             for b in td.to_coco(&self.ids, f32::NEG_INFINITY)? {
-                self.teacher_recs.push(ResultRecord::new(id, b));
+                self.st.teacher_recs.push(ResultRecord::new(id, b));
             }
         }
-        rec["teacher_calls"] = json!(self.teacher_calls);
+        rec["teacher_calls"] = json!(self.st.teacher_calls);
+        rec["total_updates"] = json!(self.st.updates);
         rec["time"] = json!(spent);
         self.log.write(&rec)?;
-        self.trace.push((i + 1, stride, rec["agreement"].as_f64()));
+        self.st
+            .trace
+            .push((i + 1, stride, rec["agreement"].as_f64()));
         Ok(spent)
     }
 
-    fn time_teacher(&mut self, seconds: f64) {
-        self.teacher_seconds += seconds;
-        self.teacher_timed += 1;
+    /// The teacher's detections on the frame `rgb` (in its coordinates), at the teacher's own
+    /// input size: `batch` (the student's) when the two networks' inputs agree, else the frame
+    /// resized for the teacher. Timed, with the frame's decoding (`decode` seconds), as the cost
+    /// of the teacher alone on a frame.
+    fn teacher_predict(
+        &mut self,
+        rgb: &image::RgbImage,
+        id: u64,
+        batch: &Batch,
+        decode: f64,
+    ) -> Result<Detections> {
+        let t = Instant::now();
+        let input = self.teacher.config.input();
+        let td = if input == self.method.student.config.input() {
+            predict(&*self.teacher.model, batch)?
+        } else {
+            let own = crate::infer::image_batch(rgb, id, input, &self.device)?;
+            predict(&*self.teacher.model, &own)?
+        };
+        self.st.teacher_seconds += decode + t.elapsed().as_secs_f64();
+        self.st.teacher_timed += 1;
+        Ok(td)
     }
 
     /// A key frame (Algorithm 1): the teacher's confident detections become the targets; while
     /// the student's agreement is below the threshold and updates remain, one update on the
-    /// frame and a new prediction; then the stride doubles or halves. Returns the student's
-    /// final detections and the teacher's.
+    /// frame and a new prediction; then the stride doubles or halves. `td`: the teacher's
+    /// detections in the frame's coordinates. Returns the student's final detections.
     fn key_frame(
         &mut self,
         i: usize,
         batch: &Batch,
         mut dets: Detections,
+        td: &Detections,
         rec: &mut Value,
-    ) -> Result<(Detections, Detections)> {
-        let t = Instant::now();
-        let td = predict(&*self.teacher.model, batch)?;
-        self.time_teacher(t.elapsed().as_secs_f64());
-        self.teacher_calls += 1;
+    ) -> Result<Detections> {
+        let t0 = Instant::now();
         let thr = self.pol.score_threshold as f32;
-        let (target, train) = pseudo_labels(&td, thr, batch);
+        let (target, train) = pseudo_labels(td, thr, batch);
         let mut a = agreement(&dets, thr, &target, self.pol.iou);
         let before = a;
         let mut u = 0;
@@ -679,27 +753,30 @@ impl Stream<'_> {
         while u < self.pol.max_updates && a < self.pol.threshold {
             let at = StepAt {
                 seed: self.cfg.config.seed,
-                it: self.updates,
+                it: self.st.updates,
                 lr: self.pol.lr,
                 grad_clip: self.cfg.config.solver.grad_clip,
                 saved: None,
             };
             losses = update(&mut self.method, &mut self.optimizers, &train, &at)?.terms;
-            self.updates += 1;
+            self.st.updates += 1;
             u += 1;
             dets = predict(&*self.method.student.model, batch)?;
             a = agreement(&dets, thr, &target, self.pol.iou);
         }
-        self.agreements.push(before);
-        self.policy.next(a >= self.pol.threshold);
-        self.next_key = i + self.policy.stride;
+        let update_time = t0.elapsed().as_secs_f64();
+        self.st.update_seconds += update_time;
+        self.st.agreements.push(before);
+        self.st.policy.next(a >= self.pol.threshold);
+        self.st.next_key = i + self.st.policy.stride;
         for (k, v) in [
             ("key", json!(true)),
             ("targets", json!(target.boxes.len())),
             ("agreement_before", json!(before)),
             ("agreement", json!(a)),
             ("updates", json!(u)),
-            ("next_stride", json!(self.policy.stride)),
+            ("update_time", json!(update_time)),
+            ("next_stride", json!(self.st.policy.stride)),
         ] {
             rec[k] = v;
         }
@@ -710,32 +787,25 @@ impl Stream<'_> {
                 rec[k] = json!(v);
             }
         }
-        Ok((dets, td))
+        Ok(dets)
     }
 }
 
 impl Stream<'_> {
     /// The stream's outputs (also after a signal, for the frames done): `detections.json`, the
     /// reference teacher's, the checkpoint and `model.safetensors` of the student as it ends,
-    /// `online.json` and the plot. `spent`: the stream's seconds.
-    fn finish(&mut self, total: usize, spent: f64, truth: Option<&Truth>) -> Result<OnlineSummary> {
+    /// `online.json` and the plot.
+    fn finish(&mut self, total: usize, truth: Option<&Truth>) -> Result<OnlineSummary> {
         let out = self.out.clone();
-        super::evaluator::write_results(&out.join("detections.json"), &self.student_recs)?;
-        if !self.teacher_recs.is_empty() {
+        let st = &self.st;
+        super::evaluator::write_results(&out.join("detections.json"), &st.student_recs)?;
+        if !st.teacher_recs.is_empty() {
             super::evaluator::write_results(
                 &out.join("teacher_detections.json"),
-                &self.teacher_recs,
+                &st.teacher_recs,
             )?;
         }
-        let ckpt = out.join("checkpoint.safetensors");
-        save_checkpoint(
-            &ckpt,
-            &self.method,
-            &self.optimizers,
-            self.updates,
-            &self.strings,
-            None,
-        )?;
+        self.checkpoint()?;
         let student = &self.method.student;
         let tensors: HashMap<_, _> = student.named_tensors().into_iter().collect();
         crate::models::weights::write_safetensors(&tensors, &out.join("model.safetensors"))?;
@@ -745,29 +815,33 @@ impl Stream<'_> {
             &self.names,
             &self.ids,
         )?;
-        let frames = self.trace.len();
-        let per_frame = self.teacher_seconds / self.teacher_timed.max(1) as f64;
+        let frames = st.frames();
+        let per_frame = st.teacher_seconds / st.teacher_timed.max(1) as f64;
         let score = |recs: &[ResultRecord], on: bool| match truth.filter(|_| on) {
             Some(t) => t.score(recs).map(Some),
             None => Ok(None),
         };
-        let st = score(&self.student_recs, frames == total)?;
+        let sa = score(&st.student_recs, frames == total)?;
         let te = score(
-            &self.teacher_recs,
-            frames == total && !self.teacher_recs.is_empty(),
+            &st.teacher_recs,
+            frames == total && !st.teacher_recs.is_empty(),
         )?;
+        let spent = st.seconds;
         let summary = OnlineSummary {
             frames,
-            teacher_calls: self.teacher_calls,
-            teacher_fraction: self.teacher_calls as f64 / frames.max(1) as f64,
-            updates: self.updates,
-            mean_agreement: mean(&self.agreements),
+            teacher_calls: st.teacher_calls,
+            teacher_fraction: st.teacher_calls as f64 / frames.max(1) as f64,
+            updates: st.updates,
+            mean_agreement: mean(&st.agreements),
             seconds: spent,
             fps: frames as f64 / spent.max(1e-9),
             teacher_seconds_per_frame: per_frame,
             cost_ratio: spent / (per_frame * frames as f64).max(1e-9),
-            student_ap: st.map(|v| v.0),
-            student_ap50: st.map(|v| v.1),
+            seconds_teacher: st.key_teacher_seconds,
+            seconds_updates: st.update_seconds,
+            seconds_student: spent - st.key_teacher_seconds - st.update_seconds,
+            student_ap: sa.map(|v| v.0),
+            student_ap50: sa.map(|v| v.1),
             teacher_ap: te.map(|v| v.0),
             teacher_ap50: te.map(|v| v.1),
             output_dir: out.clone(),
@@ -784,11 +858,13 @@ impl Stream<'_> {
     fn plot(&self, path: &Path) -> Result<()> {
         use crate::plot::{panels_chart, Panel};
         let stride: Vec<(f64, f64)> = self
+            .st
             .trace
             .iter()
             .map(|t| (t.0 as f64, t.1 as f64))
             .collect();
         let agree: Vec<(f64, f64)> = self
+            .st
             .trace
             .iter()
             .filter_map(|t| t.2.map(|a| (t.0 as f64, a)))
@@ -802,7 +878,7 @@ impl Stream<'_> {
         panels_chart(
             path,
             "frame",
-            (1.0, self.trace.len().max(2) as f64),
+            (1.0, self.st.trace.len().max(2) as f64),
             &[
                 panel(
                     "frames between teacher calls",
@@ -926,6 +1002,28 @@ mod tests {
         let d = OnlineConfig::default();
         assert_eq!((d.min_stride, d.max_stride, d.max_updates), (8, 64, 8));
         assert_eq!((d.threshold, d.lr, d.momentum), (0.9, 0.01, 0.9));
+    }
+
+    #[test]
+    fn pseudo_labels_keep_the_frame_coordinates_and_train_at_the_students_size() {
+        // A 128-px frame, a student with an input of its own (64 px): the teacher's boxes (in
+        // the frame's coordinates, whatever size the teacher ran at) stay as they are for the
+        // agreement and are halved for the update; below the score threshold they are dropped.
+        let rgb = image::RgbImage::new(128, 96);
+        let input = crate::data::transforms::InputConfig {
+            min_size: 48,
+            max_size: 100,
+            ..Default::default()
+        };
+        let batch = crate::infer::image_batch(&rgb, 7, &input, &Device::Cpu).unwrap();
+        assert_eq!(batch.image_sizes[0], (48, 64));
+        let td = dets(&[([20., 40., 60., 90.], 0.9, 2), ([0., 0., 8., 8.], 0.3, 1)]);
+        let (target, train) = pseudo_labels(&td, 0.5, &batch);
+        assert_eq!(target.boxes, [[20., 40., 60., 90.]]);
+        assert_eq!(target.labels, [2]);
+        assert_eq!(train.targets[0].boxes, [[10., 20., 30., 45.]]);
+        assert_eq!(train.targets[0].labels, [2]);
+        assert_eq!(train.image_ids, batch.image_ids);
     }
 
     #[test]

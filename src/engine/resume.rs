@@ -66,6 +66,8 @@ const MAY_CHANGE: &[&str] = &[
     // A federated run's length and its learning rate's decay per round, like the solver's.
     "federated.rounds",
     "federated.lr_decay",
+    // How often a stream (`kdet online`) checkpoints: when, not what, it computes.
+    "online.checkpoint_every",
 ];
 
 /// The checkpoint strings recording the run's identity: its config and training annotations.

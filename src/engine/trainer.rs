@@ -289,6 +289,25 @@ fn restore(
     if ck.iter > plan.total {
         return Err(too_short(cfg, ckpt_path, ck.iter, plan, &changes));
     }
+    checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, &method.frozen_inputs())?;
+    let iter = ck.iter;
+    load_checkpoint(ckpt_path, ck, &*method, optimizers)?;
+    eprintln!(
+        "resuming from {} at iteration {}",
+        ckpt_path.display(),
+        iter
+    );
+    Ok((iter, changes))
+}
+
+/// A checkpoint's tensors into `method`'s networks and own variables (refused unless they fit
+/// exactly), its optimizer state into each optimizer: the loop's `--resume` and `kdet online`'s.
+pub(crate) fn load_checkpoint(
+    ckpt_path: &Path,
+    ck: checkpoint::Checkpoint,
+    method: &dyn Method,
+    optimizers: &mut [Optimizer],
+) -> Result<()> {
     let mut tensors = ck.model;
     tensors.extend(ck.aux);
     let r = load_tensors(&state_vars(method), &tensors)?;
@@ -299,7 +318,6 @@ fn restore(
             r.describe()
         )));
     }
-    checkpoint::check_frozen_inputs(ckpt_path, &ck.strings, &method.frozen_inputs())?;
     // Each optimizer takes its parameters' state; the last takes what is left, and refuses
     // entries for no parameter of its own.
     let mut state = ck.optim;
@@ -315,12 +333,7 @@ fn restore(
         o.load_state(mine, ck.optim_step)
             .map_err(|e| Error::msg(format!("{}: {e}", ckpt_path.display())))?;
     }
-    eprintln!(
-        "resuming from {} at iteration {}",
-        ckpt_path.display(),
-        ck.iter
-    );
-    Ok((ck.iter, changes))
+    Ok(())
 }
 
 /// The refusal of a run length below the checkpoint's iteration.
@@ -418,21 +431,32 @@ pub(crate) fn open_run_folder(
         &cats.ids,
     )?;
     let mut log = MetricsLog::open(&out, Some(start).filter(|_| resume))?;
-    if !changes.is_empty() {
-        let list: Vec<String> = changes
-            .iter()
-            .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
-            .collect();
-        eprintln!(
-            "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
-            list.join("; ")
-        );
-        log.write(
-            &json!({"iter": start, "event": "resume", "changed": rundir::changes_json(changes)}),
-        )?;
-        rundir::append_history(&out, start, changes, &config_json)?;
-    }
+    record_changes(&out, &mut log, start, changes, &config_json)?;
     Ok((out, log))
+}
+
+/// The settings a resume at iteration `at` changed: said on stderr, logged as a `resume` event
+/// and appended to `config_history.jsonl` with the config from now on (`config_json`).
+pub(crate) fn record_changes(
+    out: &Path,
+    log: &mut MetricsLog,
+    at: u64,
+    changes: &[rundir::Change],
+    config_json: &serde_json::Value,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = changes
+        .iter()
+        .map(|ch| format!("{}: {} -> {}", ch.path, ch.old, ch.new))
+        .collect();
+    eprintln!(
+        "resuming with changed settings (recorded in metrics.jsonl and config_history.jsonl): {}",
+        list.join("; ")
+    );
+    log.write(&json!({"iter": at, "event": "resume", "changed": rundir::changes_json(changes)}))?;
+    rundir::append_history(out, at, changes, config_json)
 }
 
 /// `labeled_subset.json` of a run on a share of the labels (`data.label_fraction`): the
