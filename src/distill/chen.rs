@@ -93,11 +93,13 @@ impl Method for ChenDistillation {
 mod tests {
     use super::*;
     use crate::data::loader::Target;
+    use crate::distill::teacher::counting::{counted, Calls};
     use crate::models::config::ModelConfig;
     use crate::models::contract::{Head, Want};
     use candle_core::Device;
     use candle_core::Tensor;
     use rand::SeedableRng;
+    use std::sync::Arc;
 
     fn tiny() -> ModelConfig {
         serde_json::from_value(serde_json::json!({
@@ -333,6 +335,79 @@ mod tests {
         let a = batch_assignment(&d, &batch);
         let to = d.teachers[0].forward(&batch, &a, &[]).unwrap();
         assert!(!to.taps["fpn.p2"].track_op());
+    }
+
+    /// The feature terms of the test above, hints included.
+    const FEATURE_TERMS: &str = r#"[
+        {"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3"},
+        {"type": "cwd", "student": "fpn.p4", "teacher": "fpn.p4"},
+        {"type": "mgd", "student": "fpn.p3", "teacher": "fpn.p3"},
+        {"type": "fgd", "student": "fpn.p2", "teacher": "fpn.p2"},
+        {"type": "hint", "student": "fpn.p5", "teacher": "fpn.p5"}]"#;
+
+    /// Chen et al. with `distill` against a counted wide teacher.
+    fn counted_method(distill: &str) -> (ChenDistillation, Arc<Calls>) {
+        let cfg = crate::config::from_str(
+            "x.json",
+            &format!(r#"{{"teachers": [{{"weights": "t"}}], "distill": {distill}}}"#),
+        )
+        .unwrap();
+        let student = Network::new(&tiny(), 2, 1, &Device::Cpu).unwrap();
+        let (t, calls) = counted(wide_teacher(2));
+        let d = ChenDistillation::with_teachers(&cfg, student, vec![t]).unwrap();
+        (d, calls)
+    }
+
+    #[test]
+    fn feature_terms_run_the_teachers_features_alone_with_the_same_losses() {
+        let (mut d, calls) = counted_method(FEATURE_TERMS);
+        let batch = batch();
+        let losses = d
+            .step(&batch, &mut StepRng::seed_from_u64(0))
+            .unwrap()
+            .losses;
+        // No term reads a teacher head: its RPN and proposals never ran.
+        assert_eq!(calls.get(), (0, 1), "(forward, features)");
+        // The same step on the teacher's whole forward pass gives the same losses, bit for bit.
+        let mut rng = StepRng::seed_from_u64(0);
+        let OwnPass {
+            fwd,
+            assignment,
+            out,
+        } = own_pass(d.student.model.as_ref(), &batch, &mut rng).unwrap();
+        let t = &d.teachers[0];
+        let full = t
+            .outputs(t.run(&batch).unwrap(), &batch, &assignment, &[])
+            .unwrap();
+        assert_eq!(calls.get(), (1, 1));
+        let expected = d
+            .terms
+            .losses(&batch, &mut rng, &fwd.taps, out, &[full])
+            .unwrap();
+        assert_eq!(
+            losses.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
+        for (name, l) in &losses {
+            let bits = |t: &Tensor| t.to_scalar::<f32>().unwrap().to_bits();
+            assert_eq!(bits(l), bits(&expected[name]), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_term_reading_a_teacher_head_runs_its_whole_forward() {
+        for head_term in [
+            r#"{"type": "kd"}"#,
+            r#"{"type": "weighted_kd", "stage": "rpn"}"#,
+            r#"{"type": "bounded_regression", "stage": "rcn"}"#,
+        ] {
+            let terms = format!(
+                r#"[{head_term}, {{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3"}}]"#
+            );
+            let (mut d, calls) = counted_method(&terms);
+            d.step(&batch(), &mut StepRng::seed_from_u64(0)).unwrap();
+            assert_eq!(calls.get(), (1, 0), "{head_term}: (forward, features)");
+        }
     }
 
     fn batch_assignment(d: &ChenDistillation, b: &Batch) -> crate::models::contract::Assignment {

@@ -122,6 +122,7 @@ impl Method for Lad {
 mod tests {
     use super::*;
     use crate::data::loader::Target;
+    use crate::distill::teacher::counting::counted;
     use crate::models::config::ModelConfig;
     use crate::models::paa::PaaAssignment;
     use candle_core::{Device, Tensor};
@@ -218,6 +219,27 @@ mod tests {
         // The teacher is plain tensors: nothing of it tracks an operation.
         let out = lad.teachers[0].run(&b).unwrap();
         assert!(out.taps.values().all(|t| !t.track_op()));
+    }
+
+    #[test]
+    fn the_assigning_teacher_runs_its_head_once_and_another_only_its_features() {
+        let b = batch();
+        let cfg = crate::config::from_str(
+            "x.json",
+            &serde_json::json!({"model": tiny(), "teachers": [{"weights": "t"}, {"weights": "u"}],
+                                "method": {"type": "lad", "teacher": 1},
+                                "distill": [{"type": "pkd", "student": "fpn.p3", "teacher": "fpn.p3"}]})
+            .to_string(),
+        )
+        .unwrap();
+        let (t0, other) = counted(teacher(1, 0));
+        let (t1, assigner) = counted(teacher(2, 1));
+        let student = Network::new(&tiny(), 2, 3, &Device::Cpu).unwrap();
+        let mut lad = Lad::with_teachers(&cfg, student, vec![t0, t1]).unwrap();
+        lad.step(&b, &mut StepRng::seed_from_u64(0)).unwrap();
+        // (forward, features): the assignment needs the dense head, PKD the taps alone.
+        assert_eq!(assigner.get(), (1, 0));
+        assert_eq!(other.get(), (0, 1));
     }
 
     #[test]

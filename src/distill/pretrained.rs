@@ -446,8 +446,8 @@ impl ClassTeacher {
     pub fn features(&self, batch: &Batch, student: &InputConfig) -> Result<Tensor> {
         match self {
             ClassTeacher::Model(t) => {
-                let fwd = t.run(batch)?;
-                let f = fwd.taps.get("pool").ok_or_else(|| {
+                let taps = t.run_features(batch)?;
+                let f = taps.get("pool").ok_or_else(|| {
                     Error::msg(format!("teachers[{}] has no `pool` tap", t.index))
                 })?;
                 Ok(f.to_dtype(DType::F32)?.detach())

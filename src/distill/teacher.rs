@@ -254,24 +254,138 @@ impl Teacher {
             .into_iter()
             .map(|(h, o)| Ok((h, o.to_dtype(DType::F32)?)))
             .collect::<Result<_>>()?;
-        let taps = if self.dtype == DType::F32 {
-            fwd.taps
-        } else {
-            fwd.taps
-                .into_iter()
-                .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-                .collect::<Result<_>>()?
-        };
-        Ok(TeacherOutput { taps, heads })
+        Ok(TeacherOutput {
+            taps: self.f32_taps(fwd.taps)?,
+            heads,
+        })
     }
 
-    /// [`run`](Self::run), then [`outputs`](Self::outputs).
+    /// The teacher's taps alone on the student's batch (eval mode, no graph):
+    /// [`Model::features`], which runs no head.
+    pub fn run_features(&self, batch: &Batch) -> Result<Taps> {
+        self.model.features(&batch.images.detach(), false)
+    }
+
+    /// What the terms read of the teacher: with `heads` to score, [`run`](Self::run) then
+    /// [`outputs`](Self::outputs); with none (hints, PKD, CWD, MGD, FGD read taps only),
+    /// [`run_features`](Self::run_features) — the same taps without the RPN or dense head,
+    /// anchors and proposals, whose outputs nothing would read.
     pub fn forward(
         &self,
         batch: &Batch,
         assignment: &Assignment,
         heads: &[Head],
     ) -> Result<TeacherOutput> {
+        if heads.is_empty() {
+            return Ok(TeacherOutput {
+                taps: self.f32_taps(self.run_features(batch)?)?,
+                heads: BTreeMap::new(),
+            });
+        }
         self.outputs(self.run(batch)?, batch, assignment, heads)
+    }
+
+    /// `taps` in f32 (a half-precision teacher's, for f32 losses).
+    fn f32_taps(&self, taps: Taps) -> Result<Taps> {
+        if self.dtype == DType::F32 {
+            return Ok(taps);
+        }
+        taps.into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+            .collect()
+    }
+}
+
+/// A teacher that counts which pass its model runs, for the methods' tests: whether a step ran
+/// the whole forward or the features alone.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use candle_core::Tensor;
+
+    use super::Teacher;
+    use crate::data::loader::Batch;
+    use crate::error::Result;
+    use crate::models::contract::{
+        Assignment, CostAssignment, Forward, Head, Model, Predictions, StepRng, TapSpec, Taps,
+        TrainOutput, Want,
+    };
+
+    /// How often each pass ran.
+    #[derive(Default)]
+    pub struct Calls {
+        pub forward: AtomicUsize,
+        pub features: AtomicUsize,
+    }
+
+    impl Calls {
+        /// `(forward, features)` so far.
+        pub fn get(&self) -> (usize, usize) {
+            (
+                self.forward.load(Ordering::SeqCst),
+                self.features.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    struct Counting {
+        inner: Box<dyn Model>,
+        calls: Arc<Calls>,
+    }
+
+    /// `t` with its model's passes counted.
+    pub fn counted(t: Teacher) -> (Teacher, Arc<Calls>) {
+        let calls = Arc::new(Calls::default());
+        let model = Box::new(Counting {
+            inner: t.model,
+            calls: calls.clone(),
+        });
+        (Teacher::from_model(model, t.config, t.index), calls)
+    }
+
+    impl Model for Counting {
+        fn family(&self) -> &'static str {
+            self.inner.family()
+        }
+        fn taps(&self) -> Vec<TapSpec> {
+            self.inner.taps()
+        }
+        fn is_trainable(&self, param: &str) -> bool {
+            self.inner.is_trainable(param)
+        }
+        fn backbone_prefix(&self) -> &'static str {
+            self.inner.backbone_prefix()
+        }
+        fn forward(&self, images: &Tensor, train: bool) -> Result<Forward> {
+            self.calls.forward.fetch_add(1, Ordering::SeqCst);
+            self.inner.forward(images, train)
+        }
+        fn features(&self, images: &Tensor, train: bool) -> Result<Taps> {
+            self.calls.features.fetch_add(1, Ordering::SeqCst);
+            self.inner.features(images, train)
+        }
+        fn assign(&self, fwd: &Forward, batch: &Batch, rng: &mut StepRng) -> Result<Assignment> {
+            self.inner.assign(fwd, batch, rng)
+        }
+        fn outputs(
+            &self,
+            fwd: &Forward,
+            assignment: &Assignment,
+            batch: &Batch,
+            want: Want,
+        ) -> Result<TrainOutput> {
+            self.inner.outputs(fwd, assignment, batch, want)
+        }
+        fn predict(&self, batch: &Batch) -> Result<Predictions> {
+            self.inner.predict(batch)
+        }
+        fn class_head(&self) -> Head {
+            self.inner.class_head()
+        }
+        fn cost_assignment(&self) -> Option<&dyn CostAssignment> {
+            self.inner.cost_assignment()
+        }
     }
 }

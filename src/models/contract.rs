@@ -11,6 +11,9 @@
 //!    the student's sampled RoIs). This is torchvision RetinaNet's split of `matched_idxs` from
 //!    `compute_loss` (`torchvision/models/detection/retinanet.py`), made a value.
 //!
+//! A frozen teacher whose taps alone are read runs [`Model::features`] instead of `forward`: the
+//! same taps without the heads.
+//!
 //! Everything a distillation term may read is here, in a model-independent layout: taps by name
 //! and stride, [`HeadOutput`]s by [`Head`], losses tagged with their head and [`LossKind`].
 
@@ -504,6 +507,14 @@ pub trait Model: Send + Sync {
     /// statistics (a network being trained) rather than running ones (frozen, evaluated).
     fn forward(&self, images: &Tensor, train: bool) -> Result<Forward>;
 
+    /// The taps of [`forward`](Self::forward) alone, bit for bit, computing only what they need:
+    /// for a detector the backbone and neck (torchvision's `GeneralizedRCNN` runs `backbone`
+    /// before `rpn` and `roi_heads`), not its heads, anchors or proposals. What a frozen teacher
+    /// runs when the configured terms read no head of it. The default runs the whole forward.
+    fn features(&self, images: &Tensor, train: bool) -> Result<Taps> {
+        Ok(self.forward(images, train)?.taps)
+    }
+
     /// The model's own label assignment for the batch's targets.
     fn assign(&self, fwd: &Forward, batch: &Batch, rng: &mut StepRng) -> Result<Assignment>;
 
@@ -575,7 +586,95 @@ pub fn find_tap<'a>(taps: &'a [TapSpec], name: &str, family: &str) -> Result<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::init::SeededVarMap;
+    use crate::ops::conv::ConvImpl;
     use candle_core::Device;
+    use candle_nn::VarBuilder;
+
+    /// `a` and `b` hold the same tap names with bit-identical tensors.
+    fn assert_same_taps(a: &Taps, b: &Taps) {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, x) in a {
+            let y = &b[name];
+            assert_eq!(x.dims(), y.dims(), "{name}");
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            assert!(bits(x) == bits(y), "{name} differs");
+        }
+    }
+
+    /// `features` gives `forward`'s taps bit for bit, in training and in eval mode, and never
+    /// needs the head: `broken`, the same model with a head that cannot run on its features,
+    /// fails its forward but not its features.
+    fn check_features(model: &dyn Model, broken: &dyn Model) {
+        let images = Tensor::rand(-1f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        for train in [false, true] {
+            let full = model.forward(&images, train).unwrap().taps;
+            assert_same_taps(&model.features(&images, train).unwrap(), &full);
+            assert_same_taps(&broken.features(&images, train).unwrap(), &full);
+        }
+        assert!(broken.forward(&images, false).is_err());
+    }
+
+    fn seeded(seed: u64) -> VarBuilder<'static> {
+        std::sync::Arc::new(SeededVarMap::new(seed)).builder(DType::F32, &Device::Cpu)
+    }
+
+    fn tiny(json: serde_json::Value) -> crate::models::config::ModelConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn faster_rcnn_features_are_its_forwards_taps_without_the_rpn() {
+        use crate::models::config::ModelConfig;
+        use crate::models::faster_rcnn::FasterRcnn;
+        let cfg = |fpn: usize| {
+            let c = tiny(serde_json::json!({
+                "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+                "fpn": {"out_channels": fpn},
+                "input": {"min_size": 64, "max_size": 64},
+                "roi_heads": {"representation_size": 16}
+            }));
+            let ModelConfig::FasterRcnn(f) = c else {
+                unreachable!("a faster_rcnn config")
+            };
+            f
+        };
+        let model = FasterRcnn::new(seeded(1), &cfg(8), 3, ConvImpl::Kdet).unwrap();
+        // An RPN made for 16-channel maps on an 8-channel pyramid.
+        let mut broken = model.clone();
+        broken.rpn = FasterRcnn::new(seeded(2), &cfg(16), 3, ConvImpl::Kdet)
+            .unwrap()
+            .rpn;
+        check_features(&model, &broken);
+    }
+
+    #[test]
+    fn paa_features_are_its_forwards_taps_without_the_dense_head() {
+        use crate::models::config::ModelConfig;
+        use crate::models::paa::Paa;
+        let cfg = |neck: usize| {
+            let c = tiny(serde_json::json!({
+                "arch": "paa",
+                "backbone": {"depth": 18, "width": 0.125, "norm": "bn", "trainable_layers": 5},
+                "neck": {"out_channels": neck},
+                "head": {"channels": 8, "num_convs": 1, "gn_groups": 4},
+                "input": {"min_size": 64, "max_size": 64}
+            }));
+            let ModelConfig::Paa(p) = c else {
+                unreachable!("a paa config")
+            };
+            p
+        };
+        let model = Paa::new(seeded(1), &cfg(8), 2, ConvImpl::Kdet).unwrap();
+        let mut broken = model.clone();
+        broken.head = Paa::new(seeded(2), &cfg(16), 2, ConvImpl::Kdet)
+            .unwrap()
+            .head;
+        check_features(&model, &broken);
+    }
 
     #[test]
     fn coco_records_name_their_category_and_refuse_unknown_labels() {

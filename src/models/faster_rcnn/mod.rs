@@ -7,7 +7,7 @@
 //! Under the model contract ([`Model`]): the forward pass is the backbone and the RPN head; the
 //! assignment is torchvision's two samplings (anchors for the RPN loss, proposals + ground truth
 //! for the box head), drawn in that order from the step's RNG; the outputs are the four losses
-//! and the RPN / box-head outputs on those samples.
+//! and the RPN / box-head outputs on those samples. [`Model::features`] is the backbone alone.
 
 pub mod config;
 pub mod losses;
@@ -28,7 +28,7 @@ use super::backbone::{tap_specs, Backbone, BackboneConfig, Features};
 use super::config::{Family, ModelConfig};
 use super::contract::{
     Assignment, ClassScores, Detections, Forward, Head, HeadOutput, Loss, LossKind, Model,
-    Predictions, StepRng, TapSpec, TrainOutput, Want,
+    Predictions, StepRng, TapSpec, Taps, TrainOutput, Want,
 };
 use crate::data::transforms::InputConfig;
 pub use config::FasterRcnnConfig;
@@ -107,11 +107,17 @@ impl FasterRcnn {
             .collect()
     }
 
+    /// The backbone (ResNet + FPN) on the images: torchvision's `self.backbone(images.tensors)`,
+    /// the first step of `GeneralizedRCNN.forward`.
+    fn backbone_pass(&self, images: &Tensor, train: bool) -> candle_core::Result<Features> {
+        self.backbone
+            .forward_t(&images.to_dtype(self.dtype)?, train)
+    }
+
+    /// The backbone, then the RPN head and anchors over its pyramid.
     fn forward_pass(&self, images: &Tensor, train: bool) -> candle_core::Result<FrcnnForward> {
         let (_, _, h, w) = images.dims4()?;
-        let features = self
-            .backbone
-            .forward_t(&images.to_dtype(self.dtype)?, train)?;
+        let features = self.backbone_pass(images, train)?;
         let (rpn_logits, rpn_deltas) = self.rpn.head_outputs(&features.p)?;
         let (anchors, counts) = self.rpn.anchors(&features.p, (h, w))?;
         Ok(FrcnnForward {
@@ -171,6 +177,10 @@ impl Model for FasterRcnn {
     fn forward(&self, images: &Tensor, train: bool) -> Result<Forward> {
         let f = self.forward_pass(images, train)?;
         Ok(Forward::new(f.features.taps(), f))
+    }
+
+    fn features(&self, images: &Tensor, train: bool) -> Result<Taps> {
+        Ok(self.backbone_pass(images, train)?.taps())
     }
 
     fn assign(&self, fwd: &Forward, batch: &Batch, rng: &mut StepRng) -> Result<Assignment> {

@@ -131,11 +131,9 @@ impl Paa {
         })
     }
 
-    fn forward_pass(
-        &self,
-        images: &Tensor,
-        train: bool,
-    ) -> candle_core::Result<(Taps, PaaForward)> {
+    /// The backbone and the neck on the images (mmdetection's `extract_feat`, before
+    /// `bbox_head`): the taps, and the pyramid P3–P7 the head reads.
+    fn neck_pass(&self, images: &Tensor, train: bool) -> candle_core::Result<(Taps, Vec<Tensor>)> {
         let x = images.to_dtype(self.dtype)?;
         let c = self
             .backbone
@@ -143,9 +141,6 @@ impl Paa {
         let p = self
             .neck
             .forward(&[c.c3.clone(), c.c4.clone(), c.c5.clone()])?;
-        let out = self.head.forward(&p)?;
-        let (anchors, counts) =
-            assign::anchors(&out.sizes, &STRIDES, self.cfg.anchors.octave_base_scale);
         let mut taps = Taps::new();
         for (i, t) in [&c.c2, &c.c3, &c.c4, &c.c5].into_iter().enumerate() {
             taps.insert(format!("backbone.c{}", i + 2), t.clone());
@@ -153,6 +148,19 @@ impl Paa {
         for (i, t) in p.iter().enumerate() {
             taps.insert(format!("fpn.p{}", i + 3), t.clone());
         }
+        Ok((taps, p))
+    }
+
+    /// The backbone and neck, then the dense head and the anchors.
+    fn forward_pass(
+        &self,
+        images: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<(Taps, PaaForward)> {
+        let (taps, p) = self.neck_pass(images, train)?;
+        let out = self.head.forward(&p)?;
+        let (anchors, counts) =
+            assign::anchors(&out.sizes, &STRIDES, self.cfg.anchors.octave_base_scale);
         Ok((
             taps,
             PaaForward {
@@ -476,6 +484,10 @@ impl Model for Paa {
     fn forward(&self, images: &Tensor, train: bool) -> Result<Forward> {
         let (taps, f) = self.forward_pass(images, train)?;
         Ok(Forward::new(taps, f))
+    }
+
+    fn features(&self, images: &Tensor, train: bool) -> Result<Taps> {
+        Ok(self.neck_pass(images, train)?.0)
     }
 
     fn assign(&self, fwd: &Forward, batch: &Batch, _rng: &mut StepRng) -> Result<Assignment> {
