@@ -127,17 +127,28 @@ compare() {
 
 # Another network of a multi-network run as an arm: net_arm(dir, net, kind) lists
 # dir/seed-*/<net>_<kind>.json (kind: detections or predictions), one --arm list.
+# The seeds every arm has (COMMON_SEEDS, set by compare_arms; empty = each arm's own), so that
+# an arm taken to 5 seeds is still paired seed for seed with arms of 3.
+COMMON_SEEDS=""
+arm_seeds() {
+  local dir=$1 d
+  for d in "$dir"/seed-*; do
+    [ -d "$d" ] || continue
+    d=${d##*/seed-}
+    if [ -z "$COMMON_SEEDS" ] || [[ " $COMMON_SEEDS " == *" $d "* ]]; then echo "$d"; fi
+  done | sort -n
+}
 net_arm() {
-  local dir=$1 net=$2 kind=$3 list=()
-  for d in "$dir"/seed-*; do list+=("$d/${net}_${kind}.json"); done
+  local dir=$1 net=$2 kind=$3 list=() k
+  for k in $(arm_seeds "$dir"); do list+=("$dir/seed-$k/${net}_${kind}.json"); done
   local IFS=,
   echo "${list[*]}"
 }
 # Co-LAD's network 1 as an arm: its detections in each seed folder.
 colad_net1() { net_arm "$1" net1 detections; }
 seed_list() {
-  local dir=$1 list=()
-  for d in "$dir"/seed-*; do list+=("$d"); done
+  local dir=$1 list=() k
+  for k in $(arm_seeds "$dir"); do list+=("$dir/seed-$k"); done
   local IFS=,
   echo "${list[*]}"
 }
@@ -151,6 +162,16 @@ compare_arms() {
     echo "compare   $label: $*"
     return
   fi
+  # Pair over the seeds all arms have.
+  local common="" seeds_a
+  COMMON_SEEDS=""
+  for a in "$@"; do
+    seeds_a=$(arm_seeds "${a%%:*}" | tr '\n' ' ')
+    if [ -z "$common" ]; then common=$seeds_a; else
+      common=$(comm -12 <(tr ' ' '\n' <<<"$common" | sort) <(tr ' ' '\n' <<<"$seeds_a" | sort) | sort -n | tr '\n' ' ')
+    fi
+  done
+  COMMON_SEEDS=$common
   for a in "$@"; do
     case $a in
       *:*:*)
@@ -159,6 +180,7 @@ compare_arms() {
       *) args+=(--arm "$(seed_list "$a")") ;;
     esac
   done
+  COMMON_SEEDS=""
   compare "$label" "${args[@]}"
 }
 
