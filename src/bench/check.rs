@@ -165,19 +165,9 @@ fn multi_scale_check(dev: &Device) -> Result<Check> {
 fn nms_check(dev: &Device) -> Result<Check> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     let n = 4000;
-    let boxes: Vec<f32> = (0..n)
-        .flat_map(|_| {
-            let (x, y) = (
-                rng.random_range(0.0..870.0f32),
-                rng.random_range(0.0..640.0f32),
-            );
-            [
-                x,
-                y,
-                x + rng.random_range(8.0..400.0),
-                y + rng.random_range(8.0..300.0),
-            ]
-        })
+    let boxes: Vec<f32> = super::rows::random_boxes(n, 800.0, 1088.0, &mut rng)
+        .into_iter()
+        .flatten()
         .collect();
     let scores: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
     let classes: Vec<usize> = (0..n).map(|_| rng.random_range(0..80)).collect();

@@ -267,7 +267,7 @@ fn r50() -> ModelConfig {
 }
 
 /// Random boxes inside `h × w`, `n` of them.
-fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
+pub(crate) fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
     (0..n)
         .map(|_| {
             let (x, y) = (

@@ -65,6 +65,38 @@ __device__ __forceinline__ KdetRoi kdet_roi(const float* roi, int o, float scale
   return r;
 }
 
+// Output element i = (RoI ri, channel ch, bin ph, pw) of a k x c x o x o output.
+struct KdetBin {
+  int ri, ch, ph, pw;
+};
+
+__device__ __forceinline__ KdetBin kdet_bin(long long i, int c, int o) {
+  KdetBin b;
+  b.pw = (int)(i % o);
+  b.ph = (int)((i / o) % o);
+  b.ch = (int)((i / o / o) % c);
+  b.ri = (int)(i / o / o / c);
+  return b;
+}
+
+// Calls f(idx, wt) for the taps of every sample of bin (ph, pw) of RoI r that lies on the
+// plane, in the CPU kernel's order (rows of samples, then columns).
+template <class F>
+__device__ __forceinline__ void kdet_samples(const KdetRoi& r, int ph, int pw, int h, int w,
+                                             F f) {
+  int idx[4];
+  float wt[4];
+  for (int iy = 0; iy < r.grid_h; iy++) {
+    float y = r.y1 + ph * r.bin_h + (iy + 0.5f) * r.bin_h / (float)r.grid_h;
+    for (int ix = 0; ix < r.grid_w; ix++) {
+      float x = r.x1 + pw * r.bin_w + (ix + 0.5f) * r.bin_w / (float)r.grid_w;
+      if (kdet_taps(h, w, y, x, idx, wt)) {
+        f(idx, wt);
+      }
+    }
+  }
+}
+
 // out[k][c][o][o] from x[n][c][h][w] and rois[k][5]. A RoI naming an image outside the batch
 // gives NaN (the CPU kernel refuses it; the RoIs kdet builds never do).
 extern "C" __global__ void kdet_roi_align_fwd(const float* x, const float* rois, float* out,
@@ -73,29 +105,18 @@ extern "C" __global__ void kdet_roi_align_fwd(const float* x, const float* rois,
   long long total = (long long)k * c * o * o;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)blockDim.x * gridDim.x) {
-    int pw = (int)(i % o);
-    int ph = (int)((i / o) % o);
-    int ch = (int)((i / o / o) % c);
-    int ri = (int)(i / o / o / c);
-    KdetRoi r = kdet_roi(rois + ri * 5, o, scale, sampling_ratio);
+    KdetBin b = kdet_bin(i, c, o);
+    KdetRoi r = kdet_roi(rois + b.ri * 5, o, scale, sampling_ratio);
     if (r.b < 0 || r.b >= n) {
       out[i] = __int_as_float(0x7fc00000);
       continue;
     }
-    const float* plane = x + ((long long)r.b * c + ch) * h * w;
+    const float* plane = x + ((long long)r.b * c + b.ch) * h * w;
     float v = 0.0f;
-    int idx[4];
-    float wt[4];
-    for (int iy = 0; iy < r.grid_h; iy++) {
-      float y = r.y1 + ph * r.bin_h + (iy + 0.5f) * r.bin_h / (float)r.grid_h;
-      for (int ix = 0; ix < r.grid_w; ix++) {
-        float xx = r.x1 + pw * r.bin_w + (ix + 0.5f) * r.bin_w / (float)r.grid_w;
-        if (kdet_taps(h, w, y, xx, idx, wt)) {
-          v += wt[0] * plane[idx[0]] + wt[1] * plane[idx[1]] + wt[2] * plane[idx[2]] +
-               wt[3] * plane[idx[3]];
-        }
-      }
-    }
+    kdet_samples(r, b.ph, b.pw, h, w, [&](const int* idx, const float* wt) {
+      v += wt[0] * plane[idx[0]] + wt[1] * plane[idx[1]] + wt[2] * plane[idx[2]] +
+           wt[3] * plane[idx[3]];
+    });
     out[i] = v / r.count;
   }
 }
@@ -108,29 +129,18 @@ extern "C" __global__ void kdet_roi_align_bwd(const float* dy, const float* rois
   long long total = (long long)k * c * o * o;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)blockDim.x * gridDim.x) {
-    int pw = (int)(i % o);
-    int ph = (int)((i / o) % o);
-    int ch = (int)((i / o / o) % c);
-    int ri = (int)(i / o / o / c);
-    KdetRoi r = kdet_roi(rois + ri * 5, o, scale, sampling_ratio);
+    KdetBin b = kdet_bin(i, c, o);
+    KdetRoi r = kdet_roi(rois + b.ri * 5, o, scale, sampling_ratio);
     if (r.b < 0 || r.b >= n) {
       continue;
     }
-    float* plane = dx + ((long long)r.b * c + ch) * h * w;
+    float* plane = dx + ((long long)r.b * c + b.ch) * h * w;
     float g = dy[i] / r.count;
-    int idx[4];
-    float wt[4];
-    for (int iy = 0; iy < r.grid_h; iy++) {
-      float y = r.y1 + ph * r.bin_h + (iy + 0.5f) * r.bin_h / (float)r.grid_h;
-      for (int ix = 0; ix < r.grid_w; ix++) {
-        float xx = r.x1 + pw * r.bin_w + (ix + 0.5f) * r.bin_w / (float)r.grid_w;
-        if (kdet_taps(h, w, y, xx, idx, wt)) {
-          for (int t = 0; t < 4; t++) {
-            atomicAdd(plane + idx[t], wt[t] * g);
-          }
-        }
+    kdet_samples(r, b.ph, b.pw, h, w, [&](const int* idx, const float* wt) {
+      for (int t = 0; t < 4; t++) {
+        atomicAdd(plane + idx[t], wt[t] * g);
       }
-    }
+    });
   }
 }
 
