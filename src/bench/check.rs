@@ -15,8 +15,6 @@
 //! makes the same IoU comparisons in f32 on both sides (IEEE division on the GPU too): the kept
 //! boxes must be the same, none may differ.
 
-use std::path::Path;
-
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -187,8 +185,7 @@ fn nms_check(dev: &Device) -> Result<Check> {
 
 /// The shipped synthetic teacher (configs/synth/distill_teacher.json) in `dtype` on `dev`.
 fn teacher(dev: &Device, dtype: Precision) -> Result<Teacher> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/distill_teacher.json");
-    let mut cfg = crate::config::load(&path)?;
+    let mut cfg = crate::config::load(&super::repo_file("configs/synth/distill_teacher.json"))?;
     cfg.config.teachers[0].dtype = dtype;
     Teacher::load(&cfg, 0, 5, dev)
 }
@@ -199,11 +196,9 @@ fn teacher_check(dev: &Device, dtype: Precision) -> Result<Check> {
         Precision::F16 => ("teacher f16 vs f32 (FPN outputs)", 1e-2),
         _ => ("teacher bf16 vs f32 (FPN outputs)", 5e-2),
     };
-    let m = crate::config::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/synth/frcnn_student.json"),
-    )?
-    .config
-    .model;
+    let m = crate::config::load(&super::repo_file("configs/synth/frcnn_student.json"))?
+        .config
+        .model;
     let b = on_device(
         &detection_batch(4, (128, 128), (128, 128), m.input(), 3)?,
         dev,

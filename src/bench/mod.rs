@@ -34,6 +34,18 @@ pub struct Row {
     pub gflop: Option<f64>,
 }
 
+/// A repository file the benchmarks read (`configs/…`): under the current folder when it is
+/// there — a binary carried to another machine runs from that machine's checkout
+/// (tools/gpu_check.sh) — else under the source tree kdet was built from.
+pub(crate) fn repo_file(rel: &str) -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
+
 /// The median as Python's `statistics.median` (tools/bench_torch.py) defines it: the middle
 /// element, or the mean of the two middle ones of an even count.
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {

@@ -154,7 +154,7 @@ fn scaling(name: &str) -> Option<(usize, usize)> {
 }
 
 fn config(rel: &str) -> Result<LoadedConfig> {
-    crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+    crate::config::load(&super::repo_file(rel))
 }
 
 /// The synthetic detection configs' batch: 4 images of 128², two boxes each.
