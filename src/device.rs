@@ -1,6 +1,7 @@
 //! Device selection (`cpu`, `cuda`, `cuda:N`, `metal`) and the precision of frozen models. A
 //! binary built without the matching cargo feature says exactly which feature to enable instead
-//! of failing somewhere deep in candle.
+//! of failing somewhere deep in candle; a `cuda` build that cannot load the driver or the CUDA
+//! libraries names the missing ones.
 
 use candle_core::Device;
 
@@ -36,7 +37,7 @@ pub fn open(spec: DeviceSpec) -> crate::Result<Device> {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(i) => {
             if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(i)?)
+                open_cuda(i)
             } else {
                 Err(crate::Error::msg(
                     "this kdet was built without CUDA support: run on the CPU with \
@@ -57,6 +58,95 @@ pub fn open(spec: DeviceSpec) -> crate::Result<Device> {
             }
         }
     }
+}
+
+/// The shared libraries `--device cuda` loads at run time (the `cuda` build loads them with
+/// dlopen, tools/build_cuda_binary.sh), each with the file names tried and what provides it.
+pub const CUDA_LIBRARIES: &[(&[&str], &str)] = &[
+    (&["libcuda.so.1", "libcuda.so"], "the NVIDIA driver"),
+    (&["libcublas.so.13", "libcublas.so"], "cuBLAS of CUDA 13"),
+    (
+        &["libcublasLt.so.13", "libcublasLt.so"],
+        "cuBLASLt of CUDA 13",
+    ),
+    (&["libcurand.so.10", "libcurand.so"], "cuRAND of CUDA 13"),
+];
+
+/// Whether the dynamic loader finds one of `names` (dlopen, closed again at once).
+pub fn library_loads(names: &[&str]) -> bool {
+    names.iter().any(|n| {
+        let Ok(c) = std::ffi::CString::new(*n) else {
+            return false;
+        };
+        // SAFETY: dlopen of a NUL-terminated name; the handle is closed before returning.
+        unsafe {
+            let h = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if h.is_null() {
+                false
+            } else {
+                libc::dlclose(h);
+                true
+            }
+        }
+    })
+}
+
+/// The error for libraries the loader cannot find, or `None` when every one loads. cudarc
+/// would panic on the first missing one; this names them all and where they come from.
+pub fn missing_libraries_error(libs: &[(&[&str], &str)]) -> Option<String> {
+    let missing: Vec<String> = libs
+        .iter()
+        .filter(|(names, _)| !library_loads(names))
+        .map(|(names, what)| format!("{} ({what})", names[0]))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let driver = missing.iter().any(|m| m.starts_with("libcuda.so"));
+    Some(format!(
+        "--device cuda: cannot load {}{}; set LD_LIBRARY_PATH to the folders that hold them \
+         (a CUDA 13 toolkit's lib64, or a PyTorch install's nvidia/*/lib), or run on the CPU \
+         with `--device cpu`",
+        missing.join(", "),
+        if driver {
+            " — no NVIDIA driver is installed on this machine"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// One candle device per GPU for the whole process: candle tells CUDA devices apart by an id
+/// drawn at each `Device::new_cuda`, so tensors of two openings of the same GPU would not mix.
+fn open_cuda(i: usize) -> crate::Result<Device> {
+    static OPENED: std::sync::Mutex<Vec<(usize, Device)>> = std::sync::Mutex::new(Vec::new());
+    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = opened.iter().find(|(j, _)| *j == i) {
+        return Ok(d.clone());
+    }
+    if let Some(e) = missing_libraries_error(CUDA_LIBRARIES) {
+        return Err(crate::Error::msg(e));
+    }
+    // cudarc panics where a library lacks a function it expects (an older driver); say so.
+    let d = std::panic::catch_unwind(|| Device::new_cuda(i))
+        .map_err(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            crate::Error::msg(format!(
+                "--device cuda:{i}: the CUDA libraries failed: {what}"
+            ))
+        })?
+        .map_err(|e| {
+            crate::Error::msg(format!(
+                "--device cuda:{i}: cannot open the GPU ({e}); `nvidia-smi` lists the GPUs the \
+                 driver sees, or run on the CPU with `--device cpu`"
+            ))
+        })?;
+    opened.push((i, d.clone()));
+    Ok(d)
 }
 
 /// Open the device a config or flag names (`cpu`, `cuda:1`, …).
@@ -106,6 +196,31 @@ mod tests {
             .unwrap_err()
             .contains("must be a number"));
         assert!(parse_device("tpu").unwrap_err().contains("not a device"));
+    }
+
+    #[test]
+    fn missing_libraries_are_named_with_their_source() {
+        assert!(library_loads(&["libc.so.6"]));
+        assert!(!library_loads(&[
+            "libkdet-no-such-library.so.1",
+            "libkdet-nope.so"
+        ]));
+        assert_eq!(missing_libraries_error(&[(&["libc.so.6"], "glibc")]), None);
+        let e = missing_libraries_error(&[
+            (&["libc.so.6"], "glibc"),
+            (&["libkdet-no-such-library.so.1"], "a test library"),
+            (&["libcuda.so.kdet-test"], "the NVIDIA driver"),
+        ])
+        .unwrap();
+        assert!(
+            e.contains("libkdet-no-such-library.so.1 (a test library)")
+                && e.contains("libcuda.so.kdet-test (the NVIDIA driver)")
+                && e.contains("no NVIDIA driver")
+                && e.contains("LD_LIBRARY_PATH")
+                && e.contains("--device cpu")
+                && !e.contains("glibc"),
+            "{e}"
+        );
     }
 
     #[test]

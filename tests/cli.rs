@@ -245,6 +245,30 @@ fn device_flag_names_the_missing_cargo_feature() {
     );
 }
 
+/// `kdet bench` on a device: `check` and `row` open it (a CPU build names the feature), `ops`
+/// measures CPU kernels only; neither panics.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn bench_device_errors_say_what_to_do() {
+    for what in [&["check"][..], &["row", "nms_batched"]] {
+        let mut args = vec!["bench"];
+        args.extend(what);
+        args.extend(["--device", "cuda"]);
+        let o = kdet(&args);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains("--features cuda") && !e.contains("panicked"),
+            "{e}"
+        );
+    }
+    let o = kdet(&["bench", "ops", "--device", "cuda"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("runs on the CPU only") && !e.contains("panicked"),
+        "{e}"
+    );
+}
+
 /// A synthetic dataset in `dir/s` (4 val images): its val annotations and image folder.
 fn synth(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let out = dir.join("s");

@@ -56,9 +56,12 @@ uses the same definition).
   anchors_decode                 AnchorGenerator (5 levels x 3 ratios) at 800x1088 + BoxCoder
                                  (1,1,1,1) decoding of every anchor
 
-Conditions: CPU, float32, torch.set_num_threads(--threads, default 2), NCHW.
+Conditions: CPU, float32, torch.set_num_threads(--threads, default 2), NCHW. With --device cuda
+every tensor and module is made on the GPU (torch.set_default_device) and each repetition ends
+with torch.cuda.synchronize(), as `kdet bench row NAME --device cuda` synchronises; the JSON then
+adds the peak GPU memory allocated (peak_device_mb).
 Command:  /work/venv-paa/bin/python tools/bench_torch.py --row NAME [--runs N] [--warmup N]
-          [--threads 2] [--json] [--save-weights FILE]
+          [--threads 2] [--device cpu|cuda] [--json] [--save-weights FILE]
 (the venv is outside the repository: python3 -m venv /work/venv-paa; pip install torch
 torchvision safetensors; mmdet 3.3 + mmcv-lite + mmengine for the PAA row, with the shim of
 tools/make_paa_fixture.py.)
@@ -87,6 +90,8 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where tensors are made (--device); main sets it before any row is built.
+DEVICE = torch.device("cpu")
 
 
 def merged_config(rel):
@@ -179,7 +184,7 @@ def bench_pixels(count, seed):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z ^= z >> np.uint64(31)
-    return torch.from_numpy((z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
+    return torch.from_numpy((z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)).to(DEVICE)
 
 
 def bench_images(n, h, w, seed):
@@ -665,7 +670,7 @@ CLASSIFIER_ROWS = {
 
 
 def build(row, save_weights):
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
     if row in ("resnet18_step", "resnet50_step"):
         model = getattr(torchvision.models, row.split("_")[0])(num_classes=1000).train()
         x = normalised(torch.stack(bench_images(2, 224, 224, 5)))
@@ -709,7 +714,7 @@ def build(row, save_weights):
         if save_weights:
             from safetensors.torch import save_file
 
-            sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+            sd = {k: v.contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
             save_file(sd, save_weights)
         il, _ = prepared(model, bench_images(1, h, w, 2))
 
@@ -792,18 +797,27 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save-weights")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    global DEVICE
+    DEVICE = torch.device(a.device)
+    cuda = DEVICE.type == "cuda"
+    if cuda:
+        torch.set_default_device(DEVICE)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(0)
     step = build(a.row, a.save_weights)
     for _ in range(a.warmup):
         step()
+    sync()
     t = []
     for _ in range(a.runs):
         s = time.perf_counter()
         step()
+        sync()
         t.append((time.perf_counter() - s) * 1e3)
     r = dict(
         name=a.row,
@@ -814,7 +828,11 @@ def main():
         torch=torch.__version__,
         torchvision=torchvision.__version__,
         threads=torch.get_num_threads(),
+        device=str(DEVICE),
     )
+    if cuda:
+        r["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        r["gpu"] = torch.cuda.get_device_name(DEVICE)
     print(json.dumps(r) if a.json else f"{a.row}: median {r['median_ms']:.2f} ms, peak RSS {r['peak_rss_mb']:.0f} MiB")
 
 

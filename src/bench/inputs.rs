@@ -110,9 +110,17 @@ pub fn class_batch(
     })
 }
 
-/// What a method's constructor reads of the run's data, for `classes` classes on the CPU: no
+/// A batch with its images on `dev`.
+pub fn on_device(b: &Batch, dev: &Device) -> Result<Batch> {
+    Ok(Batch {
+        images: b.images.to_device(dev)?,
+        ..b.clone()
+    })
+}
+
+/// What a method's constructor reads of the run's data, for `classes` classes on `dev`: no
 /// records, no val split (so teachers are not checked on one).
-pub fn run_data(classes: usize) -> RunData {
+pub fn run_data(classes: usize, dev: &Device) -> RunData {
     let cats: Vec<hotcoco::types::Category> = (1..=classes as u64)
         .map(|id| hotcoco::types::Category {
             id,
@@ -121,7 +129,7 @@ pub fn run_data(classes: usize) -> RunData {
         })
         .collect();
     RunData {
-        device: Device::Cpu,
+        device: dev.clone(),
         train: Split::Classification(ClassificationData {
             root: PathBuf::new(),
             categories: CategoryMap::new(&cats),

@@ -1,5 +1,6 @@
 //! Benchmarks. [`rows`]: `kdet bench row NAME`, each row of docs/benchmarks.md (training,
-//! distillation and inference steps, kernels) against PyTorch through tools/bench.sh.
+//! distillation and inference steps, kernels) against PyTorch through tools/bench.sh, on any
+//! device. [`check`]: `kdet bench check`, a device's results against the CPU's.
 //!
 //! `kdet bench ops`: kdet's CPU ops against candle's built-ins in the same process — a 3×3
 //! 64→64 conv on 2×64×80×80 (forward, forward + backward) and a ResNet-18 training step (SGD
@@ -20,6 +21,7 @@ use crate::models::layers::NormKind;
 use crate::models::resnet::{ResNet, ResNetConfig};
 use crate::ops::conv::{conv2d, ConvImpl, ConvParams};
 
+pub mod check;
 pub mod inputs;
 pub mod rows;
 
@@ -30,6 +32,18 @@ pub struct Row {
     pub kdet_ms: f64,
     pub candle_ms: f64,
     pub gflop: Option<f64>,
+}
+
+/// A repository file the benchmarks read (`configs/…`): under the current folder when it is
+/// there — a binary carried to another machine runs from that machine's checkout
+/// (tools/gpu_check.sh) — else under the source tree kdet was built from.
+pub(crate) fn repo_file(rel: &str) -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
 }
 
 /// The median as Python's `statistics.median` (tools/bench_torch.py) defines it: the middle
@@ -45,13 +59,26 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time<F: FnMut() -> Result<()>>(warmup: usize, runs: usize, mut f: F) -> Result<f64> {
+    time_on(&Device::Cpu, warmup, runs, &mut f)
+}
+
+/// Median ms of `f` over `runs` after `warmup`, each run closed by a synchronisation of `dev`
+/// (a GPU queues work and returns: without it the time would be the launches').
+pub(crate) fn time_on(
+    dev: &Device,
+    warmup: usize,
+    runs: usize,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
+    dev.synchronize()?;
     let mut t = Vec::with_capacity(runs);
     for _ in 0..runs {
         let s = Instant::now();
         f()?;
+        dev.synchronize()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
     Ok(median(t))
@@ -111,20 +138,26 @@ pub fn ops(runs: usize) -> Result<Vec<Row>> {
     });
     rows.push(Row {
         name: "ResNet-18 SGD step 2×3×224×224".into(),
-        kdet_ms: resnet_step_with(18, ConvImpl::Kdet, 3, runs)?,
-        candle_ms: resnet_step_with(18, ConvImpl::Candle, 3, runs)?,
+        kdet_ms: resnet_step_with(18, ConvImpl::Kdet, 3, runs, &Device::Cpu)?,
+        candle_ms: resnet_step_with(18, ConvImpl::Candle, 3, runs, &Device::Cpu)?,
         gflop: None,
     });
     Ok(rows)
 }
 
 /// A ResNet SGD step (momentum 0.9, weight decay 1e-4, BatchNorm in train mode) on 2 × 3 × 224 ×
-/// 224 with kdet's convolution, median ms.
-pub fn resnet_step(depth: u32, warmup: usize, runs: usize) -> Result<f64> {
-    resnet_step_with(depth, ConvImpl::Kdet, warmup, runs)
+/// 224 with kdet's convolution on `dev`, median ms.
+pub fn resnet_step(depth: u32, warmup: usize, runs: usize, dev: &Device) -> Result<f64> {
+    resnet_step_with(depth, ConvImpl::Kdet, warmup, runs, dev)
 }
 
-fn resnet_step_with(depth: u32, imp: ConvImpl, warmup: usize, runs: usize) -> Result<f64> {
+fn resnet_step_with(
+    depth: u32,
+    imp: ConvImpl,
+    warmup: usize,
+    runs: usize,
+    dev: &Device,
+) -> Result<f64> {
     {
         let m = Arc::new(SeededVarMap::new(0));
         let cfg = ResNetConfig {
@@ -134,7 +167,7 @@ fn resnet_step_with(depth: u32, imp: ConvImpl, warmup: usize, runs: usize) -> Re
             conv: imp,
             bn_eps: 1e-5,
         };
-        let net = ResNet::new(m.builder(DType::F32, &Device::Cpu), cfg, Some(1000))?;
+        let net = ResNet::new(m.builder(DType::F32, dev), cfg, Some(1000))?;
         let vars: Vec<(String, Var)> = m
             .varmap
             .data()
@@ -157,9 +190,10 @@ fn resnet_step_with(depth: u32, imp: ConvImpl, warmup: usize, runs: usize) -> Re
             (224, 224),
             &crate::data::transforms::InputConfig::default(),
             5,
-        )?;
-        let labels = Tensor::new(&[3u32, 917], &Device::Cpu)?;
-        time(warmup, runs, || {
+        )?
+        .to_device(dev)?;
+        let labels = Tensor::new(&[3u32, 917], dev)?;
+        time_on(dev, warmup, runs, &mut || {
             let logits = net.classify_t(&input, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             let grads = loss.backward()?;

@@ -11,6 +11,10 @@
 //! DCM, SimCLR pretraining) `configs/synth/cls_base.json`'s: 64 images of 32², 32 classes. The
 //! method rows build their method from its shipped config as `kdet train` does. Both sides feed
 //! the same images ([`super::inputs`]).
+//!
+//! `--device cuda` runs a row on the GPU (the batch moved there before timing; each repetition
+//! ends with a device synchronisation, so the time is the work's, not its launch's). The NMS
+//! row then runs [`batched_nms_tensor`] on device boxes; the anchor row works on host vectors.
 
 use std::path::Path;
 
@@ -18,8 +22,8 @@ use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::inputs::{class_batch, detection_batch, run_data};
-use super::{median, randn};
+use super::inputs::{class_batch, detection_batch, on_device, run_data};
+use super::randn;
 use crate::config::solver::SolverConfig;
 use crate::config::LoadedConfig;
 use crate::data::loader::Batch;
@@ -30,7 +34,7 @@ use crate::models::config::ModelConfig;
 use crate::models::contract::{StepRng, Want};
 use crate::ops::anchors::AnchorGenerator;
 use crate::ops::boxes::{Box4, BoxCoder};
-use crate::ops::nms::batched_nms;
+use crate::ops::nms::{batched_nms, batched_nms_tensor};
 use crate::ops::roi_align::multi_scale_roi_align;
 
 /// One measured row.
@@ -150,7 +154,7 @@ fn scaling(name: &str) -> Option<(usize, usize)> {
 }
 
 fn config(rel: &str) -> Result<LoadedConfig> {
-    crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+    crate::config::load(&super::repo_file(rel))
 }
 
 /// The synthetic detection configs' batch: 4 images of 128², two boxes each.
@@ -187,16 +191,17 @@ fn sgd(net: &Network) -> Optimizer {
 /// A training step of the method a config describes (`distill::build_method`, as `kdet train`
 /// builds it, teachers and method variables included), one optimizer per parameter group as
 /// the trainer: the method's step, the sum of its losses, backward, every optimizer's step.
-fn method_step(rel: &str, classes: usize, b: &Batch, timing: Timing) -> Result<f64> {
+fn method_step(rel: &str, classes: usize, b: &Batch, timing: Timing, dev: &Device) -> Result<f64> {
     let cfg = config(rel)?;
-    let mut method = crate::distill::build_method(&cfg, &run_data(classes))?;
+    let b = &on_device(b, dev)?;
+    let mut method = crate::distill::build_method(&cfg, &run_data(classes, dev))?;
     let mut opts: Vec<Optimizer> = method
         .param_groups()
         .into_iter()
         .map(|g| Optimizer::new(params_with_decay(g, &solver()), &solver()))
         .collect();
     let mut it = 0u64;
-    timing.run(|| {
+    timing.run(dev, || {
         it += 1;
         let step = method.step(b, &mut StepRng::seed_from_u64(it))?;
         let grads = sum(step.losses.into_values())?.backward()?;
@@ -208,11 +213,18 @@ fn method_step(rel: &str, classes: usize, b: &Batch, timing: Timing) -> Result<f
 }
 
 /// A training step of the plain method: forward, assignment, losses, backward, SGD.
-fn detector_step(model: &ModelConfig, classes: usize, b: &Batch, timing: Timing) -> Result<f64> {
-    let net = Network::new(model, classes, 0, &Device::Cpu)?;
+fn detector_step(
+    model: &ModelConfig,
+    classes: usize,
+    b: &Batch,
+    timing: Timing,
+    dev: &Device,
+) -> Result<f64> {
+    let net = Network::new(model, classes, 0, dev)?;
+    let b = &on_device(b, dev)?;
     let mut opt = sgd(&net);
     let mut it = 0u64;
-    timing.run(|| {
+    timing.run(dev, || {
         it += 1;
         let m = &net.model;
         let mut rng = StepRng::seed_from_u64(it);
@@ -243,17 +255,9 @@ pub struct Timing {
 }
 
 impl Timing {
-    fn run(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        for _ in 0..self.warmup {
-            f()?;
-        }
-        let mut t = Vec::with_capacity(self.runs);
-        for _ in 0..self.runs {
-            let s = std::time::Instant::now();
-            f()?;
-            t.push(s.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(t))
+    /// Median ms of `f`, each repetition closed by a synchronisation of `dev`.
+    fn run(&self, dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        super::time_on(dev, self.warmup, self.runs, &mut f)
     }
 }
 
@@ -263,7 +267,7 @@ fn r50() -> ModelConfig {
 }
 
 /// Random boxes inside `h × w`, `n` of them.
-fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
+pub(crate) fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
     (0..n)
         .map(|_| {
             let (x, y) = (
@@ -279,14 +283,15 @@ fn random_boxes(n: usize, h: f32, w: f32, rng: &mut impl Rng) -> Vec<Box4> {
         .collect()
 }
 
-/// R50-FPN feature maps of an 800 × 1088 batch of 2 (P2–P5, 256 channels) and their scales.
-fn fpn_features(grad: bool) -> Result<(Vec<Tensor>, Vec<f32>)> {
+/// R50-FPN feature maps of an 800 × 1088 batch of 2 (P2–P5, 256 channels) on `dev` and their
+/// scales.
+fn fpn_features(grad: bool, dev: &Device) -> Result<(Vec<Tensor>, Vec<f32>)> {
     let mut f = vec![];
     for (i, (h, w)) in [(200, 272), (100, 136), (50, 68), (25, 34)]
         .iter()
         .enumerate()
     {
-        let t = randn(&[2, 256, *h, *w], 40 + i as u64)?;
+        let t = randn(&[2, 256, *h, *w], 40 + i as u64)?.to_device(dev)?;
         f.push(if grad {
             Var::from_tensor(&t)?.as_tensor().clone()
         } else {
@@ -296,14 +301,14 @@ fn fpn_features(grad: bool) -> Result<(Vec<Tensor>, Vec<f32>)> {
     Ok((f, vec![0.25, 0.125, 0.0625, 0.03125]))
 }
 
-/// Run row `name`.
-pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResult> {
+/// Run row `name` on `dev`.
+pub fn run(name: &str, timing: Timing, weights: Option<&Path>, dev: &Device) -> Result<RowResult> {
     let (ms, images) = match name {
-        "infer_synth_student" | "infer_r50_800" => (inference_row(name, timing, weights)?, 1),
+        "infer_synth_student" | "infer_r50_800" => (inference_row(name, timing, weights, dev)?, 1),
         "roi_align_fwd" | "roi_align_fwd_bwd" | "nms_batched" | "anchors_decode" => {
-            (kernel_row(name, timing)?, 0)
+            (kernel_row(name, timing, dev)?, 0)
         }
-        _ => training_row(name, timing)?,
+        _ => training_row(name, timing, dev)?,
     };
     Ok(RowResult {
         name: name.to_string(),
@@ -315,11 +320,14 @@ pub fn run(name: &str, timing: Timing, weights: Option<&Path>) -> Result<RowResu
 }
 
 /// A training row: median ms and images per step.
-fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
+fn training_row(name: &str, timing: Timing, dev: &Device) -> Result<(f64, usize)> {
     Ok(match name {
         "resnet18_step" | "resnet50_step" => {
             let depth = if name == "resnet18_step" { 18 } else { 50 };
-            (super::resnet_step(depth, timing.warmup, timing.runs)?, 2)
+            (
+                super::resnet_step(depth, timing.warmup, timing.runs, dev)?,
+                2,
+            )
         }
         "frcnn_step_synth_student" | "frcnn_step_synth_teacher" | "paa_step_synth_student" => {
             let file = match name {
@@ -328,11 +336,14 @@ fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
                 _ => "configs/synth/paa_student.json",
             };
             let model = config(file)?.config.model;
-            (detector_step(&model, 5, &synth_batch(&model)?, timing)?, 4)
+            (
+                detector_step(&model, 5, &synth_batch(&model)?, timing, dev)?,
+                4,
+            )
         }
         "frcnn_step_r50_800" => {
             let b = detection_batch(2, (800, 1088), (800, 1088), r50().input(), 1)?;
-            (detector_step(&r50(), 90, &b, timing)?, 2)
+            (detector_step(&r50(), 90, &b, timing, dev)?, 2)
         }
         _ if scaling(name).is_some() => {
             // The synthetic student's architecture on larger images: how the step's cost grows
@@ -343,7 +354,7 @@ fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
             // Padded to a multiple of 32, as the loader (and torchvision's transform) pads.
             let padded = side.div_ceil(32) * 32;
             let b = detection_batch(n, (side, side), (padded, padded), model.input(), 1)?;
-            (detector_step(&model, 5, &b, timing)?, n)
+            (detector_step(&model, 5, &b, timing, dev)?, n)
         }
         "distill_step_synth" | "distill_pkd_synth" | "distill_cwd_synth" | "distill_mgd_synth"
         | "distill_fgd_synth" => {
@@ -352,7 +363,7 @@ fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
                 _ => format!("configs/synth/frcnn_{}.json", &name[8..11]),
             };
             let b = synth_batch(&config(&rel)?.config.model)?;
-            (method_step(&rel, 5, &b, timing)?, 4)
+            (method_step(&rel, 5, &b, timing, dev)?, 4)
         }
         "cls_step_synth" | "dml_step_synth" | "dcm_step_synth" => {
             let rel = match name {
@@ -361,14 +372,14 @@ fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
                 _ => "configs/synth/cls_dcm.json",
             };
             let b = class_batch(64, 32, 32, config(rel)?.config.model.input(), 1)?;
-            (method_step(rel, 32, &b, timing)?, 64)
+            (method_step(rel, 32, &b, timing, dev)?, 64)
         }
         "simclr_pretrain_step_synth" => {
             // The loader's two views of 64 images, already augmented (augmentation is the data
             // pipeline's, untimed on both sides): 128 unlabeled images, views 1 then views 2.
             let rel = "configs/synth/cls_simclr_pretrain.json";
             let b = class_batch(128, 32, 0, config(rel)?.config.model.input(), 1)?;
-            (method_step(rel, 32, &b, timing)?, 64)
+            (method_step(rel, 32, &b, timing, dev)?, 64)
         }
         other => {
             return Err(Error::msg(format!(
@@ -380,7 +391,7 @@ fn training_row(name: &str, timing: Timing) -> Result<(f64, usize)> {
 }
 
 /// An inference row: one image through `predict`, median ms.
-fn inference_row(name: &str, timing: Timing, weights: Option<&Path>) -> Result<f64> {
+fn inference_row(name: &str, timing: Timing, weights: Option<&Path>, dev: &Device) -> Result<f64> {
     let (model, classes, b) = if name == "infer_synth_student" {
         let model = config("configs/synth/frcnn_student.json")?.config.model;
         let b = detection_batch(1, (128, 128), (128, 128), model.input(), 2)?;
@@ -392,26 +403,27 @@ fn inference_row(name: &str, timing: Timing, weights: Option<&Path>) -> Result<f
     // The same weights as the PyTorch side when given (inference cost depends on how many
     // boxes pass the score threshold).
     let net = match weights {
-        Some(w) => Network::load(&model, classes, w, &Device::Cpu)?,
-        None => Network::new(&model, classes, 0, &Device::Cpu)?,
+        Some(w) => Network::load(&model, classes, w, dev)?,
+        None => Network::new(&model, classes, 0, dev)?,
     };
-    timing.run(|| {
+    let b = on_device(&b, dev)?;
+    timing.run(dev, || {
         net.model.predict(&b)?;
         Ok(())
     })
 }
 
 /// A kernel row (RoIAlign, NMS, anchors), median ms.
-fn kernel_row(name: &str, timing: Timing) -> Result<f64> {
+fn kernel_row(name: &str, timing: Timing, dev: &Device) -> Result<f64> {
     match name {
         "roi_align_fwd" | "roi_align_fwd_bwd" => {
             let backward = name == "roi_align_fwd_bwd";
-            let (f, scales) = fpn_features(backward)?;
+            let (f, scales) = fpn_features(backward, dev)?;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let rois: Vec<Vec<Box4>> = (0..2)
                 .map(|_| random_boxes(512, 800.0, 1088.0, &mut rng))
                 .collect();
-            timing.run(|| {
+            timing.run(dev, || {
                 let y = multi_scale_roi_align(&f, &scales, &rois, 7, 2)?;
                 if backward {
                     y.sum_all()?.backward()?;
@@ -424,8 +436,18 @@ fn kernel_row(name: &str, timing: Timing) -> Result<f64> {
             let boxes = random_boxes(4000, 800.0, 1088.0, &mut rng);
             let scores: Vec<f32> = (0..4000).map(|_| rng.random::<f32>()).collect();
             let classes: Vec<usize> = (0..4000).map(|_| rng.random_range(0..80)).collect();
-            timing.run(|| {
-                batched_nms(&boxes, &scores, &classes, 0.5);
+            if dev.is_cpu() {
+                return timing.run(dev, || {
+                    batched_nms(&boxes, &scores, &classes, 0.5);
+                    Ok(())
+                });
+            }
+            // On a GPU, as torchvision's CUDA batched_nms: boxes on the device, the IoU mask
+            // there, the greedy pass on the host.
+            let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
+            let t = Tensor::from_vec(flat, (boxes.len(), 4), dev)?;
+            timing.run(dev, || {
+                batched_nms_tensor(&t, &scores, &classes, 0.5)?;
                 Ok(())
             })
         }
@@ -446,7 +468,7 @@ fn anchors_decode(timing: Timing) -> Result<f64> {
         .map(|_| std::array::from_fn(|_| rng.random_range(-1.0f32..1.0)))
         .collect();
     let coder = BoxCoder::new([1.0, 1.0, 1.0, 1.0]);
-    timing.run(|| {
+    timing.run(&Device::Cpu, || {
         let anchors: Vec<Box4> = g
             .anchors((800, 1088), &sizes)
             .into_iter()
@@ -478,6 +500,7 @@ pub fn peak_rss_mb() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::median;
 
     #[test]
     fn every_cheap_row_runs() {
@@ -499,11 +522,11 @@ mod tests {
             ("dcm_step_synth", 64),
             ("simclr_pretrain_step_synth", 64),
         ] {
-            let r = run(name, t, None).unwrap();
+            let r = run(name, t, None, &Device::Cpu).unwrap();
             assert!(r.median_ms > 0.0 && r.peak_rss_mb > 0.0, "{r:?}");
             assert_eq!(r.images, images, "{name}");
         }
-        assert!(run("nope", t, None)
+        assert!(run("nope", t, None, &Device::Cpu)
             .unwrap_err()
             .to_string()
             .contains("nms_batched"));

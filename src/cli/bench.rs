@@ -5,7 +5,8 @@ use super::*;
 /// The flags of `kdet bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// `ops`, `row` or `list`.
+    /// `ops`, `row`, `list` or `check` (the device's RoIAlign and half-precision teacher
+    /// against the CPU's, for tools/gpu_check.sh).
     pub what: String,
     /// The row, for `row`.
     pub name: Option<String>,
@@ -22,12 +23,12 @@ pub struct BenchArgs {
     /// Weights for the inference rows (the PyTorch side's, so both score the same boxes).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Print the row as JSON (`row`).
+    /// Print the row (`row`) or the checks (`check`) as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BenchArgs, device: &Option<String>) -> anyhow::Result<ExitCode> {
     let BenchArgs {
         what,
         name,
@@ -37,6 +38,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         weights,
         json,
     } = args;
+    // `row` and `check` run on `--device`; `ops` compares kdet's CPU kernels with candle's.
+    let dev = match device {
+        Some(d) if what == "row" || what == "check" => kdet::device::open_named(d)?,
+        Some(d) if d != "cpu" => bail!("--device {d}: `bench {what}` runs on the CPU only"),
+        _ => candle_core::Device::Cpu,
+    };
     match what.as_str() {
         "list" => {
             for (n, d) in kdet::bench::rows::ROWS {
@@ -50,7 +57,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 bail!("--runs must be >= 1");
             }
             let timing = kdet::bench::rows::Timing { warmup, runs };
-            let r = kdet::bench::rows::run(&name, timing, weights.as_deref())?;
+            let r = kdet::bench::rows::run(&name, timing, weights.as_deref(), &dev)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -80,6 +87,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             print!("{}", kdet::bench::table(&rows, &reference));
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown benchmark `{other}`; available: ops, row, list"),
+        "check" => {
+            let checks = kdet::bench::check::run(&dev)?;
+            if json {
+                println!("{}", serde_json::to_string(&checks)?);
+            } else {
+                print!("{}", kdet::bench::check::table(&checks));
+            }
+            let failed = checks.iter().any(|c| c.skipped.is_empty() && !c.ok);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        other => bail!("unknown benchmark `{other}`; available: ops, row, list, check"),
     }
 }

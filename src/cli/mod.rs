@@ -124,7 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Export(a) => export::run(a, device),
         Cmd::Synth(a) => synth::run(a),
         Cmd::Data(a) => data::run(a),
-        Cmd::Bench(a) => bench::run(a),
+        Cmd::Bench(a) => bench::run(a, device),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Fed(a) => fed::run(a, device),
     }

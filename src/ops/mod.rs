@@ -2,16 +2,21 @@
 //!
 //! Tensor ops with a CPU kernel and a candle fallback on other devices or dtypes: convolution with
 //! a GEMM backward ([`conv`]), padded overlapping max-pooling ([`pool`]), fused BatchNorm and
-//! channel affine ([`norm`]), ReLU ([`relu`]), RoIAlign ([`roi_align`]). Box logic on plain
+//! channel affine ([`norm`]), ReLU ([`relu`]), RoIAlign ([`roi_align`], also on CUDA: `cuda`,
+//! kernels.cu). Box logic on plain
 //! vectors, as torchvision: box coder and IoU ([`boxes`]), NMS ([`nms`]), anchors ([`anchors`]),
 //! matcher and balanced sampler ([`matcher`]).
 
 pub mod anchors;
 pub mod boxes;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod gmm;
 #[cfg(test)]
 pub(crate) mod gradcheck;
+#[cfg(test)]
+mod kernels_host;
 pub mod matcher;
 pub mod nms;
 pub mod norm;

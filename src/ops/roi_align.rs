@@ -3,14 +3,16 @@
 //! scaled by `spatial_scale`, widened to at least 1×1, split into `out × out` bins, each averaged
 //! over `sampling_ratio²` bilinear samples (or `ceil(roi / out)` per side when the ratio is 0).
 //! A candle custom op with a CPU forward (parallel over RoIs) and backward (parallel over
-//! channels, so the scatter-add of every RoI into the feature gradient never races), plus
-//! torchvision's `MultiScaleRoIAlign` level assignment.
+//! channels, so the scatter-add of every RoI into the feature gradient never races), and with
+//! the `cuda` feature CUDA kernels for both (src/ops/kernels.cu: one thread per output element,
+//! the backward scatter-adding with atomics), plus torchvision's `MultiScaleRoIAlign` level
+//! assignment.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::boxes::Box4;
-use super::{cpu_f32, with_f32, OutBuf};
+use super::{cpu_f32, OutBuf};
 
 /// RoIAlign parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,10 +115,8 @@ impl CustomOp2 for RoiAlign {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let (k, five) = l2.shape().dims2()?;
-        if five != 5 {
-            candle_core::bail!("roi_align: rois must be K×5 (batch index, x1, y1, x2, y2)")
-        }
+        check_rois(l2)?;
+        let k = l2.shape().dims2()?.0;
         let (x, rois) = (cpu_f32(s1, l1, "roi_align")?, cpu_f32(s2, l2, "roi_align")?);
         let o = self.0.output_size;
         let mut out = OutBuf::new(k * c * o * o);
@@ -153,6 +153,17 @@ impl CustomOp2 for RoiAlign {
             Shape::from((k, c, o, o)),
         ))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        check_rois(l2)?;
+        super::cuda::roi_align_fwd((s1, l1), (s2, l2), &self.0)
+    }
     fn bwd(
         &self,
         x: &Tensor,
@@ -160,56 +171,105 @@ impl CustomOp2 for RoiAlign {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let o = self.0.output_size;
-        let rv = rois.flatten_all()?.to_vec1::<f32>()?;
+        let dx = dy.contiguous()?.apply_op2_no_bwd(
+            rois,
+            &RoiAlignGrad {
+                p: self.0,
+                dims: x.dims4()?,
+            },
+        )?;
+        Ok((Some(dx), None))
+    }
+}
+
+fn check_rois(l: &Layout) -> candle_core::Result<()> {
+    if l.shape().dims2()?.1 != 5 {
+        candle_core::bail!("roi_align: rois must be K×5 (batch index, x1, y1, x2, y2)")
+    }
+    Ok(())
+}
+
+/// RoIAlign's backward as an op of its own, `(dy, rois) → dfeatures`, so that it runs where
+/// the tensors are (CPU or GPU kernel) without copying feature-sized gradients.
+struct RoiAlignGrad {
+    p: RoiAlignParams,
+    /// `(n, c, h, w)` of the features.
+    dims: (usize, usize, usize, usize),
+}
+
+impl CustomOp2 for RoiAlignGrad {
+    fn name(&self) -> &'static str {
+        "kdet-roi-align-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.dims;
+        let o = self.p.output_size;
+        let (g, rv) = (cpu_f32(s1, l1, "roi_align")?, cpu_f32(s2, l2, "roi_align")?);
         let k = rv.len() / 5;
         let geo: Vec<(usize, BinTaps, f32)> = (0..k)
             .into_par_iter()
             .map(|r| {
                 let roi = &rv[r * 5..r * 5 + 5];
-                let (bins, count) = roi_samples(roi, h, w, &self.0);
+                let (bins, count) = roi_samples(roi, h, w, &self.p);
                 (roi[0] as usize, bins, count)
             })
             .collect();
         let mut dx = vec![0f32; n * c * h * w];
-        with_f32(dy, |g| {
-            // One task per (image, channel) plane: every RoI of that image adds into it.
-            dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, d)| {
-                let (b, ch) = (plane / c, plane % c);
-                for (r, (rb, bins, count)) in geo.iter().enumerate() {
-                    if *rb != b {
-                        continue;
-                    }
-                    for (bi, taps) in bins.iter().enumerate() {
-                        let gv = g[(r * c + ch) * o * o + bi] / count;
-                        for t in taps {
-                            for &(idx, wt) in t {
-                                d[idx] += wt * gv;
-                            }
+        // One task per (image, channel) plane: every RoI of that image adds into it.
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, d)| {
+            let (b, ch) = (plane / c, plane % c);
+            for (r, (rb, bins, count)) in geo.iter().enumerate() {
+                if *rb != b {
+                    continue;
+                }
+                for (bi, taps) in bins.iter().enumerate() {
+                    let gv = g[(r * c + ch) * o * o + bi] / count;
+                    for t in taps {
+                        for &(idx, wt) in t {
+                            d[idx] += wt * gv;
                         }
                     }
                 }
-            });
-        })?;
-        Ok((Some(Tensor::from_vec(dx, (n, c, h, w), x.device())?), None))
+            }
+        });
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        check_rois(l2)?;
+        super::cuda::roi_align_bwd((s1, l1), (s2, l2), self.dims, &self.p)
     }
 }
 
 /// RoIAlign of `rois` (`K×5`: batch index, x1, y1, x2, y2 in image pixels) on `features`
-/// (`N×C×H×W`), giving `K×C×out×out`. CPU f32 (the op's only kernel; features on another device
-/// are pooled on the CPU and moved back, logged once; other dtypes — an f16 teacher — are pooled
-/// in f32 and cast back).
+/// (`N×C×H×W`), giving `K×C×out×out`. f32 kernels on the CPU and (the `cuda` feature) on CUDA;
+/// other dtypes — an f16 teacher — are pooled in f32 and cast back; features on another device
+/// (Metal) are pooled on the CPU and moved back, logged once.
 pub fn roi_align(
     features: &Tensor,
     rois: &Tensor,
     p: RoiAlignParams,
 ) -> candle_core::Result<Tensor> {
-    if features.device().is_cpu() && features.dtype() == candle_core::DType::F32 {
-        return features.contiguous()?.apply_op2(
-            &rois.to_dtype(candle_core::DType::F32)?.contiguous()?,
+    let dev = features.device();
+    if dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda()) {
+        let f32 = candle_core::DType::F32;
+        let y = features.to_dtype(f32)?.contiguous()?.apply_op2(
+            &rois.to_device(dev)?.to_dtype(f32)?.contiguous()?,
             RoiAlign(p),
-        );
+        )?;
+        return y.to_dtype(features.dtype());
     }
     static WARN: std::sync::Once = std::sync::Once::new();
     WARN.call_once(|| {
