@@ -38,7 +38,8 @@
 #             3000-iteration run), DoGo ≈ 0.5 s/iter (≈ 25 min per seed); ≈ 2.5–3 h in all
 #   mutual    issue 22 on the balanced classification data: R18×0.25 and ×0.5 alone, DML, DCM,
 #             FFSD (same architecture twice; ×0.25 with ×0.5), each mutual network against the
-#             same network alone and FFSD's leader against DML; on detection, DML between
+#             same network alone and FFSD's leader against DML, on the balanced and the
+#             long-tailed (cls_lt_*) data; on detection, DML between
 #             Co-LAD's PAA pair against each alone and against Co-LAD
 #   data1     the claims in DATA1_CLAIMS on data seed 1 (its teachers retrained on that data; the
 #             shipped detection teachers stay, trained on data seed 0)
@@ -305,6 +306,16 @@ if wanted mutual; then
     runs/cls_dcm_mixed:net2:predictions runs/cls_ffsd_mixed
   compare_arms ffsd_leader_vs_dml runs/cls_dml runs/cls_ffsd
   compare_arms ffsd_mixed_leader_vs_dml runs/cls_dml_mixed:net2:predictions runs/cls_ffsd_mixed
+  # Long-tailed data (cls_lt_base: imbalance 100, cosine heads, instance sampling), the same
+  # pairings; many/medium/few-shot top-1 in every table.
+  for r in cls_lt_instance cls_lt_x05 cls_lt_dml cls_lt_dml_mixed cls_lt_dcm cls_lt_dcm_mixed \
+    cls_lt_ffsd cls_lt_ffsd_mixed; do seeds "$r" "$SEEDS"; done
+  compare_arms lt_online_r18x025_twins runs/cls_lt_instance runs/cls_lt_dml \
+    runs/cls_lt_dml:net2:predictions runs/cls_lt_dcm runs/cls_lt_dcm:net2:predictions runs/cls_lt_ffsd
+  compare_arms lt_online_mixed_r18x025 runs/cls_lt_instance runs/cls_lt_dml_mixed runs/cls_lt_dcm_mixed
+  compare_arms lt_online_mixed_r18x05 runs/cls_lt_x05 runs/cls_lt_dml_mixed:net2:predictions \
+    runs/cls_lt_dcm_mixed:net2:predictions runs/cls_lt_ffsd_mixed
+  compare_arms lt_ffsd_leader_vs_dml runs/cls_lt_dml runs/cls_lt_ffsd
   # Detection: DML between Co-LAD's PAA pair (evaluates net2, the ×0.5 partner).
   for r in paa_student paa_partner colad paa_dml; do seeds "$r" "$SEEDS"; done
   compare_arms dml_paa_net1 runs/paa_student runs/paa_dml:net1:detections runs/colad:net1:detections
