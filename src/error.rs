@@ -28,6 +28,10 @@ pub enum Error {
     /// with 128 + the signal, as a process the signal had ended would.
     #[error("{msg}")]
     Interrupted { signal: i32, msg: String },
+    /// A frame of `kdet online`'s stream could not be decoded (its index and file in the
+    /// message): fatal unless the stream skips such frames.
+    #[error("{0} (`kdet online --skip-unreadable` skips such frames)")]
+    UnreadableFrame(String),
 }
 
 /// Result alias used across the library.

@@ -230,6 +230,36 @@ fn folders_signals_and_bad_input() {
         e.contains("frame 2 of the stream") && e.contains("bad.png"),
         "{e}"
     );
+    assert!(e.contains("--skip-unreadable"), "{e}");
+    // … or, with --skip-unreadable, is skipped: said with its index, logged, listed, and the
+    // key frame due on it moves to the next readable one.
+    let third = frames.join("frame_000002.png");
+    std::fs::write(
+        &list,
+        format!("bad.png\n{}\n{}\n", first.display(), third.display()),
+    )
+    .unwrap();
+    let o = kdet(&[
+        "online",
+        &cfg,
+        list.to_str().unwrap(),
+        "--skip-unreadable",
+        "--fresh",
+    ]);
+    let e = ok(&o);
+    assert!(
+        e.contains("frame 1 of the stream") && e.contains("skipped"),
+        "{e}"
+    );
+    let recs = records(&run);
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[0]["skipped"], true);
+    assert_eq!(recs[1]["key"], true, "{:?}", recs[1]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("online.json")).unwrap()).unwrap();
+    assert_eq!(summary["skipped_frames"], serde_json::json!([1]));
+    assert_eq!(summary["frames"], 3);
+    std::fs::remove_dir_all(&run).unwrap();
     // A student whose classes are not the teacher's.
     let side = d.path().join("student.json");
     let mut s: serde_json::Value = serde_json::from_slice(

@@ -26,6 +26,10 @@ pub struct OnlineArgs {
     /// Start over although `output_dir` holds a stream's checkpoint (it is replaced).
     #[arg(long, conflicts_with = "resume")]
     pub fresh: bool,
+    /// Skip a frame that cannot be read (said with its index, listed in `online.json`'s
+    /// `skipped_frames`, no detections for it) instead of stopping the stream.
+    #[arg(long)]
+    pub skip_unreadable: bool,
 }
 
 pub fn run(args: OnlineArgs, device: &Option<String>) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,7 @@ pub fn run(args: OnlineArgs, device: &Option<String>) -> anyhow::Result<ExitCode
         teacher_every_frame: args.teacher_every_frame,
         resume: args.resume,
         fresh: args.fresh,
+        skip_unreadable: args.skip_unreadable,
     };
     let s = kdet::engine::online::run(&cfg, &frames, &opts)?;
     let ap = |name: &str, v: Option<f64>, v50: Option<f64>| match (v, v50) {
@@ -55,5 +60,12 @@ pub fn run(args: OnlineArgs, device: &Option<String>) -> anyhow::Result<ExitCode
         ap("teacher", s.teacher_ap, s.teacher_ap50),
         s.output_dir.display()
     );
+    if !s.skipped_frames.is_empty() {
+        eprintln!(
+            "{} unreadable frame(s) skipped (no detections; misses against --truth): {:?}",
+            s.skipped_frames.len(),
+            s.skipped_frames
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -257,6 +257,9 @@ pub struct OnlineOptions {
     /// flags); `fresh`: start over although the folder holds a checkpoint (`kdet train`'s rules).
     pub resume: bool,
     pub fresh: bool,
+    /// An unreadable frame is skipped (said with its index, counted in the summary, no
+    /// detections) instead of stopping the stream.
+    pub skip_unreadable: bool,
 }
 
 /// What a stream reports (also written as `online.json`).
@@ -288,6 +291,9 @@ pub struct OnlineSummary {
     /// The teacher on every frame against the truth (`teacher_every_frame`).
     pub teacher_ap: Option<f64>,
     pub teacher_ap50: Option<f64>,
+    /// Frames skipped as unreadable (1-based; `skip_unreadable`): no detections, so they count
+    /// as misses in the AP against the truth.
+    pub skipped_frames: Vec<usize>,
     pub output_dir: PathBuf,
 }
 
@@ -602,7 +608,10 @@ impl Stream<'_> {
         let pb = super::trainer::progress(frames.len() as u64, done as u64);
         for (i, path) in frames.iter().enumerate().skip(done) {
             let id = truth.map_or(i as u64 + 1, |t| t.ids[i]);
-            self.st.seconds += self.frame(i, path, id, opts.teacher_every_frame)?;
+            self.st.seconds += match self.frame(i, path, id, opts.teacher_every_frame) {
+                Err(Error::UnreadableFrame(e)) if opts.skip_unreadable => self.skip(i, &e)?,
+                r => r?,
+            };
             let msg = format!(
                 "stride {} teacher {} updates {}",
                 self.st.policy.stride, self.st.teacher_calls, self.st.updates
@@ -656,7 +665,7 @@ impl Stream<'_> {
     fn frame(&mut self, i: usize, path: &Path, id: u64, teacher_every_frame: bool) -> Result<f64> {
         let t0 = Instant::now();
         let rgb = crate::data::decode_image(path)
-            .map_err(|e| Error::msg(format!("frame {} of the stream: {e}", i + 1)))?
+            .map_err(|e| Error::UnreadableFrame(format!("frame {} of the stream: {e}", i + 1)))?
             .to_rgb8();
         let decode = t0.elapsed().as_secs_f64();
         let input = self.method.student.config.input().clone();
@@ -705,6 +714,23 @@ impl Stream<'_> {
             .trace
             .push((i + 1, stride, rec["agreement"].as_f64()));
         Ok(spent)
+    }
+
+    /// Frame `i` could not be read (`--skip-unreadable`): said, logged as skipped, no
+    /// detections; a key frame due on it moves to the next frame.
+    fn skip(&mut self, i: usize, err: &str) -> Result<f64> {
+        eprintln!("warning: {err}; skipped (--skip-unreadable)");
+        let stride = self.st.policy.stride;
+        if self.st.next_key == i {
+            self.st.next_key = i + 1;
+        }
+        self.st.skipped.push(i + 1);
+        let rec = json!({"iter": i + 1, "frame": i + 1, "stride": stride, "key": false,
+            "skipped": true, "teacher_calls": self.st.teacher_calls,
+            "total_updates": self.st.updates, "time": 0.0});
+        self.log.write(&rec)?;
+        self.st.trace.push((i + 1, stride, None));
+        Ok(0.0)
     }
 
     /// The teacher's detections on the frame `rgb` (in its coordinates), at the teacher's own
@@ -844,6 +870,7 @@ impl Stream<'_> {
             student_ap50: sa.map(|v| v.1),
             teacher_ap: te.map(|v| v.0),
             teacher_ap50: te.map(|v| v.1),
+            skipped_frames: st.skipped.clone(),
             output_dir: out.clone(),
         };
         let text = serde_json::to_string_pretty(&summary).expect("summary serialises");

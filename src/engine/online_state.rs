@@ -57,6 +57,9 @@ pub(super) struct Progress {
     pub teacher_recs: Vec<ResultRecord>,
     /// (frame, stride, agreement on key frames) per frame done, for the plot.
     pub trace: Vec<(usize, usize, Option<f64>)>,
+    /// Frames skipped as unreadable (1-based).
+    #[serde(default)]
+    pub skipped: Vec<usize>,
 }
 
 impl Progress {
@@ -76,6 +79,7 @@ impl Progress {
             student_recs: vec![],
             teacher_recs: vec![],
             trace: vec![],
+            skipped: vec![],
         }
     }
 
