@@ -260,6 +260,21 @@ fn folders_signals_and_bad_input() {
     assert_eq!(summary["skipped_frames"], serde_json::json!([1]));
     assert_eq!(summary["frames"], 3);
     std::fs::remove_dir_all(&run).unwrap();
+    // Frames of different sizes: each resized as inference does, said once.
+    let small = d.path().join("small.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([90, 90, 90]))
+        .save(&small)
+        .unwrap();
+    std::fs::write(
+        &list,
+        format!("{}\nsmall.png\nsmall.png\n", first.display()),
+    )
+    .unwrap();
+    let e = ok(&kdet(&["online", &cfg, list.to_str().unwrap()]));
+    assert_eq!(e.matches("said once").count(), 1, "{e}");
+    assert!(e.contains("frame 2 (") && e.contains("is 40×30"), "{e}");
+    assert_eq!(records(&run).len(), 3);
+    std::fs::remove_dir_all(&run).unwrap();
     // A student whose classes are not the teacher's.
     let side = d.path().join("student.json");
     let mut s: serde_json::Value = serde_json::from_slice(

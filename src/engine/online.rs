@@ -363,6 +363,8 @@ pub fn run(cfg: &LoadedConfig, frames: &[PathBuf], opts: &OnlineOptions) -> Resu
         out,
         identity,
         st,
+        frame_size: None,
+        other_size_said: false,
     };
     let _signals = super::interrupt::Guard::new()?;
     s.frames(frames, truth.as_ref(), opts)?;
@@ -562,6 +564,10 @@ struct Stream<'a> {
     /// The checkpoint strings naming what the stream is (`online_state::identity`).
     identity: BTreeMap<String, String>,
     st: Progress,
+    /// The first frame's size (width, height) this process read, and whether a frame of
+    /// another size was said: every frame is resized to the networks' inputs, as inference does.
+    frame_size: Option<(u32, u32)>,
+    other_size_said: bool,
 }
 
 /// The teacher's detections scoring at least `min_score` as ground truth: in the frame's
@@ -667,6 +673,7 @@ impl Stream<'_> {
         let rgb = crate::data::decode_image(path)
             .map_err(|e| Error::UnreadableFrame(format!("frame {} of the stream: {e}", i + 1)))?
             .to_rgb8();
+        self.check_size(i, path, rgb.dimensions());
         let decode = t0.elapsed().as_secs_f64();
         let input = self.method.student.config.input().clone();
         let batch = crate::infer::image_batch(&rgb, id, &input, &self.device)?;
@@ -714,6 +721,25 @@ impl Stream<'_> {
             .trace
             .push((i + 1, stride, rec["agreement"].as_f64()));
         Ok(spent)
+    }
+
+    /// Frames of different sizes are each resized to the networks' inputs, as inference does;
+    /// said once, at the first frame whose size differs from the first one's.
+    fn check_size(&mut self, i: usize, path: &Path, size: (u32, u32)) {
+        let first = *self.frame_size.get_or_insert(size);
+        if size != first && !self.other_size_said {
+            self.other_size_said = true;
+            eprintln!(
+                "note: frame {} ({}) is {}×{}, the stream's first frame {}×{}; each frame is \
+                 resized to the networks' inputs as inference does (said once)",
+                i + 1,
+                path.display(),
+                size.0,
+                size.1,
+                first.0,
+                first.1
+            );
+        }
     }
 
     /// Frame `i` could not be read (`--skip-unreadable`): said, logged as skipped, no
