@@ -6,11 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, kdet, ok};
+use common::{fails, kdet, merge, ok};
 
 /// A tiny classifier config over a synthetic classification set in `dir`.
 fn cls_config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({
+    let v = serde_json::json!({
         "data": {"synthetic": {"task": "classification", "seed": 2, "classes": 4, "size": 16,
                                "train": 26, "val": 8, "unlabeled": 8, "long_tail": 4,
                                "cache_dir": dir.join("cache")},
@@ -23,21 +23,7 @@ fn cls_config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
         "output_dir": dir.join(name),
         "seed": 0
     });
-    merge(&mut v, extra);
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, v.to_string()).unwrap();
-    p.display().to_string()
-}
-
-fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-    match (a, b) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
+    common::write_config(dir, name, v, extra)
 }
 
 #[test]

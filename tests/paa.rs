@@ -6,11 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, kdet, ok};
+use common::{fails, kdet, merge, ok};
 
 /// A tiny PAA config in `dir` (shared synthetic cache inside `dir`), with `extra` merged over it.
 fn config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({
+    let v = serde_json::json!({
         "data": {"synthetic": {"seed": 3, "train": 8, "val": 4, "size": 64, "classes": 3,
                                "cache_dir": dir.join("cache")}, "workers": 2},
         "model": {
@@ -24,21 +24,7 @@ fn config(dir: &Path, name: &str, extra: serde_json::Value) -> String {
         "solver": {"iterations": 4, "batch_size": 2, "warmup_iters": 1, "log_every": 1, "lr": 0.01},
         "output_dir": dir.join(name),
     });
-    merge(&mut v, extra);
-    let p = dir.join(format!("{name}.json"));
-    std::fs::write(&p, v.to_string()).unwrap();
-    p.display().to_string()
-}
-
-fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-    match (a, b) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
+    common::write_config(dir, name, v, extra)
 }
 
 /// The tensors of a safetensors file, by name.

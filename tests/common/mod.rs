@@ -125,3 +125,28 @@ pub fn assert_same_run(a: &Path, b: &Path) {
     };
     assert_eq!(stats(a), stats(b), "eval.json differs");
 }
+
+/// `b` merged into `a` (objects key by key, anything else replaced): a test config's overrides.
+pub fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// `base` with `extra` merged in, written to `dir/<name>.json`; its path.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    mut base: serde_json::Value,
+    extra: serde_json::Value,
+) -> String {
+    merge(&mut base, extra);
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, base.to_string()).unwrap();
+    p.display().to_string()
+}
